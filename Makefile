@@ -1,0 +1,74 @@
+# kubectl fluxinstance: build, test and demo. `make help` lists the targets.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+
+GO ?= go
+BIN := bin
+# The Flux distribution data (never committed): the shared copy beside the checkout by default.
+FLUX_DISTRIBUTION_DIR ?= $(if $(wildcard ../shared/flux-distribution/flux),$(abspath ../shared/flux-distribution),)
+export FLUX_DISTRIBUTION_DIR
+
+VERSION ?= $(shell git describe --tags --match 'v*' --dirty 2>/dev/null || echo v0.0.0-dev)
+GIT_COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+# Commit time, not wall time, so that a rebuild of the same commit is byte-identical.
+BUILD_DATE ?= $(shell git log -1 --format=%cI 2>/dev/null || echo 1970-01-01T00:00:00Z)
+LDFLAGS := -s -w -X main.version=$(VERSION) -X main.gitCommit=$(GIT_COMMIT) -X main.buildDate=$(BUILD_DATE)
+
+# The test binaries (kube-apiserver, etcd, kubectl) are cached by test/binaries/build.sh.
+TESTENV := $(BIN)/testenv
+GO_TEST_FLAGS ?= -count=1 -timeout=40m
+TEST_LOG := tmp/test.log
+
+EMBED_DIR := render/distribution/embedded/data
+EMBED_FILE := $(EMBED_DIR)/distribution.tar.gz
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+.PHONY: build
+build: embed ## Build bin/kubectl-fluxinstance
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/kubectl-fluxinstance ./cmd/kubectl-fluxinstance
+
+# The default distribution compiled into the binary, generated from FLUX_DISTRIBUTION_DIR (gitignored).
+# Without the data the binary still builds; `build` then asks for --distribution.
+.PHONY: embed
+embed:
+ifneq ($(FLUX_DISTRIBUTION_DIR),)
+	$(GO) run ./render/distribution/embedded/gen -dir "$(FLUX_DISTRIBUTION_DIR)" -o $(EMBED_FILE)
+else
+	@echo "FLUX_DISTRIBUTION_DIR is not set and ../shared/flux-distribution is absent: building without an embedded distribution" >&2
+endif
+
+.PHONY: testenv
+testenv: ## Build (or reuse) kube-apiserver, etcd, kubectl and kube-controller-manager for the tests
+	test/binaries/build.sh >/dev/null
+
+.PHONY: fmt-check
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change: $$out" >&2; exit 1; fi
+
+.PHONY: vet
+vet: embed
+	$(GO) vet ./...
+
+# go test -v goes to $(TEST_LOG); the console gets every package result, failures and skips, and a
+# closing count. test/run-tests.sh exits non-zero on failure (and, with CI=true, on any skip).
+.PHONY: test
+test: testenv embed fmt-check vet ## Vet, gofmt check, unit and real-cluster tests
+	KUBEBUILDER_ASSETS=$$(readlink -f $(TESTENV)) test/run-tests.sh $(TEST_LOG) $(GO_TEST_FLAGS) ./...
+
+.PHONY: demo
+demo: testenv build ## Start a local API server and run the plugin through the real kubectl
+	$(GO) run ./test/demo -plugin-dir $(BIN)
+
+.PHONY: bench
+bench: testenv build ## Benchmarks with ratios against the peers named in the issues
+	KUBEBUILDER_ASSETS=$$(readlink -f $(TESTENV)) $(GO) test -run '^$$' -bench . -benchtime 1x ./test/bench/...
+
+.PHONY: clean
+clean:
+	rm -rf $(BIN) dist tmp $(EMBED_FILE)
+
+-include krew/release.mk

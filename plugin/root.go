@@ -1,0 +1,89 @@
+// Package plugin is the kubectl face of kubectl-fluxinstance: one file per command, each with an options
+// struct following k8s.io/kubectl's Complete/Validate/Run pattern, and the printing that goes with it.
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+)
+
+// CommandName is how users type the plugin; kubectl maps it to the binary kubectl-fluxinstance.
+const CommandName = "kubectl fluxinstance"
+
+// BuildInfo describes the binary; the Makefile stamps it at link time.
+type BuildInfo struct {
+	Version   string `json:"gitVersion"`
+	GitCommit string `json:"gitCommit"`
+	BuildDate string `json:"buildDate"`
+	GoVersion string `json:"goVersion"`
+	Platform  string `json:"platform"`
+}
+
+// NewRootCommand builds the command tree. Nothing in it touches process state: streams and
+// build information come in as arguments so tests can run commands in-process.
+func NewRootCommand(streams genericiooptions.IOStreams, info BuildInfo) *cobra.Command {
+	configFlags := genericclioptions.NewConfigFlags(true).WithDiscoveryBurst(300).WithDiscoveryQPS(50.0)
+
+	cmd := &cobra.Command{
+		Use:   "fluxinstance",
+		Short: "Render, apply and migrate Flux installations described by a FluxInstance",
+		Long: `Render, apply and migrate Flux installations described by a Flux Operator FluxInstance
+(fluxcd.controlplane.io/v1), with server-side apply and without an operator in the cluster.`,
+		Annotations: map[string]string{
+			// Makes cobra print "kubectl fluxinstance" in every usage line instead of the binary name.
+			cobra.CommandDisplayNameAnnotation: CommandName,
+		},
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		// The root command only groups sub-commands.
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+	}
+	cmd.SetIn(streams.In)
+	cmd.SetOut(streams.Out)
+	cmd.SetErr(streams.ErrOut)
+	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError(c, "%s", err) })
+	configFlags.AddFlags(cmd.PersistentFlags())
+
+	cmd.AddCommand(
+		NewCmdVersion(configFlags, streams, info),
+	)
+	for _, c := range cmd.Commands() {
+		wrapArgsValidation(c)
+	}
+	return cmd
+}
+
+// Run executes the plugin with args and returns the process exit code: 0 on success, 1 for a failed
+// operation, 2 for a usage error, and whatever an ExitError carries (diff exits 1 for "differences").
+func Run(args []string, streams genericiooptions.IOStreams, info BuildInfo) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	cmd := NewRootCommand(streams, info)
+	cmd.SetArgs(args)
+	err := cmd.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	var exit *ExitError
+	if errors.As(err, &exit) {
+		if exit.Err != nil {
+			fmt.Fprintf(streams.ErrOut, "error: %v\n", exit.Err)
+		}
+		return exit.Code
+	}
+	fmt.Fprintf(streams.ErrOut, "error: %v\n", err)
+	var usage *UsageError
+	if errors.As(err, &usage) || isCobraUsageError(err) {
+		return 2
+	}
+	return 1
+}

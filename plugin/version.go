@@ -1,0 +1,159 @@
+package plugin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"runtime"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"sigs.k8s.io/yaml"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
+)
+
+const versionExample = `  # Print the plugin version and the Flux installed in the current context
+  kubectl fluxinstance version
+
+  # Print the plugin version only, without contacting a cluster
+  kubectl fluxinstance version --client
+
+  # For scripts
+  kubectl fluxinstance version -o json`
+
+// defaultClusterTimeout bounds how long `version` waits for an unresponsive server when the user
+// did not set --request-timeout: the command must answer quickly, even with a dead context.
+const defaultClusterTimeout = 15 * time.Second
+
+// VersionOptions holds the flags and inputs of `kubectl fluxinstance version`.
+type VersionOptions struct {
+	ClientOnly bool
+	Output     string
+
+	configFlags *genericclioptions.ConfigFlags
+	info        BuildInfo
+	genericiooptions.IOStreams
+}
+
+// VersionReport is what `version -o json|yaml` prints; the field names mirror `kubectl version`.
+type VersionReport struct {
+	ClientVersion BuildInfo             `json:"clientVersion"`
+	Flux          *cluster.Installation `json:"flux,omitempty"`
+}
+
+// NewCmdVersion returns the `version` command.
+func NewCmdVersion(configFlags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams, info BuildInfo) *cobra.Command {
+	o := &VersionOptions{configFlags: configFlags, info: info, IOStreams: streams}
+	cmd := &cobra.Command{
+		Use:     "version",
+		Short:   "Print the plugin version and the Flux version installed in the cluster",
+		Long:    "Print the plugin version and, unless --client is set, the Flux version installed in the current context and how it is managed (flux bootstrap, flux install, the Flux Operator, Helm or this plugin).",
+		Example: versionExample,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.Complete(); err != nil {
+				return err
+			}
+			if err := o.Validate(cmd); err != nil {
+				return err
+			}
+			return o.Run(cmd.Context())
+		},
+	}
+	cmd.Flags().BoolVar(&o.ClientOnly, "client", false, "If true, shows the client version only (no cluster required).")
+	cmd.Flags().StringVarP(&o.Output, "output", "o", "", "Output format. One of: (json, yaml).")
+	return cmd
+}
+
+// Complete fills in what the binary knows about itself.
+func (o *VersionOptions) Complete() error {
+	if o.info.GoVersion == "" {
+		o.info.GoVersion = runtime.Version()
+	}
+	if o.info.Platform == "" {
+		o.info.Platform = runtime.GOOS + "/" + runtime.GOARCH
+	}
+	return nil
+}
+
+// Validate checks the flags.
+func (o *VersionOptions) Validate(cmd *cobra.Command) error {
+	switch o.Output {
+	case "", "json", "yaml":
+		return nil
+	}
+	return usageError(cmd, "--output must be 'json' or 'yaml', got %q", o.Output)
+}
+
+// Run prints the client version, then asks the cluster. The client version is printed even when
+// the cluster cannot be reached, so a user always learns which plugin they run.
+func (o *VersionOptions) Run(ctx context.Context) error {
+	report := VersionReport{ClientVersion: o.info}
+	var clusterErr error
+	if !o.ClientOnly {
+		inst, err := o.detect(ctx)
+		if err != nil {
+			clusterErr = err
+		} else {
+			report.Flux = &inst
+		}
+	}
+	if err := o.print(report); err != nil {
+		return err
+	}
+	return clusterErr
+}
+
+func (o *VersionOptions) detect(ctx context.Context) (cluster.Installation, error) {
+	conn, err := cluster.Connect(o.configFlags)
+	if err != nil {
+		return cluster.Installation{}, err
+	}
+	if conn.Config.Timeout == 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultClusterTimeout)
+		defer cancel()
+	}
+	inst, err := cluster.DetectInstallation(ctx, conn.Client)
+	return inst, cluster.ExplainError(err, conn.Config.Host)
+}
+
+func (o *VersionOptions) print(r VersionReport) error {
+	switch o.Output {
+	case "json":
+		data, err := json.MarshalIndent(r, "", "  ")
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(o.Out, string(data))
+		return err
+	case "yaml":
+		data, err := yaml.Marshal(r)
+		if err != nil {
+			return err
+		}
+		_, err = o.Out.Write(data)
+		return err
+	}
+	fmt.Fprintf(o.Out, "Client Version: %s\n", r.ClientVersion.Version)
+	if r.Flux == nil {
+		return nil
+	}
+	if !r.Flux.Installed {
+		fmt.Fprintln(o.Out, "Flux Version: not installed")
+		return nil
+	}
+	version := r.Flux.Version
+	if version == "" {
+		version = "unknown (the CRD has no app.kubernetes.io/version label)"
+	}
+	fmt.Fprintf(o.Out, "Flux Version: %s\n", version)
+	fmt.Fprintf(o.Out, "Managed By: %s\n", r.Flux.ManagedBy)
+	if r.Flux.Namespace != "" {
+		fmt.Fprintf(o.Out, "Namespace: %s\n", r.Flux.Namespace)
+	}
+	return nil
+}

@@ -1,0 +1,129 @@
+// Command demo shows the plugin's main job against a real, local kube-apiserver: it starts the
+// test environment, installs Flux the way users' clusters have it and drives `kubectl fluxinstance`
+// through the real kubectl, which discovers the plugin on PATH. Run it with `make demo`.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/blang/semver/v4"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
+)
+
+func main() {
+	pluginDir := flag.String("plugin-dir", "bin", "directory holding the kubectl-fluxinstance binary")
+	stateDir := flag.String("state-dir", "tmp/demo", "directory for the API server's data, certificates and logs")
+	keep := flag.Bool("keep", false, "leave the API server running at the end and print how to use it")
+	flag.Parse()
+	if err := run(*pluginDir, *stateDir, *keep); err != nil {
+		fmt.Fprintf(os.Stderr, "demo failed: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(pluginDir, stateDir string, keep bool) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	distDir := os.Getenv("FLUX_DISTRIBUTION_DIR")
+	if distDir == "" {
+		return fmt.Errorf("FLUX_DISTRIBUTION_DIR is not set: point it at the Flux distribution data (make demo sets it from ../shared/flux-distribution)")
+	}
+	pluginDir, err := filepath.Abs(pluginDir)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(pluginDir, "kubectl-fluxinstance")); err != nil {
+		return fmt.Errorf("no kubectl-fluxinstance in %s: run `make build` first", pluginDir)
+	}
+	if err := os.RemoveAll(stateDir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return err
+	}
+	stateDir, err = filepath.Abs(stateDir)
+	if err != nil {
+		return err
+	}
+
+	step("Starting etcd and kube-apiserver on 127.0.0.1")
+	start := time.Now()
+	env, err := testenv.StartDetached(stateDir, testenv.Options{})
+	if err != nil {
+		return err
+	}
+	if !keep {
+		defer env.Stop()
+	}
+	fmt.Printf("API server %s ready in %.1fs\n", env.Host, time.Since(start).Seconds())
+
+	// kubectl finds plugins on PATH: put ours first, and nothing else of the machine's matters
+	// because the demo calls the harness's own kubectl by path.
+	path := "PATH=" + pluginDir + string(os.PathListSeparator) + os.Getenv("PATH")
+	kubectl := func(args ...string) error {
+		fmt.Printf("\n$ kubectl %s\n", strings.Join(args, " "))
+		cmd := exec.CommandContext(ctx, filepath.Join(env.BinDir, "kubectl"), args...)
+		cmd.Env = append(os.Environ(), "KUBECONFIG="+env.Kubeconfig, path)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		return cmd.Run()
+	}
+
+	step("kubectl discovers the plugin")
+	if err := kubectl("plugin", "list"); err != nil {
+		return err
+	}
+	if err := kubectl("fluxinstance", "version"); err != nil {
+		return err
+	}
+
+	version, err := newestVersion(distDir)
+	if err != nil {
+		return err
+	}
+	step("Installing the Flux " + version + " CRDs as `flux install` would")
+	if _, err := env.InstallFluxFrom(ctx, distDir, testenv.FluxInstall{Version: version, CRDsOnly: true}); err != nil {
+		return err
+	}
+	if err := kubectl("fluxinstance", "version"); err != nil {
+		return err
+	}
+
+	if keep {
+		fmt.Printf("\nThe API server keeps running. Use it with:\n  export KUBECONFIG=%s PATH=%s:$PATH\nStop it with: kill $(pgrep -f %s)\n",
+			env.Kubeconfig, pluginDir, stateDir)
+	}
+	return nil
+}
+
+func step(title string) { fmt.Printf("\n==> %s\n", title) }
+
+// newestVersion picks the highest flux/vX.Y.Z directory of the distribution.
+func newestVersion(distDir string) (string, error) {
+	entries, err := os.ReadDir(filepath.Join(distDir, "flux"))
+	if err != nil {
+		return "", err
+	}
+	var versions []semver.Version
+	for _, e := range entries {
+		if v, err := semver.ParseTolerant(e.Name()); err == nil && e.IsDir() {
+			versions = append(versions, v)
+		}
+	}
+	if len(versions) == 0 {
+		return "", fmt.Errorf("no flux/vX.Y.Z directories in %s", distDir)
+	}
+	sort.Slice(versions, func(i, j int) bool { return versions[i].LT(versions[j]) })
+	return "v" + versions[len(versions)-1].String(), nil
+}

@@ -1,0 +1,101 @@
+// Package testenv starts a real etcd and kube-apiserver on 127.0.0.1 for tests, with generated
+// certificates, RBAC authorization, an admin kubeconfig and kubeconfigs for limited users. The
+// binaries are built from the Go module proxy by test/binaries (make testenv) and found through
+// KUBEBUILDER_ASSETS or the repository's bin/testenv.
+package testenv
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// RepoRoot finds the plugin's repository root by walking up to the go.mod that declares the module.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && strings.HasPrefix(string(data), "module github.com/fluxinstance/kubectl-fluxinstance\n") {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("repository root (go.mod of github.com/fluxinstance/kubectl-fluxinstance) not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// InCI reports whether the tests run in CI, where nothing may be skipped for want of binaries or data.
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// missing skips the test on a developer machine and fails it in CI: a real-cluster test that does
+// not run in CI is a silent gap.
+func missing(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if InCI() {
+		t.Fatalf("CI=true but %s", msg)
+	}
+	t.Skip(msg)
+}
+
+// BinDir returns the directory holding etcd, kube-apiserver and kubectl.
+func BinDir() (string, error) {
+	if dir := os.Getenv("KUBEBUILDER_ASSETS"); dir != "" {
+		return dir, checkBinaries(dir)
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(root, "bin", "testenv")
+	return dir, checkBinaries(dir)
+}
+
+func checkBinaries(dir string) error {
+	for _, b := range []string{"etcd", "kube-apiserver", "kubectl"} {
+		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+			return fmt.Errorf("%s not found in %s: run `make testenv` to build the test binaries", b, dir)
+		}
+	}
+	return nil
+}
+
+// RequireBinDir returns BinDir or skips (fails in CI).
+func RequireBinDir(t testing.TB) string {
+	t.Helper()
+	dir, err := BinDir()
+	if err != nil {
+		missing(t, "%v", err)
+	}
+	return dir
+}
+
+// DistributionDir returns the Flux distribution data (FLUX_DISTRIBUTION_DIR, by default
+// ../shared/flux-distribution beside the repository) or skips (fails in CI).
+func DistributionDir(t testing.TB) string {
+	t.Helper()
+	dir := os.Getenv("FLUX_DISTRIBUTION_DIR")
+	if dir == "" {
+		root, err := RepoRoot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir = filepath.Join(root, "..", "shared", "flux-distribution")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "flux")); err != nil {
+		missing(t, "the Flux distribution data is not at %s: set FLUX_DISTRIBUTION_DIR", dir)
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return abs
+}
