@@ -54,5 +54,7 @@ func wrapArgsValidation(cmd *cobra.Command) {
 // isCobraUsageError recognises the errors cobra itself returns for unknown commands, which do not go
 // through the flag or argument hooks.
 func isCobraUsageError(err error) bool {
-	return strings.HasPrefix(err.Error(), "unknown command") || strings.HasPrefix(err.Error(), "unknown flag")
+	msg := err.Error()
+	return strings.HasPrefix(msg, "unknown command") || strings.HasPrefix(msg, "unknown flag") ||
+		strings.HasPrefix(msg, "required flag(s)")
 }

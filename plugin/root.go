@@ -54,6 +54,7 @@ func NewRootCommand(streams genericiooptions.IOStreams, info BuildInfo) *cobra.C
 
 	cmd.AddCommand(
 		NewCmdVersion(configFlags, streams, info),
+		NewCmdBuild(configFlags, streams),
 	)
 	for _, c := range cmd.Commands() {
 		wrapArgsValidation(c)

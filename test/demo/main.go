@@ -100,6 +100,11 @@ func run(pluginDir, stateDir string, keep bool) error {
 		return err
 	}
 
+	step("Rendering examples/flux-instance.yaml offline (the embedded distribution)")
+	if err := kubectl("fluxinstance", "build", "-f", "examples/flux-instance.yaml", "-o", "name"); err != nil {
+		return err
+	}
+
 	if keep {
 		fmt.Printf("\nThe API server keeps running. Use it with:\n  export KUBECONFIG=%s PATH=%s:$PATH\nStop it with: kill $(pgrep -f %s)\n",
 			env.Kubeconfig, pluginDir, stateDir)

@@ -1,0 +1,152 @@
+package plugin
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
+)
+
+const minimalInstance = `apiVersion: fluxcd.controlplane.io/v1
+kind: FluxInstance
+metadata:
+  name: flux
+  namespace: flux-system
+spec:
+  distribution:
+    version: "2.7.x"
+    registry: ghcr.io/fluxcd
+`
+
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
+	require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
+	return path
+}
+
+func TestBuildOutputs(t *testing.T) {
+	dist := testenv.DistributionDir(t)
+	file := writeFile(t, t.TempDir(), "flux.yaml", minimalInstance)
+
+	r := runPlugin(t, "", "build", "-f", file, "--distribution", dist, "-o", "name")
+	require.Equal(t, 0, r.code, r.stderr)
+	names := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	assert.Equal(t, "namespace/flux-system", names[indexOfPrefix(names, "namespace/")])
+	assert.Less(t, indexOfPrefix(names, "customresourcedefinition."), indexOfPrefix(names, "namespace/"), "CRDs come first")
+	assert.Less(t, indexOfPrefix(names, "serviceaccount/"), indexOfPrefix(names, "deployment.apps/"))
+	assert.Contains(t, names, "deployment.apps/source-controller")
+	assert.NotContains(t, names, "deployment.apps/image-reflector-controller", "not a default component")
+
+	r = runPlugin(t, "", "build", "-f", file, "--distribution", dist)
+	require.Equal(t, 0, r.code, r.stderr)
+	objs, err := testenv.DecodeYAML([]byte(r.stdout))
+	require.NoError(t, err)
+	assert.Len(t, objs, len(names), "YAML and name outputs list the same objects")
+	for _, o := range objs {
+		assert.Equal(t, "flux-operator", o.GetLabels()["app.kubernetes.io/managed-by"], o.GetName())
+		assert.Regexp(t, `^v2\.7\.\d+$`, o.GetLabels()["app.kubernetes.io/version"], "2.7.x resolves to the highest 2.7 release")
+	}
+
+	r = runPlugin(t, "", "build", "-f", file, "--distribution", dist, "-o", "json")
+	require.Equal(t, 0, r.code, r.stderr)
+	var list struct {
+		Kind  string           `json:"kind"`
+		Items []map[string]any `json:"items"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &list))
+	assert.Equal(t, "List", list.Kind)
+	assert.Len(t, list.Items, len(names))
+
+	// stdin, like kubectl's -f -.
+	r = runPlugin(t, minimalInstance, "build", "-f", "-", "--distribution", dist, "-o", "name")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, strings.Join(names, "\n")+"\n", r.stdout)
+}
+
+func indexOfPrefix(list []string, prefix string) int {
+	for i, s := range list {
+		if strings.HasPrefix(s, prefix) {
+			return i
+		}
+	}
+	return -1
+}
+
+func TestBuildNamespace(t *testing.T) {
+	dist := testenv.DistributionDir(t)
+	dir := t.TempDir()
+	noNamespace := writeFile(t, dir, "flux.yaml", strings.Replace(minimalInstance, "  namespace: flux-system\n", "", 1))
+
+	r := runPlugin(t, "", "build", "-f", noNamespace, "--distribution", dist, "-n", "gitops", "-o", "name")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "namespace/gitops\n")
+
+	withNamespace := writeFile(t, dir, "ns.yaml", minimalInstance)
+	r = runPlugin(t, "", "build", "-f", withNamespace, "--distribution", dist, "-n", "gitops")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, `the namespace of FluxInstance "flux" in `+withNamespace+` is "flux-system", which does not match the namespace "gitops"`)
+	assert.Empty(t, r.stdout)
+}
+
+func TestBuildBadInput(t *testing.T) {
+	dist := testenv.DistributionDir(t)
+	dir := t.TempDir()
+	two := writeFile(t, dir, "two.yaml", minimalInstance+"---\n"+minimalInstance)
+	configMap := writeFile(t, dir, "cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n")
+	typo := writeFile(t, dir, "typo.yaml", strings.Replace(minimalInstance, "registry:", "regsitry:", 1))
+	noMatch := writeFile(t, dir, "old.yaml", strings.Replace(minimalInstance, `"2.7.x"`, `"1.x"`, 1))
+	badName := writeFile(t, dir, "name.yaml", strings.Replace(minimalInstance, "name: flux\n", "name: other\n", 1))
+	recursive := filepath.Dir(writeFile(t, dir, "tree/a/flux.yaml", minimalInstance))
+
+	for name, tc := range map[string]struct {
+		args []string
+		code int
+		want []string
+	}{
+		"two instances":       {[]string{"-f", two}, 1, []string{"expected exactly one FluxInstance", `FluxInstance "flux" in ` + two + `, FluxInstance "flux" in ` + two}},
+		"another kind":        {[]string{"-f", configMap}, 1, []string{`found ConfigMap "settings" in ` + cm(configMap)}},
+		"unknown field":       {[]string{"-f", typo}, 1, []string{typo, "regsitry"}},
+		"no matching version": {[]string{"-f", noMatch}, 1, []string{noMatch, "spec.distribution.version", "v2.7."}},
+		"wrong name":          {[]string{"-f", badName}, 1, []string{badName, "metadata.name", "flux"}},
+		"missing file":        {[]string{"-f", filepath.Join(dir, "absent.yaml")}, 1, []string{"absent.yaml"}},
+		"no filename":         {nil, 2, []string{"required flag(s) \"filename\" not set"}},
+		"bad output":          {[]string{"-f", two, "-o", "wide"}, 2, []string{"--output must be one of yaml, json, name"}},
+		"bad distribution":    {[]string{"-f", recursive, "-R", "--distribution", filepath.Join(dir, "nowhere")}, 1, []string{"nowhere"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			args := append([]string{"build"}, tc.args...)
+			if !contains(tc.args, "--distribution") {
+				args = append(args, "--distribution", dist)
+			}
+			r := runPlugin(t, "", args...)
+			assert.Equal(t, tc.code, r.code, r.stderr)
+			assert.Empty(t, r.stdout, "nothing is printed when the input is bad")
+			for _, w := range tc.want {
+				assert.Contains(t, r.stderr, w)
+			}
+		})
+	}
+
+	// -R finds the instance in a sub-directory.
+	r := runPlugin(t, "", "build", "-f", filepath.Dir(recursive), "-R", "--distribution", dist, "-o", "name")
+	assert.Equal(t, 0, r.code, r.stderr)
+}
+
+func cm(path string) string { return path }
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,145 @@
+package plugin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/cli-runtime/pkg/resource"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/render"
+	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
+	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
+)
+
+// instanceFlags are the flags of every command that renders a FluxInstance file: where the
+// FluxInstance comes from and where the Flux distribution comes from.
+type instanceFlags struct {
+	resource.FilenameOptions
+	Distribution     string
+	InsecureRegistry bool
+	CAFile           string
+}
+
+func (f *instanceFlags) addFlags(cmd *cobra.Command, verb string) {
+	cmd.Flags().StringSliceVarP(&f.Filenames, "filename", "f", nil, "The FluxInstance to "+verb+": a file, a directory, a URL or - for stdin.")
+	cmd.Flags().BoolVarP(&f.Recursive, "recursive", "R", false, "Process the directory used in -f, --filename recursively.")
+	cmd.Flags().StringVar(&f.Distribution, "distribution", "", "The Flux distribution to render from, overriding spec.distribution.artifact: oci://REGISTRY/REPO:TAG, a directory in the Flux Operator's layout, a .tar.gz of it, or a Flux release manifests.tar.gz. Default: the distribution built into the plugin.")
+	cmd.Flags().BoolVar(&f.InsecureRegistry, "insecure-registry", false, "Allow plain HTTP for the OCI registry of --distribution.")
+	cmd.Flags().StringVar(&f.CAFile, "ca-file", "", "A PEM file of certificate authorities to trust for the OCI registry of --distribution.")
+	_ = cmd.MarkFlagRequired("filename")
+}
+
+// rendering is one FluxInstance rendered against its distribution.
+type rendering struct {
+	Instance *fluxinstance.FluxInstance
+	// File is where the FluxInstance was read from.
+	File string
+	// Version is the resolved Flux version, e.g. v2.7.5.
+	Version string
+	// DistributionSource describes where the manifests came from.
+	DistributionSource string
+	Objects            []*unstructured.Unstructured
+}
+
+// readInstance reads exactly one FluxInstance with kubectl's local resource builder (files,
+// directories, URLs, stdin) and decodes it strictly. namespace is -n when the user gave it
+// (enforced like kubectl: a FluxInstance in another namespace is an error).
+func (f *instanceFlags) readInstance(stdin io.Reader, namespace string, enforce bool) (*fluxinstance.FluxInstance, string, error) {
+	// The builder would read "-" from the process's stdin; read it from the command's streams.
+	files := f.FilenameOptions
+	files.Filenames = nil
+	builder := resource.NewLocalBuilder().Unstructured()
+	for _, name := range f.Filenames {
+		if name == "-" {
+			builder = builder.Stream(stdin, "STDIN")
+			continue
+		}
+		files.Filenames = append(files.Filenames, name)
+	}
+	if len(files.Filenames) > 0 {
+		builder = builder.FilenameParam(false, &files)
+	}
+	result := builder.Flatten().Do()
+	infos, err := result.Infos()
+	if err != nil {
+		return nil, "", fmt.Errorf("reading %s: %w", strings.Join(f.Filenames, ", "), err)
+	}
+	var found []string
+	var instances []*resource.Info
+	for _, info := range infos {
+		gvk := info.Object.GetObjectKind().GroupVersionKind()
+		if gvk.Kind == fluxinstance.Kind && gvk.Group == fluxinstance.Group {
+			instances = append(instances, info)
+		}
+		found = append(found, fmt.Sprintf("%s %q in %s", gvk.Kind, info.Name, info.Source))
+	}
+	if len(instances) != 1 || len(infos) != 1 {
+		what := "nothing"
+		if len(found) > 0 {
+			what = strings.Join(found, ", ")
+		}
+		return nil, "", fmt.Errorf("expected exactly one FluxInstance (%s) in %s, found %s", fluxinstance.APIVersion, strings.Join(f.Filenames, ", "), what)
+	}
+	info := instances[0]
+	// Re-decode strictly with our own types: the builder accepts any field, we must not.
+	data, err := json.Marshal(info.Object)
+	if err != nil {
+		return nil, "", err
+	}
+	inst, err := fluxinstance.Decode(data, info.Source)
+	if err != nil {
+		return nil, "", err
+	}
+	switch {
+	case inst.Namespace == "" && namespace != "":
+		inst.Namespace = namespace
+	case inst.Namespace == "":
+		inst.Namespace = fluxinstance.DefaultNamespace
+	case enforce && namespace != "" && inst.Namespace != namespace:
+		return nil, "", fmt.Errorf("the namespace of FluxInstance %q in %s is %q, which does not match the namespace %q: pass --namespace=%s or remove the namespace from the file",
+			inst.Name, info.Source, inst.Namespace, namespace, inst.Namespace)
+	}
+	return inst, info.Source, nil
+}
+
+// render reads, defaults, validates and renders the FluxInstance. warn receives non-fatal
+// messages (e.g. a registry that fell back to its cache).
+func (f *instanceFlags) render(ctx context.Context, stdin io.Reader, namespace string, enforce bool, warn func(string)) (*rendering, error) {
+	inst, file, err := f.readInstance(stdin, namespace, enforce)
+	if err != nil {
+		return nil, err
+	}
+	inst.Default()
+	if err := inst.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	source := f.Distribution
+	if source == "" {
+		source = inst.Spec.Distribution.Artifact
+	}
+	dist, err := distribution.Open(ctx, source, distribution.Options{Insecure: f.InsecureRegistry, CAFile: f.CAFile, Warn: warn})
+	if err != nil {
+		return nil, fmt.Errorf("opening the Flux distribution: %w", err)
+	}
+	version, err := dist.Resolve(inst.Spec.Distribution.Version)
+	if err != nil {
+		return nil, fmt.Errorf("%s: spec.distribution.version: %w", file, err)
+	}
+	if err := inst.ValidateForVersion(version); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	release, err := dist.Release(version)
+	if err != nil {
+		return nil, err
+	}
+	objs, err := render.Build(inst, release)
+	if err != nil {
+		return nil, fmt.Errorf("rendering %s with Flux %s: %w", file, version, err)
+	}
+	return &rendering{Instance: inst, File: file, Version: version, DistributionSource: dist.Source(), Objects: objs}, nil
+}

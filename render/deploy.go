@@ -1,0 +1,396 @@
+package render
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
+)
+
+// Internal bookkeeping annotations, removed before Build returns.
+const (
+	internalComponent = "render.fluxinstance.internal/component"
+	internalShard     = "render.fluxinstance.internal/shard"
+)
+
+// profile is a size profile of the operator.
+type profile struct {
+	// resources per component; components not listed keep theirs.
+	resources map[string]map[string]interface{}
+	// args appended per component.
+	args map[string][]string
+}
+
+func res(cpuLimit, memLimit, cpuReq, memReq string) map[string]interface{} {
+	return map[string]interface{}{
+		"limits":   map[string]interface{}{"cpu": cpuLimit, "memory": memLimit},
+		"requests": map[string]interface{}{"cpu": cpuReq, "memory": memReq},
+	}
+}
+
+var helmCache = []string{"--helm-cache-ttl=720m", "--helm-cache-purge-interval=60m"}
+
+// profileFor returns the size profile (small, medium, large) as the operator
+// renders it; "" has no profile.
+func profileFor(size string) *profile {
+	switch size {
+	case "small":
+		// Small caps every controller, including the optional ones.
+		r := res("1000m", "512Mi", "100m", "64Mi")
+		all := map[string]map[string]interface{}{}
+		for _, c := range fluxinstance.AllComponents {
+			all[c] = r
+		}
+		return &profile{resources: all, args: map[string][]string{
+			fluxinstance.KustomizeController: {"--concurrent=5", "--requeue-dependency=10s"},
+			fluxinstance.HelmController:      {"--concurrent=5", "--requeue-dependency=10s"},
+			fluxinstance.SourceController:    append([]string{"--helm-cache-max-size=10"}, helmCache...),
+		}}
+	case "medium":
+		r := res("2000m", "1Gi", "100m", "128Mi")
+		return &profile{
+			resources: map[string]map[string]interface{}{
+				fluxinstance.KustomizeController: r, fluxinstance.HelmController: r, fluxinstance.SourceController: r,
+			},
+			args: map[string][]string{
+				fluxinstance.KustomizeController: {"--concurrent=10", "--requeue-dependency=5s"},
+				fluxinstance.HelmController:      {"--concurrent=10", "--requeue-dependency=5s"},
+				fluxinstance.SourceController:    append(append([]string{"--helm-cache-max-size=50"}, helmCache...), "--concurrent=5"),
+			},
+		}
+	case "large":
+		r := res("3000m", "3Gi", "100m", "256Mi")
+		return &profile{
+			resources: map[string]map[string]interface{}{
+				fluxinstance.KustomizeController: r, fluxinstance.HelmController: r,
+				fluxinstance.SourceController: res("2000m", "2Gi", "100m", "256Mi"),
+			},
+			args: map[string][]string{
+				fluxinstance.KustomizeController: {"--concurrent=20", "--requeue-dependency=5s"},
+				fluxinstance.HelmController:      {"--concurrent=20", "--requeue-dependency=5s"},
+				fluxinstance.SourceController:    append(append([]string{"--helm-cache-max-size=100"}, helmCache...), "--concurrent=10"),
+			},
+		}
+	}
+	return nil
+}
+
+// addShards copies the shardable controllers' Deployments (and the
+// source-controller Service) once per shard, and tags every Deployment with
+// its component and shard for configureDeployment.
+func (p *plan) addShards(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
+	for _, o := range objs {
+		if o.GetKind() == "Deployment" {
+			setAnnotation(o, internalComponent, o.GetName())
+		}
+	}
+	if p.sharding == nil || len(p.sharding.Shards) == 0 {
+		return objs
+	}
+	out := objs
+	for _, o := range objs {
+		kind, name := o.GetKind(), o.GetName()
+		switch {
+		case kind == "Deployment" && slices.Contains(shardable, name):
+			for _, s := range p.sharding.Shards {
+				c := o.DeepCopy()
+				shardName := name + "-" + s
+				c.SetName(shardName)
+				setAnnotation(c, AnnotationShardRole, ShardRoleValue)
+				setAnnotation(c, internalShard, s)
+				_ = unstructured.SetNestedField(c.Object, shardName, "spec", "selector", "matchLabels", "app")
+				_ = unstructured.SetNestedField(c.Object, shardName, "spec", "template", "metadata", "labels", "app")
+				_ = unstructured.SetNestedField(c.Object, ShardRoleValue, "spec", "template", "metadata", "annotations", AnnotationShardRole)
+				out = append(out, c)
+			}
+		case kind == "Service" && name == fluxinstance.SourceController:
+			for _, s := range p.sharding.Shards {
+				c := o.DeepCopy()
+				shardName := name + "-" + s
+				c.SetName(shardName)
+				setAnnotation(c, AnnotationShardRole, ShardRoleValue)
+				_ = unstructured.SetNestedField(c.Object, shardName, "spec", "selector", "app")
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
+func setAnnotation(o *unstructured.Unstructured, k, v string) {
+	a := o.GetAnnotations()
+	if a == nil {
+		a = map[string]string{}
+	}
+	a[k] = v
+	o.SetAnnotations(a)
+}
+
+// configureDeployment applies everything the operator sets on a controller
+// Deployment, in the operator's order (which decides the order of the args).
+func (p *plan) configureDeployment(o *unstructured.Unstructured) error {
+	ann := o.GetAnnotations()
+	component, shard := ann[internalComponent], ann[internalShard]
+	delete(ann, internalComponent)
+	delete(ann, internalShard)
+	if len(ann) == 0 {
+		ann = nil
+	}
+	o.SetAnnotations(ann)
+
+	podSpec, ok, _ := nestedMap(o.Object, "spec", "template", "spec")
+	if !ok {
+		return fmt.Errorf("distribution: Deployment %s has no pod template", o.GetName())
+	}
+	containers, _ := podSpec["containers"].([]interface{})
+	var manager map[string]interface{}
+	for _, c := range containers {
+		if m, ok := c.(map[string]interface{}); ok {
+			if manager == nil || m["name"] == "manager" {
+				manager = m
+			}
+		}
+	}
+	if manager == nil {
+		return fmt.Errorf("distribution: Deployment %s has no container", o.GetName())
+	}
+
+	args := stringSlice(manager["args"])
+	for i, a := range args {
+		switch {
+		case strings.HasPrefix(a, "--events-addr="):
+			args[i] = fmt.Sprintf("--events-addr=http://notification-controller.%s.svc.%s./", p.ns, p.domain)
+		case a == "--watch-all-namespaces" || strings.HasPrefix(a, "--watch-all-namespaces="):
+			args[i] = "--watch-all-namespaces=true"
+		case strings.HasPrefix(a, "--storage-adv-addr="):
+			args[i] = fmt.Sprintf("--storage-adv-addr=%s.$(RUNTIME_NAMESPACE).svc.%s.", component, p.domain)
+		}
+	}
+
+	// Sharding.
+	if p.sharding != nil && len(p.sharding.Shards) > 0 && slices.Contains(shardable, component) {
+		if shard != "" {
+			if component == fluxinstance.SourceController {
+				args = append(args, fmt.Sprintf("--storage-adv-addr=%s-%s.$(RUNTIME_NAMESPACE).svc.%s.", component, shard, p.domain))
+			}
+			args = append(args, fmt.Sprintf("--watch-label-selector=%s=%s", p.sharding.Key, shard))
+		} else {
+			args = append(args, fmt.Sprintf("--watch-label-selector=!%s", p.sharding.Key))
+		}
+	}
+
+	// Size profile.
+	if pr := profileFor(p.cluster.Size); pr != nil {
+		setAnnotation(o, AnnotationProfile, p.cluster.Size)
+		if r, ok := pr.resources[component]; ok {
+			manager["resources"] = deepCopyMap(r)
+		}
+		args = append(args, pr.args[component]...)
+	}
+
+	// Multi-tenancy lockdown.
+	c := p.cluster
+	if c.Multitenant {
+		switch component {
+		case fluxinstance.KustomizeController:
+			args = append(args, "--no-cross-namespace-refs=true", "--no-remote-bases=true", "--default-service-account="+c.TenantDefaultServiceAccount)
+		case fluxinstance.HelmController:
+			args = append(args, "--no-cross-namespace-refs=true", "--default-service-account="+c.TenantDefaultServiceAccount)
+		case fluxinstance.NotificationController, fluxinstance.ImageReflectorController,
+			fluxinstance.ImageAutomationController, fluxinstance.SourceWatcher:
+			args = append(args, "--no-cross-namespace-refs=true")
+		}
+	}
+
+	// source-watcher produces ExternalArtifacts that kustomize and helm consume.
+	if p.has[fluxinstance.SourceWatcher] && (component == fluxinstance.KustomizeController || component == fluxinstance.HelmController) {
+		args = append(args, "--feature-gates=ExternalArtifact=true")
+	}
+
+	// Object-level workload identity: from Flux 2.7 the gate is always set
+	// explicitly; in 2.6 only when on, and helm-controller did not support it.
+	olwiComponents := []string{
+		fluxinstance.SourceController, fluxinstance.KustomizeController, fluxinstance.HelmController,
+		fluxinstance.NotificationController, fluxinstance.ImageReflectorController, fluxinstance.ImageAutomationController,
+	}
+	switch {
+	case !p.semver.LT(v270):
+		if slices.Contains(olwiComponents, component) {
+			args = append(args, fmt.Sprintf("--feature-gates=ObjectLevelWorkloadIdentity=%t", c.ObjectLevelWorkloadIdentity))
+		}
+	case !p.semver.LT(v260) && c.ObjectLevelWorkloadIdentity:
+		if slices.Contains(olwiComponents, component) && component != fluxinstance.HelmController {
+			args = append(args, "--feature-gates=ObjectLevelWorkloadIdentity=true")
+		}
+	}
+
+	// Multi-tenant workload identity: default identities for tenants.
+	if c.MultitenantWorkloadIdentity {
+		switch component {
+		case fluxinstance.SourceController, fluxinstance.NotificationController,
+			fluxinstance.ImageReflectorController, fluxinstance.ImageAutomationController:
+			args = append(args, "--default-service-account="+c.TenantDefaultServiceAccount)
+		case fluxinstance.KustomizeController:
+			args = append(args, "--default-decryption-service-account="+c.TenantDefaultDecryptionServiceAccount,
+				"--default-kubeconfig-service-account="+c.TenantDefaultKubeConfigServiceAccount)
+		case fluxinstance.HelmController:
+			args = append(args, "--default-kubeconfig-service-account="+c.TenantDefaultKubeConfigServiceAccount)
+		}
+	}
+	manager["args"] = toInterfaces(args)
+
+	// Images: the registry, and the variant's tag and digest when listed.
+	for _, field := range []string{"initContainers", "containers"} {
+		list, _ := podSpec[field].([]interface{})
+		for _, ci := range list {
+			if m, ok := ci.(map[string]interface{}); ok {
+				if img, ok := m["image"].(string); ok {
+					m["image"] = p.rewriteImage(img)
+				}
+			}
+		}
+	}
+
+	// Pod template.
+	tmplMeta, _, _ := nestedMap(o.Object, "spec", "template", "metadata")
+	if tmplMeta == nil {
+		tmplMeta = map[string]interface{}{}
+		_ = unstructured.SetNestedMap(o.Object, tmplMeta, "spec", "template", "metadata")
+	}
+	tmplAnn, _ := tmplMeta["annotations"].(map[string]interface{})
+	if tmplAnn == nil {
+		tmplAnn = map[string]interface{}{}
+		tmplMeta["annotations"] = tmplAnn
+	}
+	tmplAnn[AnnotationSafeToEvict] = "true"
+	tmplLabels, _ := tmplMeta["labels"].(map[string]interface{})
+	if tmplLabels == nil {
+		tmplLabels = map[string]interface{}{}
+		tmplMeta["labels"] = tmplLabels
+	}
+	// Older releases lack it on pod templates; the operator always sets it.
+	tmplLabels[LabelPartOf] = PartOfValue
+	podSpec["nodeSelector"] = map[string]interface{}{"kubernetes.io/os": "linux"}
+	if s := p.inst.Spec.Distribution.ImagePullSecret; s != "" {
+		podSpec["imagePullSecrets"] = []interface{}{map[string]interface{}{"name": s}}
+	}
+
+	if c.Type == fluxinstance.ClusterTypeOpenShift {
+		// OpenShift assigns UIDs, fsGroups and seccomp profiles itself.
+		delete(podSpec, "securityContext")
+		for _, field := range []string{"initContainers", "containers"} {
+			list, _ := podSpec[field].([]interface{})
+			for _, ci := range list {
+				if m, ok := ci.(map[string]interface{}); ok {
+					if sc, ok := m["securityContext"].(map[string]interface{}); ok {
+						delete(sc, "runAsNonRoot")
+						delete(sc, "seccompProfile")
+					}
+				}
+			}
+		}
+	}
+
+	// Persistent storage for source-controller (and its shards when asked).
+	if component == fluxinstance.SourceController && p.inst.Spec.Storage != nil && (shard == "" || p.persistentShards()) {
+		claim := component
+		if shard != "" {
+			claim = component + "-" + shard
+		}
+		mounts, _ := manager["volumeMounts"].([]interface{})
+		for _, mi := range mounts {
+			if m, ok := mi.(map[string]interface{}); ok && m["mountPath"] == "/data" {
+				m["name"] = "persistent-data"
+			}
+		}
+		vols, _ := podSpec["volumes"].([]interface{})
+		podSpec["volumes"] = append(vols, map[string]interface{}{
+			"name":                  "persistent-data",
+			"persistentVolumeClaim": map[string]interface{}{"claimName": claim},
+		})
+	}
+	return nil
+}
+
+// rewriteImage moves an upstream image (fluxcd/<name>:<tag>) to the
+// registry, pinning tag and digest from the variant's image list when it
+// lists the component.
+func (p *plan) rewriteImage(img string) string {
+	repo, tag := img, ""
+	if i := strings.IndexByte(repo, '@'); i >= 0 {
+		repo = repo[:i]
+	}
+	if i := strings.LastIndexByte(repo, ':'); i > strings.LastIndexByte(repo, '/') {
+		repo, tag = repo[:i], repo[i+1:]
+	}
+	name := repo[strings.LastIndexByte(repo, '/')+1:]
+	out := p.registry + "/" + name
+	if ref, ok := p.images[name]; ok && ref.Tag != "" {
+		out += ":" + ref.Tag
+		if ref.Digest != "" {
+			out += "@" + ref.Digest
+		}
+		return out
+	}
+	if tag != "" {
+		out += ":" + tag
+	}
+	return out
+}
+
+func nestedMap(obj map[string]interface{}, fields ...string) (map[string]interface{}, bool, error) {
+	cur := obj
+	for _, f := range fields {
+		next, ok := cur[f].(map[string]interface{})
+		if !ok {
+			return nil, false, nil
+		}
+		cur = next
+	}
+	return cur, true, nil
+}
+
+func stringSlice(v interface{}) []string {
+	list, _ := v.([]interface{})
+	out := make([]string, 0, len(list)+8)
+	for _, x := range list {
+		if s, ok := x.(string); ok {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func toInterfaces(s []string) []interface{} {
+	out := make([]interface{}, len(s))
+	for i, x := range s {
+		out[i] = x
+	}
+	return out
+}
+
+func deepCopyMap(m map[string]interface{}) map[string]interface{} {
+	return runtimeDeepCopy(m).(map[string]interface{})
+}
+
+func runtimeDeepCopy(v interface{}) interface{} {
+	switch t := v.(type) {
+	case map[string]interface{}:
+		out := make(map[string]interface{}, len(t))
+		for k, x := range t {
+			out[k] = runtimeDeepCopy(x)
+		}
+		return out
+	case []interface{}:
+		out := make([]interface{}, len(t))
+		for i, x := range t {
+			out[i] = runtimeDeepCopy(x)
+		}
+		return out
+	default:
+		return v
+	}
+}

@@ -1,0 +1,325 @@
+package distribution
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution/internal/archive"
+)
+
+// Media types of the Flux Operator's distribution artifact.
+const (
+	ConfigMediaType  = "application/vnd.cncf.flux.config.v1+json"
+	ContentMediaType = "application/vnd.cncf.flux.content.v1.tar+gzip"
+)
+
+// offlineTimeout bounds the manifest lookup of a tag when a cached copy could be used instead,
+// so that a black-holed registry costs seconds, not the transport's minutes.
+const offlineTimeout = 20 * time.Second
+
+// tagRecord remembers which digest a tag pointed to at the last successful pull, so that a
+// build by tag still works when the registry is unreachable.
+type tagRecord struct {
+	Reference string    `json:"reference"`
+	Digest    string    `json:"digest"`
+	Pulled    time.Time `json:"pulled"`
+}
+
+// openOCI opens oci://host/repo:tag or oci://host/repo@sha256:…. Artifacts are cached by
+// manifest digest as <cache>/sha256-<hex>.tar.gz, re-packed in the indexed layout (only
+// flux/ and flux-images/), so a repeated build reads one small member instead of pulling.
+func openOCI(ctx context.Context, source string, opts Options) (*Distribution, error) {
+	var nameOpts []name.Option
+	if opts.Insecure {
+		nameOpts = append(nameOpts, name.Insecure)
+	}
+	ref, err := name.ParseReference(strings.TrimPrefix(source, "oci://"), nameOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("distribution %s: invalid OCI reference: %w", source, err)
+	}
+	cacheDir := opts.CacheDir
+	if cacheDir == "" {
+		if cacheDir, err = DefaultCacheDir(); err != nil {
+			return nil, err
+		}
+	}
+	repo := "oci://" + ref.Context().Name()
+	label := func(digest string) string {
+		if tag, ok := ref.(name.Tag); ok {
+			return repo + ":" + tag.TagStr() + "@" + digest
+		}
+		return repo + "@" + digest
+	}
+
+	// A digest is immutable: a cached copy is the artifact, no need to ask the registry.
+	if dig, ok := ref.(name.Digest); ok {
+		if d, err := openCached(cacheDir, dig.DigestStr(), label(dig.DigestStr()), opts); d != nil || err != nil {
+			return d, err
+		}
+	}
+
+	transportOpt, err := registryTransport(opts)
+	if err != nil {
+		return nil, fmt.Errorf("distribution %s: %w", source, err)
+	}
+	recordPath := filepath.Join(cacheDir, "tags", refKey(ref.Name())+".json")
+	var record *tagRecord
+	getCtx := ctx
+	if _, isTag := ref.(name.Tag); isTag {
+		if record = readTagRecord(recordPath); record != nil && fileExists(cachePath(cacheDir, record.Digest)) {
+			var cancel context.CancelFunc
+			getCtx, cancel = context.WithTimeout(ctx, offlineTimeout)
+			defer cancel()
+		} else {
+			record = nil
+		}
+	}
+	remoteOpts := []remote.Option{
+		remote.WithContext(getCtx),
+		remote.WithAuthFromKeychain(opts.Keychain),
+		remote.WithUserAgent("kubectl-fluxinstance"),
+		transportOpt,
+	}
+	desc, err := remote.Get(ref, remoteOpts...)
+	if err != nil {
+		if record != nil && ctx.Err() == nil && !registryAnswered(err) {
+			opts.Warn(fmt.Sprintf("cannot reach the registry for %s (%v); using the cached artifact %s pulled %s",
+				source, err, record.Digest, record.Pulled.Format(time.RFC3339)))
+			d, cerr := openCached(cacheDir, record.Digest, label(record.Digest)+" (cached, registry unreachable)", opts)
+			if d != nil || cerr != nil {
+				return d, cerr
+			}
+		}
+		return nil, fmt.Errorf("distribution %s: %w", source, pullHint(err, opts))
+	}
+	digest := desc.Digest.String()
+	d, err := openCached(cacheDir, digest, label(digest), opts)
+	if d == nil && err == nil {
+		var data []byte
+		if data, err = pull(ctx, ref, desc, source, opts, transportOpt); err != nil {
+			return nil, err
+		}
+		if err := writeFileAtomic(cachePath(cacheDir, digest), data); err != nil {
+			opts.Warn(fmt.Sprintf("cannot cache %s in %s: %v", source, cacheDir, err))
+		}
+		d, err = openArchive(data, label(digest), "", opts)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if _, isTag := ref.(name.Tag); isTag {
+		writeTagRecord(recordPath, tagRecord{Reference: ref.Name(), Digest: digest, Pulled: time.Now().UTC()}, opts)
+	}
+	return d, nil
+}
+
+// pull checks the artifact's media types, downloads its content layer and re-packs it.
+func pull(ctx context.Context, ref name.Reference, desc *remote.Descriptor, source string, opts Options, transportOpt remote.Option) ([]byte, error) {
+	if desc.MediaType != types.OCIManifestSchema1 && desc.MediaType != types.DockerManifestSchema2 {
+		return nil, fmt.Errorf("distribution %s: not a Flux distribution artifact: the reference is a %s; expected an image manifest (%s) "+
+			"with config media type %s and a first layer of media type %s", source, desc.MediaType, types.OCIManifestSchema1, ConfigMediaType, ContentMediaType)
+	}
+	var mf v1.Manifest
+	if err := json.Unmarshal(desc.Manifest, &mf); err != nil {
+		return nil, fmt.Errorf("distribution %s: decoding the manifest: %w", source, err)
+	}
+	var layerTypes []string
+	for _, l := range mf.Layers {
+		layerTypes = append(layerTypes, string(l.MediaType))
+	}
+	if mf.Config.MediaType != ConfigMediaType || len(mf.Layers) == 0 || mf.Layers[0].MediaType != ContentMediaType {
+		found := "none"
+		if len(layerTypes) > 0 {
+			found = strings.Join(layerTypes, ", ")
+		}
+		return nil, fmt.Errorf("distribution %s: not a Flux distribution artifact: found config media type %q and layer media types [%s]; "+
+			"expected config media type %q and a first layer of media type %q", source, mf.Config.MediaType, found, ConfigMediaType, ContentMediaType)
+	}
+	layerDesc := mf.Layers[0]
+	if layerDesc.Size > opts.limits.MaxTotal {
+		return nil, fmt.Errorf("distribution %s: content layer is %d bytes, more than the %d bytes allowed", source, layerDesc.Size, opts.limits.MaxTotal)
+	}
+	layer, err := remote.Layer(ref.Context().Digest(layerDesc.Digest.String()),
+		remote.WithContext(ctx), remote.WithAuthFromKeychain(opts.Keychain), remote.WithUserAgent("kubectl-fluxinstance"), transportOpt)
+	if err != nil {
+		return nil, fmt.Errorf("distribution %s: %w", source, err)
+	}
+	// Compressed verifies the blob's size and digest as it is read.
+	rc, err := layer.Compressed()
+	if err != nil {
+		return nil, fmt.Errorf("distribution %s: downloading layer %s: %w", source, layerDesc.Digest, err)
+	}
+	defer rc.Close()
+	zr, err := gzip.NewReader(io.LimitReader(rc, layerDesc.Size+1))
+	if err != nil {
+		return nil, fmt.Errorf("distribution %s: layer %s is not gzip-compressed: %w", source, layerDesc.Digest, err)
+	}
+	var files []archive.File
+	err = archive.Walk(zr, *opts.limits, func(name string, size int64, body io.Reader) error {
+		if _, _, _, ok := classify(name); !ok {
+			return nil
+		}
+		b, err := archive.ReadAll(body, size)
+		if err != nil {
+			return fmt.Errorf("entry %q: %w", name, err)
+		}
+		files = append(files, archive.File{Name: name, Data: b})
+		return nil
+	})
+	if err == nil {
+		_, err = io.Copy(io.Discard, rc) // drain so the digest is verified
+	}
+	if err != nil {
+		return nil, fmt.Errorf("distribution %s: layer %s: %w", source, layerDesc.Digest, err)
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("distribution %s: layer %s holds no flux/vX.Y.Z/*.yaml files", source, layerDesc.Digest)
+	}
+	var buf bytes.Buffer
+	// BestSpeed: the cache is local, and this runs on every cold pull.
+	if err := archive.Write(&buf, files, gzip.BestSpeed); err != nil {
+		return nil, fmt.Errorf("distribution %s: %w", source, err)
+	}
+	return buf.Bytes(), nil
+}
+
+// openCached opens the cached artifact for digest; (nil, nil) when there is none.
+func openCached(cacheDir, digest, desc string, opts Options) (*Distribution, error) {
+	data, err := os.ReadFile(cachePath(cacheDir, digest))
+	if err != nil {
+		return nil, nil
+	}
+	d, err := openArchive(data, desc, "", opts)
+	if err != nil {
+		return nil, fmt.Errorf("%w (remove the corrupt cache file %s and retry)", err, cachePath(cacheDir, digest))
+	}
+	return d, nil
+}
+
+func cachePath(cacheDir, digest string) string {
+	return filepath.Join(cacheDir, strings.ReplaceAll(digest, ":", "-")+".tar.gz")
+}
+
+// refKey names the tag record of a reference: a hash, since references hold ':' and '/'.
+func refKey(ref string) string {
+	sum := sha256.Sum256([]byte(ref))
+	return hex.EncodeToString(sum[:16])
+}
+
+func readTagRecord(p string) *tagRecord {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil
+	}
+	var r tagRecord
+	if json.Unmarshal(b, &r) != nil || !strings.HasPrefix(r.Digest, "sha256:") || len(r.Digest) != len("sha256:")+64 {
+		return nil
+	}
+	if _, err := hex.DecodeString(strings.TrimPrefix(r.Digest, "sha256:")); err != nil {
+		return nil
+	}
+	return &r
+}
+
+func writeTagRecord(p string, r tagRecord, opts Options) {
+	b, _ := json.Marshal(r)
+	if err := writeFileAtomic(p, b); err != nil {
+		opts.Warn(fmt.Sprintf("cannot record %s -> %s in the cache: %v", r.Reference, r.Digest, err))
+	}
+}
+
+func writeFileAtomic(p string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), p)
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// registryAnswered reports whether err is the registry's own answer (unauthorized, not found…)
+// rather than a failure to reach it: an answer must not be papered over with a cached copy.
+func registryAnswered(err error) bool {
+	var te *transport.Error
+	return errors.As(err, &te) && te.StatusCode < 500
+}
+
+// pullHint adds what to do to the common failures.
+func pullHint(err error, opts Options) error {
+	var te *transport.Error
+	if errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden) {
+		return fmt.Errorf("%w (log in with `docker login` or set DOCKER_CONFIG to a directory whose config.json has credentials for the registry)", err)
+	}
+	var certErr *tls.CertificateVerificationError
+	if errors.As(err, &certErr) && opts.CAFile == "" {
+		return fmt.Errorf("%w (for a registry with a private certificate authority, pass --ca-file)", err)
+	}
+	if strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") && !opts.Insecure {
+		return fmt.Errorf("%w (for a plain-HTTP registry, pass --insecure-registry)", err)
+	}
+	return err
+}
+
+// registryTransport returns the HTTP transport: ggcr's default, plus the CA bundle.
+func registryTransport(opts Options) (remote.Option, error) {
+	base, ok := remote.DefaultTransport.(*http.Transport)
+	if !ok {
+		return nil, errors.New("unexpected default transport type")
+	}
+	t := base.Clone()
+	if opts.CAFile != "" {
+		pem, err := os.ReadFile(opts.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading the CA file: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("CA file %s holds no PEM certificate", opts.CAFile)
+		}
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		if t.TLSClientConfig != nil {
+			cfg = t.TLSClientConfig.Clone()
+		}
+		cfg.RootCAs = pool
+		t.TLSClientConfig = cfg
+	}
+	return remote.WithTransport(t), nil
+}

@@ -1,0 +1,59 @@
+package distribution
+
+import (
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/blang/semver/v4"
+)
+
+// versionPattern matches the version directories of the layout ("v2.7.5").
+var versionPattern = regexp.MustCompile(`^v\d+\.\d+\.\d+$`)
+
+// vBeforeDigit finds a "v" prefix on a version inside a constraint (start, or after a space or
+// comparison operator) so that "v2.7.5" and ">=v2.6.0 <v2.8.0" mean the same as without it.
+var vBeforeDigit = regexp.MustCompile(`(^|[\s<>=!]+)[vV](\d)`)
+
+// parseVersion parses "vX.Y.Z" or "X.Y.Z".
+func parseVersion(v string) (semver.Version, error) {
+	return semver.Parse(strings.TrimPrefix(strings.TrimSpace(v), "v"))
+}
+
+// sortVersions sorts "vX.Y.Z" strings by semver, ascending. Unparseable strings never reach it.
+func sortVersions(vs []string) {
+	sort.Slice(vs, func(i, j int) bool {
+		a, _ := parseVersion(vs[i])
+		b, _ := parseVersion(vs[j])
+		return a.LT(b)
+	})
+}
+
+// resolve returns the highest of versions (sorted ascending) matching constraint: an exact
+// version ("2.7.5", "v2.7.5"), a wildcard ("2.x", "2.7.x", "*") or a range (">=2.6.0 <2.8.0",
+// "<2.7.0 || >=2.8.0"), the forms the FluxInstance's spec.distribution.version takes.
+func resolve(constraint string, versions []string, source string) (string, error) {
+	c := strings.TrimSpace(constraint)
+	if c == "" {
+		return "", fmt.Errorf("distribution.version is empty: set an exact version (2.7.5), a wildcard (2.x, 2.7.x) or a range (>=2.6.0 <2.8.0)")
+	}
+	var match func(semver.Version) bool
+	if c == "*" || c == "x" || c == "X" {
+		match = func(semver.Version) bool { return true }
+	} else {
+		r, err := semver.ParseRange(vBeforeDigit.ReplaceAllString(c, "$1$2"))
+		if err != nil {
+			return "", fmt.Errorf("distribution.version %q is not a valid version or range (use 2.7.5, 2.x, 2.7.x or >=2.6.0 <2.8.0): %w", constraint, err)
+		}
+		match = r
+	}
+	for i := len(versions) - 1; i >= 0; i-- {
+		v, err := parseVersion(versions[i])
+		if err == nil && match(v) {
+			return versions[i], nil
+		}
+	}
+	return "", fmt.Errorf("no Flux version in %s matches distribution.version %q; available: %s",
+		source, constraint, strings.Join(versions, ", "))
+}
