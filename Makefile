@@ -56,8 +56,14 @@ vet: embed
 # go test -v goes to $(TEST_LOG); the console gets every package result, failures and skips, and a
 # closing count. test/run-tests.sh exits non-zero on failure (and, with CI=true, on any skip).
 .PHONY: test
-test: testenv embed fmt-check vet ## Vet, gofmt check, unit and real-cluster tests
+test: testenv embed fmt-check vet ## Vet, gofmt check, unit and real-cluster tests, a short fuzz run
 	KUBEBUILDER_ASSETS=$$(readlink -f $(TESTENV)) test/run-tests.sh $(TEST_LOG) $(GO_TEST_FLAGS) ./...
+	$(MAKE) fuzz
+
+FUZZ_TIME ?= 15s
+.PHONY: fuzz
+fuzz: embed ## Fuzz decode -> validate -> render briefly (FUZZ_TIME)
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeValidateBuild$$' -fuzztime $(FUZZ_TIME) ./render/
 
 .PHONY: demo
 demo: testenv build ## Start a local API server and run the plugin through the real kubectl

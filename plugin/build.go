@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -60,9 +59,7 @@ func NewCmdBuild(configFlags *genericclioptions.ConfigFlags, streams genericioop
 // Complete reads -n without consulting the kubeconfig's context: build is offline, and only an
 // explicit --namespace overrides the FluxInstance's.
 func (o *BuildOptions) Complete(cmd *cobra.Command) error {
-	if f := cmd.Flags().Lookup("namespace"); f != nil && f.Changed {
-		o.namespace, o.enforceNS = f.Value.String(), true
-	}
+	o.namespace, o.enforceNS = explicitNamespace(cmd)
 	var err error
 	o.printer, err = objectPrinter(o.Output)
 	return err
@@ -82,14 +79,12 @@ func (o *BuildOptions) Validate(cmd *cobra.Command) error {
 
 // Run renders and prints.
 func (o *BuildOptions) Run(ctx context.Context) error {
-	r, err := o.render(ctx, o.In, o.namespace, o.enforceNS, o.warn)
+	r, err := o.render(ctx, o.In, o.namespace, o.enforceNS, warnTo(o.ErrOut))
 	if err != nil {
 		return err
 	}
 	return printObjects(o.printer, o.Output, r.Objects, o.Out)
 }
-
-func (o *BuildOptions) warn(msg string) { fmt.Fprintf(o.ErrOut, "Warning: %s\n", msg) }
 
 // objectPrinter returns cli-runtime's printer for -o, like kubectl's.
 func objectPrinter(output string) (printers.ResourcePrinter, error) {

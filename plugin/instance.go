@@ -43,6 +43,9 @@ type rendering struct {
 	Version string
 	// DistributionSource describes where the manifests came from.
 	DistributionSource string
+	// DistributionRef is the source as given to distribution.Open ("" for the embedded one), kept
+	// in the inventory record so that `status` can render the same instance again.
+	DistributionRef string
 	Objects            []*unstructured.Unstructured
 }
 
@@ -114,15 +117,22 @@ func (f *instanceFlags) render(ctx context.Context, stdin io.Reader, namespace s
 	if err != nil {
 		return nil, err
 	}
-	inst.Default()
-	if err := inst.Validate(); err != nil {
-		return nil, fmt.Errorf("%s: %w", file, err)
-	}
 	source := f.Distribution
 	if source == "" {
 		source = inst.Spec.Distribution.Artifact
 	}
-	dist, err := distribution.Open(ctx, source, distribution.Options{Insecure: f.InsecureRegistry, CAFile: f.CAFile, Warn: warn})
+	opts := distribution.Options{Insecure: f.InsecureRegistry, CAFile: f.CAFile, Warn: warn}
+	return renderInstance(ctx, inst, file, source, opts)
+}
+
+// renderInstance defaults, validates and renders a decoded FluxInstance read from file, against
+// the distribution named by source ("" for the embedded one).
+func renderInstance(ctx context.Context, inst *fluxinstance.FluxInstance, file, source string, opts distribution.Options) (*rendering, error) {
+	inst.Default()
+	if err := inst.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	dist, err := distribution.Open(ctx, source, opts)
 	if err != nil {
 		return nil, fmt.Errorf("opening the Flux distribution: %w", err)
 	}
@@ -141,5 +151,5 @@ func (f *instanceFlags) render(ctx context.Context, stdin io.Reader, namespace s
 	if err != nil {
 		return nil, fmt.Errorf("rendering %s with Flux %s: %w", file, version, err)
 	}
-	return &rendering{Instance: inst, File: file, Version: version, DistributionSource: dist.Source(), Objects: objs}, nil
+	return &rendering{Instance: inst, File: file, Version: version, DistributionSource: dist.Source(), DistributionRef: source, Objects: objs}, nil
 }

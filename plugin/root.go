@@ -55,6 +55,11 @@ func NewRootCommand(streams genericiooptions.IOStreams, info BuildInfo) *cobra.C
 	cmd.AddCommand(
 		NewCmdVersion(configFlags, streams, info),
 		NewCmdBuild(configFlags, streams),
+		NewCmdApply(configFlags, streams, info),
+		NewCmdDiff(configFlags, streams),
+		NewCmdStatus(configFlags, streams),
+		NewCmdDelete(configFlags, streams),
+		NewCmdMigrate(configFlags, streams),
 	)
 	for _, c := range cmd.Commands() {
 		wrapArgsValidation(c)

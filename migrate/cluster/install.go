@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -57,7 +58,17 @@ func DetectInstallation(ctx context.Context, c client.Reader) (Installation, err
 		}
 		return Installation{}, fmt.Errorf("reading CustomResourceDefinition %s: %w", FluxDetectionCRD, err)
 	}
-	return ClassifyInstallation(crd), nil
+	inst := ClassifyInstallation(crd)
+	// The plugin's inventory record names the field manager it applied with, so an install
+	// applied with a custom --field-manager is still told apart from the operator's.
+	if inst.ManagedBy == ManagedByOperator && inst.Namespace != "" {
+		cm := &corev1.ConfigMap{}
+		err := c.Get(ctx, client.ObjectKey{Namespace: inst.Namespace, Name: InventoryConfigMap}, cm)
+		if fm := cm.Data[keyFieldManager]; err == nil && fm != "" && ownedByManager(crd, fm) && !ownedByManager(crd, ManagedByValueOp) {
+			inst.ManagedBy = ManagedByPlugin
+		}
+	}
+	return inst, nil
 }
 
 // ClassifyInstallation decides from the CRD's labels and field managers. Order matters: a

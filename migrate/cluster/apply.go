@@ -1,0 +1,524 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fluxcd/cli-utils/pkg/object"
+	"github.com/fluxcd/pkg/ssa"
+	"github.com/fluxcd/pkg/ssa/normalize"
+	"github.com/fluxcd/pkg/ssa/utils"
+	"golang.org/x/sync/errgroup"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// DryRun selects how much an apply is allowed to change: like kubectl's --dry-run.
+type DryRun string
+
+const (
+	// DryRunNone applies for real.
+	DryRunNone DryRun = "none"
+	// DryRunClient only reads the cluster (GET) and compares locally: no mutating API is called.
+	DryRunClient DryRun = "client"
+	// DryRunServer sends server-side dry-run applies: the API server validates, defaults and
+	// merges, and persists nothing.
+	DryRunServer DryRun = "server"
+)
+
+// ParseDryRun validates a --dry-run flag value ("" means none).
+func ParseDryRun(s string) (DryRun, error) {
+	switch DryRun(s) {
+	case "", DryRunNone:
+		return DryRunNone, nil
+	case DryRunClient, DryRunServer:
+		return DryRun(s), nil
+	}
+	return "", fmt.Errorf("invalid --dry-run value %q: use none, client or server", s)
+}
+
+// ApplyOptions configures Apply.
+type ApplyOptions struct {
+	// FieldManager owns the applied fields (default DefaultFieldManager).
+	FieldManager string
+	// DryRun defaults to DryRunNone.
+	DryRun DryRun
+	// ForceConflicts takes fields that another (non-takeover) manager owns instead of failing.
+	ForceConflicts bool
+	// Concurrency of reads and dry-runs (default DefaultConcurrency).
+	Concurrency int
+	// Progress, if set, is called once per object as its stage completes, in apply order.
+	Progress func(ssa.ChangeSetEntry)
+	// StageTimeout bounds the wait for CRDs to be Established and Namespaces Active between the
+	// stages (default one minute).
+	StageTimeout time.Duration
+}
+
+func (o *ApplyOptions) defaults() {
+	if o.FieldManager == "" {
+		o.FieldManager = DefaultFieldManager
+	}
+	if o.DryRun == "" {
+		o.DryRun = DryRunNone
+	}
+	if o.Concurrency < 1 {
+		o.Concurrency = DefaultConcurrency
+	}
+	if o.StageTimeout <= 0 {
+		o.StageTimeout = time.Minute
+	}
+}
+
+// Apply server-side applies the rendered objects in the operator's stages: CRDs, Namespaces and
+// ClusterRoles first (then waits until the CRDs are Established), `*Class` kinds next, then the
+// rest. Before applying an existing object it renames the TakeoverManagers' field managers to
+// opts.FieldManager and removes RemoveLabels and RemoveAnnotations. Unless ForceConflicts is set,
+// fields owned by any other manager with a different value make Apply fail with a *ConflictError
+// before anything is changed. Dry runs change nothing and report what an apply would do.
+//
+// Apply does not record an inventory nor prune: Reconcile does both around it.
+func (m *Manager) Apply(ctx context.Context, objects []*unstructured.Unstructured, opts ApplyOptions) (*ssa.ChangeSet, error) {
+	opts.defaults()
+	objs := copyObjects(objects)
+	sortObjects(objs)
+
+	lives, err := m.prefetch(ctx, objs, opts.Concurrency)
+	if err != nil {
+		return nil, m.explain(err)
+	}
+	if !opts.ForceConflicts {
+		if err := m.checkConflicts(ctx, objs, lives, opts.FieldManager, opts.Concurrency); err != nil {
+			return nil, m.explain(err)
+		}
+	}
+
+	switch opts.DryRun {
+	case DryRunClient, DryRunServer:
+		plans, err := m.plan(ctx, objs, lives, opts.FieldManager, opts.Concurrency, opts.DryRun == DryRunServer)
+		if err != nil {
+			return nil, m.explain(err)
+		}
+		cs := ssa.NewChangeSet()
+		for _, p := range plans {
+			e := entryFor(p.obj, p.action)
+			cs.Add(e)
+			if opts.Progress != nil {
+				opts.Progress(e)
+			}
+		}
+		return cs, nil
+	case DryRunNone:
+	default:
+		return nil, fmt.Errorf("invalid dry-run mode %q", opts.DryRun)
+	}
+	cs, err := m.applyStaged(ctx, objs, opts, nil)
+	return cs, m.explain(err)
+}
+
+// applyStaged applies for real, stage by stage; afterDefs (optional) runs once the first stage
+// is applied and ready.
+func (m *Manager) applyStaged(ctx context.Context, objs []*unstructured.Unstructured, opts ApplyOptions, afterDefs func(context.Context) error) (*ssa.ChangeSet, error) {
+	rm := m.resourceManager(opts.FieldManager, opts.Concurrency)
+	applyOpts := ssa.DefaultApplyOptions()
+	applyOpts.Cleanup = ssa.ApplyCleanupOptions{
+		Annotations: RemoveAnnotations,
+		Labels:      RemoveLabels,
+		// The plugin's own Update entries (orphan label, suspend patches) join its Apply entry too,
+		// so that an apply owns, and removes when not rendered, what those patches wrote.
+		FieldManagers: append(append([]ssa.FieldManager{}, TakeoverManagers...),
+			ssa.FieldManager{Name: opts.FieldManager, ExactMatch: true, OperationType: metav1.ManagedFieldsOperationUpdate}),
+	}
+
+	var defs, classes, rest []*unstructured.Unstructured
+	for _, o := range objs {
+		switch {
+		case utils.IsClusterDefinition(o):
+			defs = append(defs, o)
+		case utils.IsClassDefinition(o):
+			classes = append(classes, o)
+		default:
+			rest = append(rest, o)
+		}
+	}
+	total := ssa.NewChangeSet()
+	for i, stage := range [][]*unstructured.Unstructured{defs, classes, rest} {
+		if i == 1 && afterDefs != nil {
+			if err := afterDefs(ctx); err != nil {
+				return total, err
+			}
+		}
+		if len(stage) == 0 {
+			continue
+		}
+		cs, err := rm.ApplyAll(ctx, stage, applyOpts)
+		if cs != nil {
+			for _, e := range cs.Entries {
+				total.Add(e)
+				if opts.Progress != nil {
+					opts.Progress(e)
+				}
+			}
+		}
+		if err != nil {
+			return total, err
+		}
+		if i == 2 {
+			break
+		}
+		// Later stages need the CRDs served and the namespaces active. Objects that did not
+		// change are already there; waiting only for the others saves a poll per stage.
+		var changed object.ObjMetadataSet
+		for _, e := range cs.Entries {
+			if e.Action == ssa.CreatedAction || e.Action == ssa.ConfiguredAction {
+				changed = append(changed, e.ObjMetadata)
+			}
+		}
+		if len(changed) == 0 {
+			continue
+		}
+		if err := rm.WaitForSetWithContext(ctx, changed, ssa.WaitOptions{Interval: 250 * time.Millisecond, Timeout: opts.StageTimeout}); err != nil {
+			return total, fmt.Errorf("waiting for CRDs and namespaces to be ready before applying the rest: %w", err)
+		}
+	}
+	return total, nil
+}
+
+// prefetch reads the in-cluster copy of every object in parallel (nil where absent).
+func (m *Manager) prefetch(ctx context.Context, objs []*unstructured.Unstructured, concurrency int) ([]*unstructured.Unstructured, error) {
+	lives := make([]*unstructured.Unstructured, len(objs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(concurrency)
+	for i, obj := range objs {
+		g.Go(func() error {
+			live, found, err := m.getLive(gctx, obj)
+			if err != nil {
+				return err
+			}
+			if found {
+				lives[i] = live
+			}
+			return nil
+		})
+	}
+	return lives, g.Wait()
+}
+
+// Conflict is one field owned by a manager that apply does not take over.
+type Conflict struct {
+	// Object is Kind/namespace/name.
+	Object    string `json:"object"`
+	Manager   string `json:"manager"`
+	Operation string `json:"operation"`
+	Field     string `json:"field"`
+}
+
+// ConflictError lists field-manager conflicts; --force-conflicts resolves them.
+type ConflictError struct {
+	Conflicts []Conflict
+}
+
+func (e *ConflictError) Error() string {
+	var b strings.Builder
+	byObject := map[string][]Conflict{}
+	var order []string
+	for _, c := range e.Conflicts {
+		if _, ok := byObject[c.Object]; !ok {
+			order = append(order, c.Object)
+		}
+		byObject[c.Object] = append(byObject[c.Object], c)
+	}
+	b.WriteString("field manager conflicts: ")
+	for i, obj := range order {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		var parts []string
+		for _, c := range byObject[obj] {
+			parts = append(parts, fmt.Sprintf("%s is managed by %q (%s)", c.Field, c.Manager, c.Operation))
+		}
+		fmt.Fprintf(&b, "%s: %s", obj, strings.Join(parts, ", "))
+	}
+	b.WriteString("; rerun with --force-conflicts to take ownership of these fields")
+	return b.String()
+}
+
+// checkConflicts sends a server-side dry-run apply without force for each existing object that
+// has a manager apply will not take over; objects without such a manager cannot conflict.
+func (m *Manager) checkConflicts(ctx context.Context, objs, lives []*unstructured.Unstructured, fieldManager string, concurrency int) error {
+	results := make([][]Conflict, len(objs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(concurrency)
+	for i, obj := range objs {
+		live := lives[i]
+		if live == nil {
+			continue
+		}
+		foreign := foreignManagers(live, fieldManager)
+		if len(foreign) == 0 {
+			continue
+		}
+		g.Go(func() error {
+			probe := obj.DeepCopy()
+			err := m.client.Patch(gctx, probe, client.Apply, client.DryRunAll, client.FieldOwner(fieldManager))
+			if err == nil {
+				return nil
+			}
+			if !apierrors.IsConflict(err) {
+				return objectError(obj, "server-side dry-run apply", err)
+			}
+			results[i] = parseConflicts(Ref(obj), err, foreign)
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	var all []Conflict
+	for _, r := range results {
+		all = append(all, r...)
+	}
+	if len(all) > 0 {
+		return &ConflictError{Conflicts: all}
+	}
+	return nil
+}
+
+// parseConflicts reads the API server's conflict causes ("conflict with \"mgr\"" for Apply,
+// "... using v1 at <time>" for Update) and keeps those of the foreign managers: the others are
+// takeover managers whose fields apply renames first.
+func parseConflicts(ref string, err error, foreign map[string]bool) []Conflict {
+	status, ok := err.(apierrors.APIStatus)
+	if !ok || status.Status().Details == nil {
+		return []Conflict{{Object: ref, Manager: "unknown", Operation: "unknown", Field: err.Error()}}
+	}
+	var out []Conflict
+	for _, cause := range status.Status().Details.Causes {
+		if cause.Type != metav1.CauseTypeFieldManagerConflict {
+			continue
+		}
+		rest := strings.TrimPrefix(cause.Message, "conflict with ")
+		name, err := strconv.QuotedPrefix(rest)
+		if err != nil {
+			continue
+		}
+		manager, _ := strconv.Unquote(name)
+		if !foreign[manager] {
+			continue
+		}
+		op := string(metav1.ManagedFieldsOperationApply)
+		if strings.Contains(rest[len(name):], " using ") {
+			op = string(metav1.ManagedFieldsOperationUpdate)
+		}
+		out = append(out, Conflict{Object: ref, Manager: manager, Operation: op, Field: cause.Field})
+	}
+	return out
+}
+
+// planned is what an apply would do to one object.
+type planned struct {
+	obj    *unstructured.Unstructured
+	live   *unstructured.Unstructured
+	merged *unstructured.Unstructured // server dry-run result (or the object when it cannot be dry-run)
+	action ssa.Action
+}
+
+// plan computes the action for every object without changing anything: with server, by a forced
+// server-side dry-run apply compared the way ssa's drift detection compares; otherwise locally.
+// Objects whose namespace or CRD is itself about to be created cannot be dry-run and are
+// reported as created.
+func (m *Manager) plan(ctx context.Context, objs, lives []*unstructured.Unstructured, fieldManager string, concurrency int, server bool) ([]planned, error) {
+	pendingNS := map[string]bool{}
+	pendingKinds := map[schema.GroupKind]bool{}
+	for i, obj := range objs {
+		if lives[i] != nil {
+			continue
+		}
+		id := idOf(obj)
+		switch {
+		case isNamespace(id):
+			pendingNS[obj.GetName()] = true
+		case isCRD(id):
+			group, _, _ := unstructured.NestedString(obj.Object, "spec", "group")
+			kind, _, _ := unstructured.NestedString(obj.Object, "spec", "names", "kind")
+			pendingKinds[schema.GroupKind{Group: group, Kind: kind}] = true
+		}
+	}
+	out := make([]planned, len(objs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(concurrency)
+	for i, obj := range objs {
+		live := lives[i]
+		p := &out[i]
+		p.obj, p.live = obj, live
+		pending := live == nil && (pendingNS[obj.GetNamespace()] || pendingKinds[obj.GroupVersionKind().GroupKind()])
+		switch {
+		case pending, live == nil && !server:
+			p.action, p.merged = ssa.CreatedAction, obj.DeepCopy()
+			continue
+		case !server:
+			p.action = ssa.UnchangedAction
+			if needsCleanup(live, fieldManager) || !contains(obj.Object, live.Object) {
+				p.action = ssa.ConfiguredAction
+			}
+			continue
+		}
+		g.Go(func() error {
+			merged := obj.DeepCopy()
+			utils.RemoveCABundleFromCRD(merged)
+			err := m.client.Patch(gctx, merged, client.Apply, client.DryRunAll, client.ForceOwnership, client.FieldOwner(fieldManager))
+			if err != nil {
+				return objectError(obj, "server-side dry-run apply", err)
+			}
+			p.merged = merged
+			switch {
+			case live == nil || merged.GetResourceVersion() == "":
+				p.action = ssa.CreatedAction
+			case needsCleanup(live, fieldManager):
+				// The takeover would strip these from the live object.
+				stripCleanup(merged)
+				p.action = ssa.ConfiguredAction
+			case drifted(live, merged):
+				p.action = ssa.ConfiguredAction
+			default:
+				p.action = ssa.UnchangedAction
+			}
+			return nil
+		})
+	}
+	return out, g.Wait()
+}
+
+func stripCleanup(obj *unstructured.Unstructured) {
+	if labels := obj.GetLabels(); labels != nil {
+		for _, k := range RemoveLabels {
+			delete(labels, k)
+		}
+		obj.SetLabels(labels)
+	}
+	if annotations := obj.GetAnnotations(); annotations != nil {
+		for _, k := range RemoveAnnotations {
+			delete(annotations, k)
+		}
+		obj.SetAnnotations(annotations)
+	}
+}
+
+// drifted compares like ssa's apply does (labels, annotations, and everything but metadata and
+// status), so that a dry run and Diff say "unchanged" exactly when Apply would.
+func drifted(live, merged *unstructured.Unstructured) bool {
+	if !apiequality.Semantic.DeepEqual(live.GetLabels(), merged.GetLabels()) ||
+		!apiequality.Semantic.DeepEqual(live.GetAnnotations(), merged.GetAnnotations()) {
+		return true
+	}
+	strip := func(u *unstructured.Unstructured) map[string]any {
+		c := u.DeepCopy()
+		unstructured.RemoveNestedField(c.Object, "metadata")
+		unstructured.RemoveNestedField(c.Object, "status")
+		_ = normalize.DryRunUnstructured(c)
+		return c.Object
+	}
+	return !apiequality.Semantic.DeepEqual(strip(live), strip(merged))
+}
+
+// contains reports whether every field set in desired has the same value in live (lists must
+// have the same length): the client-side approximation of "the apply changes nothing". It cannot
+// see server defaulting of values the object sets differently, so it may say configured where
+// the server would not; never the reverse for fields the object sets.
+func contains(desired, live any) bool {
+	switch d := desired.(type) {
+	case map[string]any:
+		l, ok := live.(map[string]any)
+		if !ok {
+			return false
+		}
+		for k, v := range d {
+			if k == "status" || k == "creationTimestamp" {
+				continue
+			}
+			lv, ok := l[k]
+			if !ok {
+				if v == nil {
+					continue
+				}
+				return false
+			}
+			if !contains(v, lv) {
+				return false
+			}
+		}
+		return true
+	case []any:
+		l, ok := live.([]any)
+		if !ok || len(l) != len(d) {
+			return false
+		}
+		for i := range d {
+			if !contains(d[i], l[i]) {
+				return false
+			}
+		}
+		return true
+	}
+	if df, ok := number(desired); ok {
+		lf, ok := number(live)
+		return ok && df == lf
+	}
+	if reflect.DeepEqual(desired, live) {
+		return true
+	}
+	// The API server canonicalises quantities ("1000m" is stored as "1").
+	ds, ok1 := desired.(string)
+	ls, ok2 := live.(string)
+	if ok1 && ok2 {
+		dq, err1 := resource.ParseQuantity(ds)
+		lq, err2 := resource.ParseQuantity(ls)
+		return err1 == nil && err2 == nil && dq.Cmp(lq) == 0
+	}
+	return false
+}
+
+func number(v any) (float64, bool) {
+	switch n := v.(type) {
+	case int64:
+		return float64(n), true
+	case int:
+		return float64(n), true
+	case int32:
+		return float64(n), true
+	case float64:
+		return n, true
+	}
+	return 0, false
+}
+
+func entryFor(obj *unstructured.Unstructured, action ssa.Action) ssa.ChangeSetEntry {
+	return ssa.ChangeSetEntry{
+		ObjMetadata:  idOf(obj),
+		GroupVersion: obj.GroupVersionKind().Version,
+		Subject:      Ref(obj),
+		Action:       action,
+	}
+}
+
+// sortObjects puts objects in ssa's apply order (CRDs, Namespaces, cluster RBAC, ...).
+func sortObjects(objs []*unstructured.Unstructured) {
+	sort.Sort(ssa.SortableUnstructureds(objs))
+}
+
+func copyObjects(in []*unstructured.Unstructured) []*unstructured.Unstructured {
+	out := make([]*unstructured.Unstructured, len(in))
+	for i, o := range in {
+		out[i] = o.DeepCopy()
+	}
+	return out
+}

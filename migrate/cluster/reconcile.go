@@ -1,0 +1,139 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/fluxcd/pkg/ssa"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+)
+
+// ReconcileOptions configures Reconcile.
+type ReconcileOptions struct {
+	ApplyOptions
+	// Prune deletes what the previous inventory has and the new rendering does not.
+	Prune bool
+	// Record is stored with the inventory.
+	Record RecordInfo
+}
+
+// ReconcileResult is what Reconcile did (or would do, in a dry run).
+type ReconcileResult struct {
+	// ChangeSet has the apply entries followed by the prune entries.
+	ChangeSet *ssa.ChangeSet
+	// Prune is nil when pruning was off or there was no previous inventory.
+	Prune *PruneResult
+	// Previous is the inventory found before applying (nil on a first apply).
+	Previous *Inventory
+	// Inventory is the record written (nil in a dry run).
+	Inventory *Inventory
+}
+
+// Warnings returns the lines the user must see (orphaned CRDs).
+func (r *ReconcileResult) Warnings() []string {
+	if r == nil || r.Prune == nil {
+		return nil
+	}
+	return r.Prune.Warnings
+}
+
+// Reconcile is what `apply` and `migrate` run: read the previous inventory, apply, prune what the
+// new rendering dropped, and record the new inventory. It is safe to interrupt at any point and
+// run again: before the first change that could create an object the record is written as
+// Pending with the union of the previous and the new entries, so a re-run (even of another
+// rendering) still knows every object either run may have created; the final record replaces it
+// only once pruning succeeded. Objects outside the inventory (users' Flux objects) are never
+// touched.
+func (m *Manager) Reconcile(ctx context.Context, objects []*unstructured.Unstructured, opts ReconcileOptions) (*ReconcileResult, error) {
+	opts.defaults()
+	res := &ReconcileResult{}
+	prev, err := m.ReadInventory(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res.Previous = prev
+	next := NewInventory(objects)
+	dry := opts.DryRun != DryRunNone
+
+	if dry {
+		cs, err := m.Apply(ctx, objects, opts.ApplyOptions)
+		res.ChangeSet = cs
+		if err != nil {
+			return res, err
+		}
+		if opts.Prune && prev != nil {
+			pr, err := m.Prune(ctx, prev, objects, PruneOptions{DryRun: opts.DryRun, FieldManager: opts.FieldManager})
+			if err != nil {
+				return res, err
+			}
+			res.Prune = pr
+			res.ChangeSet.Append(pr.ChangeSet.Entries)
+		}
+		return res, nil
+	}
+
+	record := opts.Record
+	if record.User == "" {
+		record.User = m.WhoAmI(ctx)
+	}
+	pending := func(ctx context.Context) error {
+		if prev != nil && prev.Contains(next) && prev.State != StatePending {
+			return nil // nothing new can be created that the record does not list
+		}
+		inv := union(prev, next)
+		inv.State, inv.RecordInfo = StatePending, record
+		return m.WriteInventory(ctx, inv, opts.FieldManager)
+	}
+	cs, err := m.applyWithHook(ctx, objects, opts.ApplyOptions, pending)
+	res.ChangeSet = cs
+	if err != nil {
+		return res, err
+	}
+	if opts.Prune && prev != nil {
+		pr, err := m.Prune(ctx, prev, objects, PruneOptions{DryRun: DryRunNone, FieldManager: opts.FieldManager})
+		if pr != nil {
+			res.Prune = pr
+			res.ChangeSet.Append(pr.ChangeSet.Entries)
+		}
+		if err != nil {
+			return res, err
+		}
+		for _, e := range pr.Retained {
+			next.Entries = append(next.Entries, e)
+		}
+	} else if prev != nil {
+		// Without pruning, what the previous apply created stays in the cluster and so in the
+		// record, for a later apply with pruning.
+		next = union(prev, next)
+	}
+	next.State, next.RecordInfo, next.AppliedAt = StateApplied, record, time.Now().UTC()
+	if err := m.WriteInventory(ctx, next, opts.FieldManager); err != nil {
+		return res, err
+	}
+	res.Inventory = next
+	return res, nil
+}
+
+// applyWithHook is Apply for real with a hook run after the first stage (CRDs, Namespaces,
+// ClusterRoles): the instance namespace exists from then on, so the pending record can be
+// written there before any namespaced object is created.
+func (m *Manager) applyWithHook(ctx context.Context, objects []*unstructured.Unstructured, opts ApplyOptions, hook func(context.Context) error) (*ssa.ChangeSet, error) {
+	opts.defaults()
+	if opts.DryRun != DryRunNone {
+		return nil, fmt.Errorf("internal error: applyWithHook called with dry-run %q", opts.DryRun)
+	}
+	objs := copyObjects(objects)
+	sortObjects(objs)
+	lives, err := m.prefetch(ctx, objs, opts.Concurrency)
+	if err != nil {
+		return nil, m.explain(err)
+	}
+	if !opts.ForceConflicts {
+		if err := m.checkConflicts(ctx, objs, lives, opts.FieldManager, opts.Concurrency); err != nil {
+			return nil, m.explain(err)
+		}
+	}
+	cs, err := m.applyStaged(ctx, objs, opts, hook)
+	return cs, m.explain(err)
+}

@@ -1,0 +1,235 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"sigs.k8s.io/yaml"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
+	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
+)
+
+const applyExample = `  # Install or upgrade Flux as described by a FluxInstance, and wait until it is ready
+  kubectl fluxinstance apply -f flux-instance.yaml
+
+  # See what would change, without changing anything
+  kubectl fluxinstance apply -f flux-instance.yaml --dry-run=server
+
+  # Take over fields that another tool owns, and return without waiting
+  kubectl fluxinstance apply -f flux-instance.yaml --force-conflicts --wait=false`
+
+// ApplyOptions holds the flags of `kubectl fluxinstance apply`.
+type ApplyOptions struct {
+	instanceFlags
+	DryRun         string
+	FieldManager   string
+	ForceConflicts bool
+	Prune          bool
+	Wait           bool
+	Timeout        time.Duration
+	Output         string
+
+	dryRun      cluster.DryRun
+	namespace   string
+	enforceNS   bool
+	configFlags *genericclioptions.ConfigFlags
+	version     string
+	genericiooptions.IOStreams
+}
+
+// NewCmdApply returns the `apply` command.
+func NewCmdApply(configFlags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams, info BuildInfo) *cobra.Command {
+	o := &ApplyOptions{
+		configFlags: configFlags, IOStreams: streams, version: info.Version,
+		DryRun: "none", FieldManager: cluster.DefaultFieldManager, Prune: true, Wait: true, Timeout: 5 * time.Minute,
+	}
+	cmd := &cobra.Command{
+		Use:   "apply -f FILENAME",
+		Short: "Install or upgrade Flux from a FluxInstance with server-side apply",
+		Long: `Render a FluxInstance and server-side apply the objects in stages (CRDs, Namespaces and
+ClusterRoles first), taking over the fields of the tools that installed Flux before (flux bootstrap,
+flux install, kubectl, Helm, the Flux Operator), prune what the previous apply created and the new
+rendering dropped (never a CRD that still has objects, never the Namespace), and wait until
+everything is ready. Users' own Flux objects are never touched.`,
+		Example: applyExample,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.Complete(cmd); err != nil {
+				return err
+			}
+			if err := o.Validate(cmd); err != nil {
+				return err
+			}
+			return o.Run(cmd.Context())
+		},
+	}
+	o.addFlags(cmd, "apply")
+	flags := cmd.Flags()
+	flags.StringVar(&o.DryRun, "dry-run", o.DryRun, `Must be "none", "server", or "client". With client, only print what would change; with server, send server-side dry-run requests. Nothing in the cluster changes either way.`)
+	flags.Lookup("dry-run").NoOptDefVal = "client"
+	flags.StringVar(&o.FieldManager, "field-manager", o.FieldManager, "Name of the manager used to track field ownership.")
+	flags.BoolVar(&o.ForceConflicts, "force-conflicts", false, "Take over fields owned by other managers than the installers of Flux the plugin takes over anyway.")
+	flags.BoolVar(&o.Prune, "prune", o.Prune, "Delete the objects the previous apply created and the new rendering no longer has.")
+	flags.BoolVar(&o.Wait, "wait", o.Wait, "Wait until every applied object is ready.")
+	flags.DurationVar(&o.Timeout, "timeout", o.Timeout, "How long to wait with --wait.")
+	flags.StringVarP(&o.Output, "output", "o", "", "Output format. One of: (json, yaml). Default: one line per object.")
+	return cmd
+}
+
+// Complete derives the dry-run mode and the namespace override.
+func (o *ApplyOptions) Complete(cmd *cobra.Command) error {
+	var err error
+	if o.dryRun, err = cluster.ParseDryRun(o.DryRun); err != nil {
+		return usageError(cmd, "%v", err)
+	}
+	o.namespace, o.enforceNS = explicitNamespace(cmd)
+	return nil
+}
+
+// Validate checks the flags.
+func (o *ApplyOptions) Validate(cmd *cobra.Command) error {
+	if len(o.Filenames) == 0 {
+		return usageError(cmd, "-f, --filename is required")
+	}
+	if o.Output != "" && o.Output != "json" && o.Output != "yaml" {
+		return usageError(cmd, "--output must be 'json' or 'yaml', got %q", o.Output)
+	}
+	if o.FieldManager == "" {
+		return usageError(cmd, "--field-manager must not be empty")
+	}
+	if o.Timeout <= 0 {
+		return usageError(cmd, "--timeout must be positive")
+	}
+	return nil
+}
+
+// Run renders first (bad input changes nothing), then connects, reconciles and waits.
+func (o *ApplyOptions) Run(ctx context.Context) error {
+	r, err := o.render(ctx, o.In, o.namespace, o.enforceNS, warnTo(o.ErrOut))
+	if err != nil {
+		return err
+	}
+	conn, err := cluster.Connect(o.configFlags)
+	if err != nil {
+		return err
+	}
+	m := cluster.NewManager(conn, r.Instance.Name, r.Instance.Namespace)
+	record, err := applyRecord(r, o.version)
+	if err != nil {
+		return err
+	}
+	res, err := m.Reconcile(ctx, r.Objects, cluster.ReconcileOptions{
+		ApplyOptions: cluster.ApplyOptions{FieldManager: o.FieldManager, DryRun: o.dryRun, ForceConflicts: o.ForceConflicts},
+		Prune:        o.Prune,
+		Record:       record,
+	})
+	if err != nil {
+		var conflict *cluster.ConflictError
+		if errors.As(err, &conflict) {
+			return err
+		}
+		return cluster.ExplainError(err, conn.Config.Host)
+	}
+	report := newChangeReport(res.ChangeSet, string(o.dryRun), res.Warnings())
+	if err := printChanges(o.Out, o.Output, report); err != nil {
+		return err
+	}
+	for _, w := range res.Warnings() {
+		fmt.Fprintf(o.ErrOut, "Warning: %s\n", w)
+	}
+	if !o.Wait || o.dryRun != cluster.DryRunNone {
+		return nil
+	}
+	fmt.Fprintf(o.ErrOut, "waiting up to %s for %d objects to be ready\n", o.Timeout, len(r.Objects))
+	start := time.Now()
+	err = m.Wait(ctx, r.Objects, o.Timeout, func(ready, total int, notReady []string) {
+		fmt.Fprintf(o.ErrOut, "%d/%d ready after %s; waiting for %s\n", ready, total, time.Since(start).Round(time.Second), summarize(notReady, 5))
+	})
+	if err != nil {
+		return cluster.ExplainError(err, conn.Config.Host)
+	}
+	fmt.Fprintf(o.ErrOut, "all %d objects ready after %s\n", len(r.Objects), time.Since(start).Round(time.Second))
+	return nil
+}
+
+// applyRecord is what the inventory keeps about this apply: the operator's revision form for the
+// rendering, and the instance itself so that `status` can re-render it.
+func applyRecord(r *rendering, pluginVersion string) (cluster.RecordInfo, error) {
+	digest, err := renderingDigest(r.Objects)
+	if err != nil {
+		return cluster.RecordInfo{}, err
+	}
+	// Only what defines the rendering: status and server-set metadata are not the user's intent.
+	data, err := yaml.Marshal(map[string]any{
+		"apiVersion": fluxinstance.APIVersion,
+		"kind":       fluxinstance.Kind,
+		"metadata":   map[string]any{"name": r.Instance.Name, "namespace": r.Instance.Namespace},
+		"spec":       r.Instance.Spec,
+	})
+	if err != nil {
+		return cluster.RecordInfo{}, err
+	}
+	return cluster.RecordInfo{
+		PluginVersion: pluginVersion,
+		Distribution:  recordedDistribution(r.DistributionRef),
+		FluxVersion:   r.Version,
+		Digest:        r.Version + "@sha256:" + digest,
+		Instance:      string(data),
+	}, nil
+}
+
+// The inventory records the distribution as given to distribution.Open, with a name for the
+// embedded one, so that `status` can open it again.
+const embeddedDistributionRef = "embedded"
+
+func recordedDistribution(ref string) string {
+	if ref == "" {
+		return embeddedDistributionRef
+	}
+	return ref
+}
+
+// renderingDigest hashes the rendered YAML stream, like the operator's lastAppliedRevision.
+func renderingDigest(objs []*unstructured.Unstructured) (string, error) {
+	var buf bytes.Buffer
+	for _, obj := range objs {
+		data, err := yaml.Marshal(obj.Object)
+		if err != nil {
+			return "", err
+		}
+		buf.WriteString("---\n")
+		buf.Write(data)
+	}
+	return fmt.Sprintf("%x", sha256.Sum256(buf.Bytes())), nil
+}
+
+// explicitNamespace returns -n when the user typed it: only then does it override (and is
+// checked against) the namespace in the file, as kubectl enforces it.
+func explicitNamespace(cmd *cobra.Command) (string, bool) {
+	if f := cmd.Flags().Lookup("namespace"); f != nil && f.Changed {
+		return f.Value.String(), true
+	}
+	return "", false
+}
+
+func warnTo(w interface{ Write([]byte) (int, error) }) func(string) {
+	return func(msg string) { fmt.Fprintf(w, "Warning: %s\n", msg) }
+}
+
+// summarize lists at most n items and says how many more there are.
+func summarize(items []string, n int) string {
+	if len(items) <= n {
+		return strings.Join(items, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(items[:n], ", "), len(items)-n)
+}

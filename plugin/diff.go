@@ -1,0 +1,152 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
+)
+
+const diffExample = `  # Show what applying a FluxInstance would change, including what would be pruned
+  kubectl fluxinstance diff -f flux-instance.yaml
+
+  # Use another diff program, like kubectl diff
+  KUBECTL_EXTERNAL_DIFF="meld" kubectl fluxinstance diff -f flux-instance.yaml`
+
+// Exit codes of diff, as kubectl diff's.
+const (
+	diffExitNoChanges = 0
+	diffExitChanges   = 1
+	diffExitError     = 2
+)
+
+// DiffOptions holds the flags of `kubectl fluxinstance diff`.
+type DiffOptions struct {
+	instanceFlags
+	FieldManager string
+
+	namespace   string
+	enforceNS   bool
+	configFlags *genericclioptions.ConfigFlags
+	genericiooptions.IOStreams
+}
+
+// NewCmdDiff returns the `diff` command.
+func NewCmdDiff(configFlags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams) *cobra.Command {
+	o := &DiffOptions{configFlags: configFlags, IOStreams: streams, FieldManager: cluster.DefaultFieldManager}
+	cmd := &cobra.Command{
+		Use:   "diff -f FILENAME",
+		Short: "Show what applying a FluxInstance would change in the cluster",
+		Long: `Render a FluxInstance, server-side dry-run every object against the cluster and print a unified
+diff per object (Secret values masked), plus the objects the apply would prune. Nothing changes.
+
+Exit status: 0 no differences, 1 differences found, greater than 1 an error, like kubectl diff.
+KUBECTL_EXTERNAL_DIFF names another diff program, called with the live and merged directories.`,
+		Example: diffExample,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.Complete(cmd); err != nil {
+				return err
+			}
+			if err := o.Validate(cmd); err != nil {
+				return err
+			}
+			return o.Run(cmd.Context())
+		},
+	}
+	o.addFlags(cmd, "diff")
+	cmd.Flags().StringVar(&o.FieldManager, "field-manager", o.FieldManager, "Name of the manager the apply would use.")
+	return cmd
+}
+
+// Complete reads the namespace override.
+func (o *DiffOptions) Complete(cmd *cobra.Command) error {
+	o.namespace, o.enforceNS = explicitNamespace(cmd)
+	return nil
+}
+
+// Validate checks the flags.
+func (o *DiffOptions) Validate(cmd *cobra.Command) error {
+	if len(o.Filenames) == 0 {
+		return usageError(cmd, "-f, --filename is required")
+	}
+	return nil
+}
+
+// Run exits 1 when there are differences; every error exits 2, so a script can tell "changes"
+// from "could not tell".
+func (o *DiffOptions) Run(ctx context.Context) error {
+	entries, err := o.diff(ctx)
+	if err != nil {
+		return &ExitError{Code: diffExitError, Err: err}
+	}
+	if !cluster.HasChanges(entries) {
+		return nil
+	}
+	if external := os.Getenv("KUBECTL_EXTERNAL_DIFF"); external != "" {
+		return o.runExternal(ctx, external, entries)
+	}
+	for _, e := range entries {
+		if e.Changed() {
+			fmt.Fprint(o.Out, e.Text)
+		}
+	}
+	return &ExitError{Code: diffExitChanges}
+}
+
+func (o *DiffOptions) diff(ctx context.Context) ([]cluster.DiffEntry, error) {
+	r, err := o.render(ctx, o.In, o.namespace, o.enforceNS, warnTo(o.ErrOut))
+	if err != nil {
+		return nil, err
+	}
+	conn, err := cluster.Connect(o.configFlags)
+	if err != nil {
+		return nil, err
+	}
+	m := cluster.NewManager(conn, r.Instance.Name, r.Instance.Namespace)
+	inv, err := m.ReadInventory(ctx)
+	if err != nil {
+		return nil, cluster.ExplainError(err, conn.Config.Host)
+	}
+	prunable, _, err := m.PruneCandidates(ctx, inv, r.Objects)
+	if err != nil {
+		return nil, cluster.ExplainError(err, conn.Config.Host)
+	}
+	entries, err := m.Diff(ctx, r.Objects, prunable, cluster.DiffOptions{FieldManager: o.FieldManager})
+	return entries, cluster.ExplainError(err, conn.Config.Host)
+}
+
+// runExternal hands the live and merged directories to KUBECTL_EXTERNAL_DIFF, as kubectl does:
+// the program's exit status 1 means "differences", any other non-zero is an error.
+func (o *DiffOptions) runExternal(ctx context.Context, external string, entries []cluster.DiffEntry) error {
+	dir, err := os.MkdirTemp("", "kubectl-fluxinstance-diff-")
+	if err != nil {
+		return &ExitError{Code: diffExitError, Err: err}
+	}
+	defer os.RemoveAll(dir)
+	live, merged, err := cluster.WriteDiffDirs(entries, dir)
+	if err != nil {
+		return &ExitError{Code: diffExitError, Err: err}
+	}
+	args := strings.Fields(external)
+	cmd := exec.CommandContext(ctx, args[0], append(args[1:], live, merged)...)
+	cmd.Stdout, cmd.Stderr = o.Out, o.ErrOut
+	err = cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		// The program found no difference in what we think differs; trust our own verdict.
+		return &ExitError{Code: diffExitChanges}
+	case errors.As(err, &exit) && exit.ExitCode() == 1:
+		return &ExitError{Code: diffExitChanges}
+	}
+	return &ExitError{Code: diffExitError, Err: fmt.Errorf("running KUBECTL_EXTERNAL_DIFF=%q: %w", external, err)}
+}

@@ -1,0 +1,301 @@
+package plugin
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/fluxcd/pkg/ssa"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"sigs.k8s.io/yaml"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
+	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
+)
+
+const migrateExample = `  # Show what a migration of the cluster bootstrapped with 'flux bootstrap' would do, and the FluxInstance
+  kubectl fluxinstance migrate --dry-run
+
+  # Migrate the installation in namespace flux-system, without a prompt, and update a checkout of the fleet repo
+  kubectl fluxinstance migrate -n flux-system --yes --repo-dir ~/src/fleet
+
+  # Give the installation back to 'flux bootstrap'
+  kubectl fluxinstance migrate --rollback -n flux-system`
+
+// MigrateOptions holds the flags of `kubectl fluxinstance migrate`.
+type MigrateOptions struct {
+	DryRun           bool
+	Output           string
+	OutputFile       string
+	RepoDir          string
+	Yes              bool
+	Rollback         bool
+	Distribution     string
+	InsecureRegistry bool
+	CAFile           string
+
+	configFlags *genericclioptions.ConfigFlags
+	namespace   string
+	genericiooptions.IOStreams
+}
+
+// NewCmdMigrate returns the `migrate` command.
+func NewCmdMigrate(configFlags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams) *cobra.Command {
+	o := &MigrateOptions{configFlags: configFlags, Output: "yaml", IOStreams: streams}
+	cmd := &cobra.Command{
+		Use:   "migrate",
+		Short: "Adopt a Flux installation made by 'flux bootstrap' as a FluxInstance, deleting and restarting nothing",
+		Long: `Detect a Flux installation made by 'flux bootstrap', generate the FluxInstance that reproduces it (users'
+patches included, as spec.kustomize.patches), and take its objects over from kustomize-controller: every Flux
+object gets kustomize.toolkit.fluxcd.io/ssa: Ignore and prune: Disabled and loses kustomize-controller's owner
+labels, so that removing the bootstrap files from Git afterwards prunes nothing. Verified before it prints the
+next step; safe to re-run; --rollback gives the installation back to 'flux bootstrap'.`,
+		Example: migrateExample,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.Complete(cmd); err != nil {
+				return err
+			}
+			if err := o.Validate(cmd); err != nil {
+				return err
+			}
+			return o.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&o.DryRun, "dry-run", false, "Print the plan on stderr and the FluxInstance on stdout; change nothing.")
+	f.StringVarP(&o.Output, "output", "o", o.Output, "Output format of the FluxInstance. One of: (yaml, json).")
+	f.StringVar(&o.OutputFile, "output-file", "", "Write the FluxInstance to this file instead of stdout.")
+	f.StringVar(&o.RepoDir, "repo-dir", "", "A local checkout of the fleet repository: replace the bootstrap files with the FluxInstance (no commit).")
+	f.BoolVarP(&o.Yes, "yes", "y", false, "Do not ask for confirmation.")
+	f.BoolVar(&o.Rollback, "rollback", false, "Give the installation back to 'flux bootstrap' (labels, field managers, annotations).")
+	f.StringVar(&o.Distribution, "distribution", "", "The Flux distribution to render from (as for build); default: the one built into the plugin.")
+	f.BoolVar(&o.InsecureRegistry, "insecure-registry", false, "Allow plain HTTP for the OCI registry of --distribution.")
+	f.StringVar(&o.CAFile, "ca-file", "", "A PEM file of certificate authorities to trust for the OCI registry of --distribution.")
+	return cmd
+}
+
+// Complete reads -n only when given: without it migrate searches every namespace.
+func (o *MigrateOptions) Complete(cmd *cobra.Command) error {
+	if f := cmd.Flags().Lookup("namespace"); f != nil && f.Changed {
+		o.namespace = f.Value.String()
+	}
+	return nil
+}
+
+// Validate checks the flags.
+func (o *MigrateOptions) Validate(cmd *cobra.Command) error {
+	switch o.Output {
+	case "yaml", "json":
+	default:
+		return usageError(cmd, "--output must be one of yaml, json; got %q", o.Output)
+	}
+	if o.Rollback && (o.RepoDir != "" || o.OutputFile != "") {
+		return usageError(cmd, "--rollback cannot be combined with --repo-dir or --output-file")
+	}
+	if o.RepoDir != "" {
+		if st, err := os.Stat(o.RepoDir); err != nil || !st.IsDir() {
+			return usageError(cmd, "--repo-dir %q is not a directory", o.RepoDir)
+		}
+	}
+	return nil
+}
+
+func (o *MigrateOptions) info(format string, args ...any) {
+	fmt.Fprintf(o.ErrOut, format+"\n", args...)
+}
+
+// Run detects, plans, and (unless --dry-run) takes over or rolls back.
+func (o *MigrateOptions) Run(ctx context.Context) error {
+	conn, err := cluster.Connect(o.configFlags)
+	if err != nil {
+		return err
+	}
+	c := conn.Client
+	if o.Rollback {
+		return o.runRollback(ctx, conn)
+	}
+	in, err := migrate.Detect(ctx, c, o.namespace)
+	if err != nil {
+		return cluster.ExplainError(err, conn.Config.Host)
+	}
+	dist, err := distribution.Open(ctx, o.Distribution, distribution.Options{Insecure: o.InsecureRegistry, CAFile: o.CAFile, Warn: func(m string) { o.info("Warning: %s", m) }})
+	if err != nil {
+		return fmt.Errorf("opening the Flux distribution: %w", err)
+	}
+	rel, err := dist.Release(in.Version)
+	if err != nil {
+		return fmt.Errorf("the cluster runs Flux %s, which the distribution %s does not have (the FluxInstance must render the exact running version): %w; pass --distribution with a distribution that has it",
+			in.Version, dist.Source(), err)
+	}
+	p, err := migrate.BuildPlan(ctx, c, in, rel)
+	if err != nil {
+		return cluster.ExplainError(err, conn.Config.Host)
+	}
+	for _, line := range p.Summary() {
+		o.info("%s", line)
+	}
+	instance, err := o.encodeInstance(p)
+	if err != nil {
+		return err
+	}
+	if o.DryRun {
+		if o.RepoDir != "" {
+			changes, err := migrate.UpdateRepo(o.RepoDir, p, mustYAML(p), true)
+			if err != nil {
+				return err
+			}
+			o.info("Would change in %s:", o.RepoDir)
+			for _, ch := range changes {
+				o.info("%s", ch)
+			}
+		}
+		return o.writeInstance(instance)
+	}
+
+	m := cluster.NewManager(conn, "flux", in.Namespace)
+	if ok, err := migrate.UpToDate(ctx, m, p); err != nil {
+		return cluster.ExplainError(err, conn.Config.Host)
+	} else if ok {
+		o.info("Nothing to do: Flux in namespace %q is already migrated and verified.", in.Namespace)
+		if err := o.writeInstance(instance); err != nil {
+			return err
+		}
+		return o.updateRepo(p)
+	}
+	if err := o.confirm(fmt.Sprintf("Take over the Flux objects in namespace %q from kustomize-controller?", in.Namespace)); err != nil {
+		return err
+	}
+	res, err := migrate.Takeover(ctx, m, p, migrate.TakeoverOptions{
+		Record: cluster.RecordInfo{Distribution: dist.Source(), FluxVersion: in.Version},
+		Progress: func(e ssa.ChangeSetEntry) {
+			if e.Action != ssa.UnchangedAction {
+				o.info("%s %s", e.Subject, e.Action)
+			}
+		},
+	})
+	if err != nil {
+		var np *migrate.NotProtectedError
+		if errors.As(err, &np) {
+			return err
+		}
+		return cluster.ExplainError(err, conn.Config.Host)
+	}
+	for _, ref := range res.Protected {
+		o.info("%s protected (kept, not managed by the FluxInstance)", ref)
+	}
+	o.info("Verified: kustomize-controller's garbage collection would delete none of the %d Flux objects.", len(p.FluxObjects))
+	if err := o.writeInstance(instance); err != nil {
+		return err
+	}
+	if err := o.updateRepo(p); err != nil {
+		return err
+	}
+	o.info("%s", migrate.NextStep(p))
+	return nil
+}
+
+func mustYAML(p *migrate.Plan) []byte {
+	data, _ := migrate.InstanceYAML(p.Instance)
+	return data
+}
+
+func (o *MigrateOptions) updateRepo(p *migrate.Plan) error {
+	if o.RepoDir == "" {
+		return nil
+	}
+	changes, err := migrate.UpdateRepo(o.RepoDir, p, mustYAML(p), false)
+	if err != nil {
+		return err
+	}
+	if len(changes) == 0 {
+		o.info("%s: the bootstrap files are already replaced", o.RepoDir)
+	}
+	for _, ch := range changes {
+		o.info("%s", ch)
+	}
+	return nil
+}
+
+func (o *MigrateOptions) encodeInstance(p *migrate.Plan) ([]byte, error) {
+	data, err := migrate.InstanceYAML(p.Instance)
+	if err != nil {
+		return nil, err
+	}
+	if o.Output == "json" {
+		var m map[string]any
+		if err := yaml.Unmarshal(data, &m); err != nil {
+			return nil, err
+		}
+		out, err := json.MarshalIndent(m, "", "    ")
+		if err != nil {
+			return nil, err
+		}
+		return append(out, '\n'), nil
+	}
+	return data, nil
+}
+
+func (o *MigrateOptions) writeInstance(data []byte) error {
+	if o.OutputFile != "" {
+		if err := os.WriteFile(o.OutputFile, data, 0o644); err != nil {
+			return fmt.Errorf("--output-file: %w", err)
+		}
+		o.info("FluxInstance written to %s", o.OutputFile)
+		return nil
+	}
+	_, err := o.Out.Write(data)
+	return err
+}
+
+// confirm asks on a terminal; --yes skips it; without a terminal it refuses.
+func (o *MigrateOptions) confirm(question string) error {
+	if o.Yes {
+		return nil
+	}
+	f, ok := o.In.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return errors.New("refusing to change the cluster without confirmation: stdin is not a terminal; pass --yes (or --dry-run to only see the plan)")
+	}
+	fmt.Fprintf(o.ErrOut, "%s [y/N]: ", question)
+	line, err := bufio.NewReader(o.In).ReadString('\n')
+	if err != nil && line == "" {
+		return errors.New("aborted: no answer")
+	}
+	switch strings.ToLower(strings.TrimSpace(line)) {
+	case "y", "yes":
+		return nil
+	}
+	return errors.New("aborted: nothing was changed")
+}
+
+func (o *MigrateOptions) runRollback(ctx context.Context, conn *cluster.Connection) error {
+	ns := o.namespace
+	if ns == "" {
+		var err error
+		if ns, err = migrate.RecordNamespace(ctx, conn.Client); err != nil {
+			return cluster.ExplainError(err, conn.Config.Host)
+		}
+	}
+	if o.DryRun {
+		o.info("Would give the Flux objects in namespace %q back to `flux bootstrap` (kustomize-controller).", ns)
+		return nil
+	}
+	if err := o.confirm(fmt.Sprintf("Give the Flux objects in namespace %q back to kustomize-controller?", ns)); err != nil {
+		return err
+	}
+	res, err := migrate.Rollback(ctx, conn.Client, ns)
+	if err != nil {
+		return cluster.ExplainError(err, conn.Config.Host)
+	}
+	o.info("Restored bootstrap ownership of %d objects in namespace %q: kustomize-controller applies the bootstrap files (still in Git) again on its next reconcile.", len(res.Restored), ns)
+	return nil
+}

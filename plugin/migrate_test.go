@@ -1,0 +1,146 @@
+package plugin
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/fluxcd/cli-utils/pkg/object"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
+)
+
+// bootstrapForPlugin simulates `flux bootstrap` with the harness (kustomize-controller's labels
+// and field manager on the Flux objects) plus the sync objects and their status.
+func bootstrapForPlugin(t *testing.T, env *testenv.Env) []*unstructured.Unstructured {
+	t.Helper()
+	ctx := context.Background()
+	objs := env.InstallFlux(t, testenv.FluxInstall{Version: "v2.7.5", Bootstrapped: true})
+	c := env.Client(t)
+	labels := map[string]any{"kustomize.toolkit.fluxcd.io/name": "flux-system", "kustomize.toolkit.fluxcd.io/namespace": "flux-system"}
+	src := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+		"metadata": map[string]any{"name": "flux-system", "namespace": "flux-system", "labels": labels},
+		"spec":     map[string]any{"interval": "1m0s", "ref": map[string]any{"branch": "main"}, "secretRef": map[string]any{"name": "flux-system"}, "url": "https://example.com/fleet.git"},
+	}}
+	ks := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+		"metadata": map[string]any{"name": "flux-system", "namespace": "flux-system", "labels": labels},
+		"spec":     map[string]any{"interval": "10m0s", "path": "./clusters/prod", "prune": true, "sourceRef": map[string]any{"kind": "GitRepository", "name": "flux-system"}},
+	}}
+	for _, o := range []*unstructured.Unstructured{src, ks} {
+		require.NoError(t, c.Patch(ctx, o, client.Apply, client.FieldOwner("kustomize-controller")))
+	}
+	objs = append(objs, src, ks)
+	var entries []any
+	for _, o := range objs {
+		entries = append(entries, map[string]any{"id": object.UnstructuredToObjMetadata(o).String(), "v": o.GroupVersionKind().Version})
+	}
+	const rev = "main@sha1:1111111111111111111111111111111111111111"
+	ks.Object["status"] = map[string]any{"inventory": map[string]any{"entries": entries}, "lastAppliedRevision": rev, "lastAttemptedRevision": rev}
+	require.NoError(t, c.Status().Update(ctx, ks))
+	return objs
+}
+
+func resourceVersionsOf(t *testing.T, c client.Client, objs []*unstructured.Unstructured) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, o := range objs {
+		m := &metav1.PartialObjectMetadata{}
+		m.SetGroupVersionKind(o.GroupVersionKind())
+		require.NoError(t, c.Get(context.Background(), client.ObjectKeyFromObject(o), m))
+		out[o.GetKind()+"/"+o.GetNamespace()+"/"+o.GetName()] = m.GetResourceVersion()
+	}
+	return out
+}
+
+func TestMigrateCommand(t *testing.T) {
+	env := testenv.Start(t)
+	dist := testenv.DistributionDir(t)
+	objs := bootstrapForPlugin(t, env)
+	c := env.Client(t)
+	kc := "--kubeconfig=" + env.Kubeconfig
+
+	// Flag mistakes exit 2.
+	r := runPlugin(t, "", "migrate", kc, "-o", "table")
+	assert.Equal(t, 2, r.code, r.stderr)
+
+	// Dry run: plan on stderr, the FluxInstance on stdout, nothing changed.
+	before := resourceVersionsOf(t, c, objs)
+	r = runPlugin(t, "", "migrate", kc, "--dry-run", "--distribution", dist)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stderr, "installed by `flux bootstrap` in namespace \"flux-system\"")
+	assert.Contains(t, r.stderr, "image-automation-controller")
+	inst, err := fluxinstance.Decode([]byte(r.stdout), "stdout")
+	require.NoError(t, err)
+	assert.Equal(t, "v2.7.5", inst.Spec.Distribution.Version)
+	assert.Equal(t, "refs/heads/main", inst.Spec.Sync.Ref)
+	assert.Equal(t, before, resourceVersionsOf(t, c, objs))
+
+	r = runPlugin(t, "", "migrate", kc, "--dry-run", "--distribution", dist, "-o", "json")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.True(t, strings.HasPrefix(strings.TrimSpace(r.stdout), "{"))
+
+	// No terminal and no --yes: refuses, changes nothing.
+	r = runPlugin(t, "", "migrate", kc, "--distribution", dist)
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "pass --yes")
+	assert.Equal(t, before, resourceVersionsOf(t, c, objs))
+
+	// A checkout of the fleet repository with the bootstrap files and a file of the user's.
+	repo := t.TempDir()
+	dir := filepath.Join(repo, "clusters", "prod", "flux-system")
+	writeFile(t, dir, "gotk-components.yaml", "# Flux Version: v2.7.5\n")
+	writeFile(t, dir, "gotk-sync.yaml", "---\n")
+	writeFile(t, dir, "extra.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\n")
+	writeFile(t, dir, "kustomization.yaml", "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- gotk-components.yaml\n- gotk-sync.yaml\n- extra.yaml\npatches:\n- patch: |\n    - op: add\n      path: /spec/template/spec/tolerations\n      value: []\n  target:\n    kind: Deployment\n")
+
+	out := filepath.Join(t.TempDir(), "flux.yaml")
+	r = runPlugin(t, "", "migrate", kc, "--distribution", dist, "--yes", "--repo-dir", repo, "--output-file", out)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stderr, "Verified: kustomize-controller's garbage collection would delete none")
+	assert.Contains(t, r.stderr, "remove clusters/prod/flux-system/ (gotk-components.yaml, gotk-sync.yaml, kustomization.yaml)")
+	assert.Contains(t, r.stderr, " D clusters/prod/flux-system/gotk-components.yaml")
+	assert.Contains(t, r.stderr, "?? clusters/prod/flux-system/flux-instance.yaml")
+	_, err = os.Stat(filepath.Join(dir, "gotk-components.yaml"))
+	assert.True(t, os.IsNotExist(err))
+	kust, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
+	require.NoError(t, err)
+	assert.Contains(t, string(kust), "extra.yaml")
+	assert.NotContains(t, string(kust), "gotk-")
+	assert.NotContains(t, string(kust), "patches")
+	written, err := os.ReadFile(out)
+	require.NoError(t, err)
+	_, err = fluxinstance.Decode(written, out)
+	require.NoError(t, err)
+	for _, o := range objs {
+		m := &metav1.PartialObjectMetadata{}
+		m.SetGroupVersionKind(o.GroupVersionKind())
+		require.NoError(t, c.Get(context.Background(), client.ObjectKeyFromObject(o), m))
+		assert.NotContains(t, m.GetLabels(), "kustomize.toolkit.fluxcd.io/name", o.GetKind()+"/"+o.GetName())
+		assert.Equal(t, "Disabled", m.GetAnnotations()["kustomize.toolkit.fluxcd.io/prune"], o.GetKind()+"/"+o.GetName())
+	}
+
+	// Second run: nothing to do.
+	mid := resourceVersionsOf(t, c, objs)
+	r = runPlugin(t, "", "migrate", kc, "--distribution", dist, "--output-file", out)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stderr, "Nothing to do")
+	assert.Equal(t, mid, resourceVersionsOf(t, c, objs))
+
+	// Rollback.
+	r = runPlugin(t, "", "migrate", kc, "--rollback", "--yes")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stderr, "Restored bootstrap ownership")
+	r = runPlugin(t, "", "migrate", kc, "--rollback", "--yes")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "nothing to roll back")
+}

@@ -1,0 +1,372 @@
+package plugin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	appsv1 "k8s.io/api/apps/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/cli-runtime/pkg/printers"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
+	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
+	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
+)
+
+const statusExample = `  # Show the Flux installation of the current context, however it was installed
+  kubectl fluxinstance status
+
+  # The installation in another namespace, for scripts
+  kubectl fluxinstance status -n gitops -o json`
+
+// StatusOptions holds the flags of `kubectl fluxinstance status`.
+type StatusOptions struct {
+	Output string
+
+	namespace   string
+	configFlags *genericclioptions.ConfigFlags
+	genericiooptions.IOStreams
+}
+
+// StatusReport is what `status -o json|yaml` prints.
+type StatusReport struct {
+	Namespace    string               `json:"namespace"`
+	Installation cluster.Installation `json:"installation"`
+	// Applied describes the last apply by this plugin (nil when it never applied here).
+	Applied    *AppliedRecord    `json:"applied,omitempty"`
+	Components []ComponentStatus `json:"components"`
+	Sync       []SyncStatus      `json:"sync,omitempty"`
+	// Drift is nil when there is no record to compare with.
+	Drift *DriftReport `json:"drift,omitempty"`
+}
+
+// AppliedRecord is the inventory record of the last apply.
+type AppliedRecord struct {
+	At            time.Time `json:"at"`
+	By            string    `json:"by,omitempty"`
+	FieldManager  string    `json:"fieldManager,omitempty"`
+	PluginVersion string    `json:"pluginVersion,omitempty"`
+	Distribution  string    `json:"distribution,omitempty"`
+	Revision      string    `json:"revision,omitempty"`
+	State         string    `json:"state,omitempty"`
+	Objects       int       `json:"objects"`
+	Record        string    `json:"record"`
+}
+
+// ComponentStatus is one Flux controller Deployment.
+type ComponentStatus struct {
+	Name    string `json:"name"`
+	Image   string `json:"image"`
+	Ready   bool   `json:"ready"`
+	Replica string `json:"replicas"`
+}
+
+// SyncStatus is the cluster sync source or Kustomization.
+type SyncStatus struct {
+	Kind     string `json:"kind"`
+	Name     string `json:"name"`
+	Ready    string `json:"ready"`
+	Message  string `json:"message,omitempty"`
+	Revision string `json:"revision,omitempty"`
+}
+
+// DriftReport compares the cluster with a fresh rendering of the recorded instance.
+type DriftReport struct {
+	Checked bool     `json:"checked"`
+	Reason  string   `json:"reason,omitempty"`
+	Missing []string `json:"missing,omitempty"`
+	Changed []string `json:"changed,omitempty"`
+}
+
+// NewCmdStatus returns the `status` command.
+func NewCmdStatus(configFlags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams) *cobra.Command {
+	o := &StatusOptions{configFlags: configFlags, IOStreams: streams}
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the Flux installation: version, manager, components, sync, inventory and drift",
+		Long: `Show the Flux installation of a namespace: its version and what manages it, the controllers with
+their images and readiness, the cluster sync source and Kustomization, and, for an installation applied by
+this plugin, when and by whom, the inventory size and the drift since (a server-side dry-run of the
+recorded FluxInstance). Installations made by flux bootstrap, flux install or the Flux Operator are shown
+read-only. The namespace is -n, else the one the installation says, else flux-system.`,
+		Example: statusExample,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.Complete(cmd); err != nil {
+				return err
+			}
+			if err := o.Validate(cmd); err != nil {
+				return err
+			}
+			return o.Run(cmd.Context())
+		},
+	}
+	cmd.Flags().StringVarP(&o.Output, "output", "o", "", "Output format. One of: (json, yaml).")
+	return cmd
+}
+
+// Complete reads -n.
+func (o *StatusOptions) Complete(cmd *cobra.Command) error {
+	o.namespace, _ = explicitNamespace(cmd)
+	return nil
+}
+
+// Validate checks the flags.
+func (o *StatusOptions) Validate(cmd *cobra.Command) error {
+	if o.Output != "" && o.Output != "json" && o.Output != "yaml" {
+		return usageError(cmd, "--output must be 'json' or 'yaml', got %q", o.Output)
+	}
+	return nil
+}
+
+// Run gathers the report; parts the user may not read are reported as such, not as failures.
+func (o *StatusOptions) Run(ctx context.Context) error {
+	conn, err := cluster.Connect(o.configFlags)
+	if err != nil {
+		return err
+	}
+	report, err := o.gather(ctx, conn)
+	if err != nil {
+		return cluster.ExplainError(err, conn.Config.Host)
+	}
+	switch o.Output {
+	case "json":
+		data, err := json.MarshalIndent(report, "", "  ")
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(o.Out, string(data))
+		return err
+	case "yaml":
+		data, err := yaml.Marshal(report)
+		if err != nil {
+			return err
+		}
+		_, err = o.Out.Write(data)
+		return err
+	}
+	return printStatus(o.Out, report)
+}
+
+func (o *StatusOptions) gather(ctx context.Context, conn *cluster.Connection) (*StatusReport, error) {
+	inst, err := cluster.DetectInstallation(ctx, conn.Client)
+	if err != nil {
+		return nil, err
+	}
+	ns := o.namespace
+	if ns == "" {
+		ns = inst.Namespace
+	}
+	if ns == "" {
+		ns = fluxinstance.DefaultNamespace
+	}
+	report := &StatusReport{Namespace: ns, Installation: inst, Components: []ComponentStatus{}}
+	m := cluster.NewManager(conn, fluxinstance.RequiredName, ns)
+	inv, err := m.ReadInventory(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var recorded *fluxinstance.FluxInstance
+	if inv != nil && inv.Source != "" && strings.HasPrefix(inv.Source, "ConfigMap/") {
+		report.Applied = &AppliedRecord{
+			At: inv.AppliedAt, By: inv.User, FieldManager: inv.FieldManager, PluginVersion: inv.PluginVersion,
+			Distribution: inv.Distribution, Revision: inv.Digest, State: inv.State, Objects: len(inv.Entries), Record: inv.Source,
+		}
+		if inv.Instance != "" {
+			recorded, err = fluxinstance.Decode([]byte(inv.Instance), inv.Source)
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+	if report.Components, err = components(ctx, conn.Client, ns); err != nil {
+		return nil, err
+	}
+	syncName := ns
+	if recorded != nil && recorded.Spec.Sync != nil && recorded.Spec.Sync.Name != "" {
+		syncName = recorded.Spec.Sync.Name
+	}
+	if report.Sync, err = syncStatus(ctx, conn.Client, ns, syncName); err != nil {
+		return nil, err
+	}
+	if report.Applied != nil {
+		report.Drift = drift(ctx, m, recorded, inv.Distribution, inv.FieldManager)
+	}
+	return report, nil
+}
+
+// components lists the Flux controller Deployments of the namespace.
+func components(ctx context.Context, c client.Client, ns string) ([]ComponentStatus, error) {
+	var list appsv1.DeploymentList
+	if err := c.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{"app.kubernetes.io/part-of": "flux"}); err != nil {
+		return nil, fmt.Errorf("listing Deployments in %s: %w", ns, err)
+	}
+	out := []ComponentStatus{}
+	for _, d := range list.Items {
+		image := ""
+		if len(d.Spec.Template.Spec.Containers) > 0 {
+			image = d.Spec.Template.Spec.Containers[0].Image
+		}
+		want := int32(1)
+		if d.Spec.Replicas != nil {
+			want = *d.Spec.Replicas
+		}
+		available := false
+		for _, cond := range d.Status.Conditions {
+			if cond.Type == appsv1.DeploymentAvailable && cond.Status == "True" {
+				available = true
+			}
+		}
+		out = append(out, ComponentStatus{
+			Name: d.Name, Image: image, Ready: available && d.Status.ReadyReplicas >= want,
+			Replica: fmt.Sprintf("%d/%d", d.Status.ReadyReplicas, want),
+		})
+	}
+	return out, nil
+}
+
+// syncKinds are the kinds a cluster sync can use, each with the API versions tried in order.
+var syncKinds = []struct {
+	group, kind string
+	versions    []string
+}{
+	{"source.toolkit.fluxcd.io", "GitRepository", []string{"v1"}},
+	{"source.toolkit.fluxcd.io", "OCIRepository", []string{"v1", "v1beta2"}},
+	{"source.toolkit.fluxcd.io", "Bucket", []string{"v1", "v1beta2"}},
+	{"kustomize.toolkit.fluxcd.io", "Kustomization", []string{"v1"}},
+}
+
+// syncStatus reads the namespace-named sync objects that exist.
+func syncStatus(ctx context.Context, c client.Client, ns, name string) ([]SyncStatus, error) {
+	var out []SyncStatus
+	for _, k := range syncKinds {
+		for _, v := range k.versions {
+			obj := &unstructured.Unstructured{}
+			obj.SetGroupVersionKind(schema.GroupVersionKind{Group: k.group, Version: v, Kind: k.kind})
+			err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, obj)
+			if apimeta.IsNoMatchError(err) || apierrors.IsNotFound(err) {
+				continue // this version or kind is not served, or there is no such object
+			}
+			if err != nil {
+				return nil, fmt.Errorf("reading %s %s/%s: %w", k.kind, ns, name, err)
+			}
+			out = append(out, describeSync(obj))
+			break
+		}
+	}
+	return out, nil
+}
+
+func describeSync(obj *unstructured.Unstructured) SyncStatus {
+	s := SyncStatus{Kind: obj.GetKind(), Name: obj.GetName(), Ready: "Unknown"}
+	conds, _, _ := unstructured.NestedSlice(obj.Object, "status", "conditions")
+	for _, raw := range conds {
+		cond, ok := raw.(map[string]any)
+		if !ok || cond["type"] != "Ready" {
+			continue
+		}
+		s.Ready, _ = cond["status"].(string)
+		s.Message, _ = cond["message"].(string)
+	}
+	if rev, ok, _ := unstructured.NestedString(obj.Object, "status", "lastAppliedRevision"); ok {
+		s.Revision = rev
+	} else if rev, ok, _ := unstructured.NestedString(obj.Object, "status", "artifact", "revision"); ok {
+		s.Revision = rev
+	}
+	return s
+}
+
+// drift renders the recorded instance again and dry-runs it: objects that would be created are
+// missing, objects that would be configured changed since the last apply.
+func drift(ctx context.Context, m *cluster.Manager, recorded *fluxinstance.FluxInstance, dist, fieldManager string) *DriftReport {
+	if recorded == nil {
+		return &DriftReport{Reason: "the record holds no FluxInstance (applied by an older plugin)"}
+	}
+	source := dist
+	if source == embeddedDistributionRef {
+		source = ""
+	}
+	r, err := renderInstance(ctx, recorded, "the recorded FluxInstance", source, distribution.Options{Warn: func(string) {}})
+	if err != nil {
+		return &DriftReport{Reason: err.Error()}
+	}
+	entries, err := m.Diff(ctx, r.Objects, nil, cluster.DiffOptions{FieldManager: fieldManager})
+	if err != nil {
+		return &DriftReport{Reason: err.Error()}
+	}
+	d := &DriftReport{Checked: true}
+	for _, e := range entries {
+		switch e.Action {
+		case "created":
+			d.Missing = append(d.Missing, e.Subject)
+		case "configured":
+			d.Changed = append(d.Changed, e.Subject)
+		}
+	}
+	return d
+}
+
+func printStatus(out io.Writer, r *StatusReport) error {
+	w := printers.GetNewTabWriter(out)
+	fmt.Fprintf(w, "Namespace:\t%s\n", r.Namespace)
+	if !r.Installation.Installed {
+		fmt.Fprintf(w, "Flux:\tnot installed\n")
+		return w.Flush()
+	}
+	fmt.Fprintf(w, "Flux Version:\t%s\n", r.Installation.Version)
+	fmt.Fprintf(w, "Managed By:\t%s\n", r.Installation.ManagedBy)
+	if a := r.Applied; a != nil {
+		by := a.By
+		if by == "" {
+			by = "unknown user"
+		}
+		fmt.Fprintf(w, "Last Applied:\t%s by %s (field manager %s, plugin %s)\n", a.At.Format(time.RFC3339), by, a.FieldManager, a.PluginVersion)
+		if a.State != "" && a.State != "Applied" {
+			fmt.Fprintf(w, "Apply State:\t%s (re-run apply to finish)\n", a.State)
+		}
+		fmt.Fprintf(w, "Distribution:\t%s\n", a.Distribution)
+		fmt.Fprintf(w, "Revision:\t%s\n", a.Revision)
+		fmt.Fprintf(w, "Inventory:\t%d objects (%s)\n", a.Objects, a.Record)
+	}
+	if d := r.Drift; d != nil {
+		switch {
+		case !d.Checked:
+			fmt.Fprintf(w, "Drift:\tnot checked: %s\n", d.Reason)
+		case len(d.Missing)+len(d.Changed) == 0:
+			fmt.Fprintf(w, "Drift:\tnone\n")
+		default:
+			fmt.Fprintf(w, "Drift:\t%d missing, %d changed since the last apply\n", len(d.Missing), len(d.Changed))
+			for _, s := range d.Missing {
+				fmt.Fprintf(w, "\tmissing: %s\n", s)
+			}
+			for _, s := range d.Changed {
+				fmt.Fprintf(w, "\tchanged: %s\n", s)
+			}
+		}
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "COMPONENT\tREADY\tREPLICAS\tIMAGE")
+	for _, c := range r.Components {
+		fmt.Fprintf(w, "%s\t%t\t%s\t%s\n", c.Name, c.Ready, c.Replica, c.Image)
+	}
+	if len(r.Sync) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "SYNC\tREADY\tREVISION\tMESSAGE")
+		for _, s := range r.Sync {
+			fmt.Fprintf(w, "%s/%s\t%s\t%s\t%s\n", s.Kind, s.Name, s.Ready, s.Revision, s.Message)
+		}
+	}
+	return w.Flush()
+}

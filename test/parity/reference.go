@@ -1,0 +1,211 @@
+// Package parity compares kubectl-fluxinstance's `build` with the Flux Operator CLI's
+// `build instance` (the reference renderer) over the fidelity corpus, and gives the benchmarks
+// (test/bench) the same processes to run: the plugin binary, the reference CLI and a loopback
+// registry serving the distribution artifact.
+//
+// The reference CLI (AGPL-3.0) is built by test/binaries/flux-operator-cli/build.sh in a module
+// of its own and only ever run as a separate process.
+package parity
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/registry"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/test/distribution/distdata"
+)
+
+// ReferenceCLIEnv names a flux-operator binary to use instead of the cached build.
+const ReferenceCLIEnv = "FLUX_OPERATOR_CLI"
+
+// ReferenceCLIHint says how to get the reference CLI.
+const ReferenceCLIHint = "build it with test/binaries/flux-operator-cli/build.sh (cached under ~/.cache/kubectl-fluxinstance-testenv; " +
+	"cold: about 9 minutes and 2.2 GB of downloads on 2 cores, toolchain go1.27.3 from the Go module proxy), " +
+	"or set " + ReferenceCLIEnv + " to a flux-operator v0.59.0 binary"
+
+// RepoRoot is the directory of the plugin's go.mod.
+func RepoRoot(tb testing.TB) string {
+	tb.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil &&
+			bytes.Contains(b, []byte("module github.com/fluxinstance/kubectl-fluxinstance\n")) {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			tb.Fatal("cannot find the repository root (the go.mod of github.com/fluxinstance/kubectl-fluxinstance) above the working directory")
+		}
+		dir = parent
+	}
+}
+
+func buildScript(tb testing.TB) string {
+	return filepath.Join(RepoRoot(tb), "test", "binaries", "flux-operator-cli", "build.sh")
+}
+
+// FindReferenceCLI returns the reference CLI without building it: $FLUX_OPERATOR_CLI, else the
+// binary cached by build.sh. ok is false when there is none.
+func FindReferenceCLI(tb testing.TB) (path string, ok bool) {
+	tb.Helper()
+	if p := os.Getenv(ReferenceCLIEnv); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			tb.Fatalf("%s=%s: %v", ReferenceCLIEnv, p, err)
+		}
+		return p, true
+	}
+	out, err := exec.Command(buildScript(tb), "--check").Output()
+	if err != nil {
+		return "", false
+	}
+	return filepath.Join(strings.TrimSpace(string(out)), "flux-operator"), true
+}
+
+// BuildReferenceCLI builds (or reuses) the reference CLI with build.sh, which can take minutes.
+func BuildReferenceCLI(tb testing.TB) (string, error) {
+	tb.Helper()
+	var stderr bytes.Buffer
+	cmd := exec.Command(buildScript(tb))
+	cmd.Stderr = &stderr
+	start := time.Now()
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("%s: %w\n%s", buildScript(tb), err, tail(stderr.String(), 4000))
+	}
+	tb.Logf("reference CLI ready in %s", time.Since(start).Round(time.Second))
+	return filepath.Join(strings.TrimSpace(string(out)), "flux-operator"), nil
+}
+
+// PluginBinary builds cmd/kubectl-fluxinstance like `make build` does (the default distribution
+// is embedded when render/distribution/embedded/data holds it, see `make embed`) into a temporary
+// directory, unless $KUBECTL_FLUXINSTANCE names a binary to use.
+func PluginBinary(tb testing.TB) string {
+	tb.Helper()
+	if p := os.Getenv("KUBECTL_FLUXINSTANCE"); p != "" {
+		return p
+	}
+	out := filepath.Join(tb.TempDir(), "kubectl-fluxinstance")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, "./cmd/kubectl-fluxinstance")
+	cmd.Dir = RepoRoot(tb)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		tb.Fatalf("go build ./cmd/kubectl-fluxinstance: %v\n%s", err, b)
+	}
+	return out
+}
+
+// HasEmbeddedDistribution tells whether the plugin binary was built with a default distribution.
+func HasEmbeddedDistribution(tb testing.TB) bool {
+	tb.Helper()
+	fi, err := os.Stat(filepath.Join(RepoRoot(tb), "render", "distribution", "embedded", "data", "distribution.tar.gz"))
+	return err == nil && fi.Size() > 0
+}
+
+// ServeDistribution serves the distribution data (FLUX_DISTRIBUTION_DIR) as the operator's OCI
+// artifact on a loopback registry for the rest of the test, and returns its oci:// URL.
+func ServeDistribution(tb testing.TB) string {
+	tb.Helper()
+	dir := distdata.Dir(tb)
+	// Not distdata.StartRegistry: its registry logs every request, which would drown the
+	// benchmark's table and the test's findings.
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	tb.Cleanup(srv.Close)
+	ref := srv.Listener.Addr().String() + "/flux-operator-manifests:latest"
+	distdata.PushArtifact(tb, ref, distdata.TarGz(tb, dir), distdata.ConfigMediaType, distdata.ContentMediaType, true)
+	return "oci://" + ref
+}
+
+// Env is the environment of a rendering process: an empty Docker config (no credential helper
+// of the user's is consulted) and cacheDir as the user cache directory (the plugin's OCI cache).
+func Env(tb testing.TB, cacheDir string) []string {
+	tb.Helper()
+	docker := filepath.Join(tb.TempDir(), "docker")
+	if err := os.MkdirAll(docker, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(docker, "config.json"), []byte("{}"), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "DOCKER_CONFIG=") && !strings.HasPrefix(kv, "XDG_CACHE_HOME=") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, "DOCKER_CONFIG="+docker, "XDG_CACHE_HOME="+cacheDir)
+}
+
+// Result is one finished process.
+type Result struct {
+	Stdout, Stderr []byte
+	// Wall is the elapsed time from start to exit.
+	Wall time.Duration
+	// CPU is user + system time of the process (its rusage).
+	CPU time.Duration
+	// MaxRSS is the peak resident set size in bytes (rusage ru_maxrss).
+	MaxRSS int64
+	// Err is the start or exit error.
+	Err error
+}
+
+// Run runs name with args and env and measures it.
+func Run(ctx context.Context, env []string, name string, args ...string) Result {
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	err := cmd.Run()
+	res := Result{Wall: time.Since(start), Err: err}
+	if cmd.ProcessState != nil {
+		res.CPU = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			res.MaxRSS = ru.Maxrss * 1024 // kilobytes on Linux
+		}
+	}
+	res.Stdout, res.Stderr = stdout.Bytes(), stderr.Bytes()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		res.Err = fmt.Errorf("%s %s: %w: %s", filepath.Base(name), strings.Join(args, " "), err, tail(string(res.Stderr), 2000))
+	}
+	return res
+}
+
+// ReferenceArgs are the arguments of the reference CLI rendering file from the artifact at ociURL.
+func ReferenceArgs(file, ociURL string) []string {
+	return []string{"build", "instance", "-f", file, "--distribution-artifact", ociURL}
+}
+
+// PluginArgs are the arguments of the plugin rendering file; distribution "" is the embedded one.
+func PluginArgs(file, distribution string) []string {
+	args := []string{"build", "-f", file}
+	if distribution != "" {
+		args = append(args, "--distribution", distribution)
+		if strings.HasPrefix(distribution, "oci://127.0.0.1:") {
+			args = append(args, "--insecure-registry")
+		}
+	}
+	return args
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
+}
