@@ -217,9 +217,10 @@ func completeDistribution(_ *cobra.Command, _ []string, toComplete string) ([]co
 // completeFluxVersion offers the Flux versions built into the plugin, newest first. Opening the
 // embedded distribution only reads its index, so this is cheap.
 func completeFluxVersion(cmd *cobra.Command, _ []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+	const directive = cobra.ShellCompDirectiveNoFileComp | cobra.ShellCompDirectiveKeepOrder
 	d, err := distribution.Open(commandContext(cmd), "", distribution.Options{Warn: func(string) {}})
-	if err != nil {
-		return nil, cobra.ShellCompDirectiveNoFileComp
+	if err != nil { // built without the embedded distribution: nothing to offer
+		return nil, directive
 	}
 	versions := d.Versions()
 	slices.Reverse(versions)
@@ -229,7 +230,7 @@ func completeFluxVersion(cmd *cobra.Command, _ []string, toComplete string) ([]c
 			out = append(out, v)
 		}
 	}
-	return out, cobra.ShellCompDirectiveNoFileComp | cobra.ShellCompDirectiveKeepOrder
+	return out, directive
 }
 
 func commandContext(cmd *cobra.Command) context.Context {

@@ -44,12 +44,13 @@ type MigrateOptions struct {
 
 	configFlags *genericclioptions.ConfigFlags
 	namespace   string
+	version     string
 	genericiooptions.IOStreams
 }
 
 // NewCmdMigrate returns the `migrate` command.
-func NewCmdMigrate(configFlags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams) *cobra.Command {
-	o := &MigrateOptions{configFlags: configFlags, Output: "yaml", IOStreams: streams}
+func NewCmdMigrate(configFlags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams, info BuildInfo) *cobra.Command {
+	o := &MigrateOptions{configFlags: configFlags, Output: "yaml", IOStreams: streams, version: info.Version}
 	cmd := &cobra.Command{
 		Use:   "migrate",
 		Short: "Adopt a Flux installation made by 'flux bootstrap' as a FluxInstance, deleting and restarting nothing",
@@ -174,8 +175,13 @@ func (o *MigrateOptions) Run(ctx context.Context) error {
 	if err := o.confirm(fmt.Sprintf("Take over the Flux objects in namespace %q from kustomize-controller?", in.Namespace)); err != nil {
 		return err
 	}
+	// The same record as apply's, so that status and a later apply treat both alike.
+	record, err := applyRecord(&rendering{Instance: p.Instance, Version: in.Version, DistributionRef: o.Distribution, Objects: p.Objects}, o.version)
+	if err != nil {
+		return err
+	}
 	res, err := migrate.Takeover(ctx, m, p, migrate.TakeoverOptions{
-		Record: cluster.RecordInfo{Distribution: dist.Source(), FluxVersion: in.Version},
+		Record: record,
 		Progress: func(e ssa.ChangeSetEntry) {
 			if e.Action != ssa.UnchangedAction {
 				o.info("%s %s", e.Subject, e.Action)

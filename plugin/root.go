@@ -59,7 +59,7 @@ func NewRootCommand(streams genericiooptions.IOStreams, info BuildInfo) *cobra.C
 		NewCmdDiff(configFlags, streams),
 		NewCmdStatus(configFlags, streams),
 		NewCmdDelete(configFlags, streams),
-		NewCmdMigrate(configFlags, streams),
+		NewCmdMigrate(configFlags, streams, info),
 	)
 	for _, c := range cmd.Commands() {
 		wrapArgsValidation(c)

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -88,20 +89,36 @@ func run(pluginDir, stateDir string, keep bool) error {
 		return err
 	}
 
-	version, err := newestVersion(distDir)
-	if err != nil {
-		return err
-	}
-	step("Installing the Flux " + version + " CRDs as `flux install` would")
-	if _, err := env.InstallFluxFrom(ctx, distDir, testenv.FluxInstall{Version: version, CRDsOnly: true}); err != nil {
-		return err
-	}
-	if err := kubectl("fluxinstance", "version"); err != nil {
+	step("Rendering examples/flux-instance.yaml offline (the embedded distribution)")
+	if err := kubectl("fluxinstance", "build", "-f", "examples/flux-instance.yaml", "-o", "name"); err != nil {
 		return err
 	}
 
-	step("Rendering examples/flux-instance.yaml offline (the embedded distribution)")
-	if err := kubectl("fluxinstance", "build", "-f", "examples/flux-instance.yaml", "-o", "name"); err != nil {
+	step("Applying it (no kubelet runs here, so without waiting for the controllers)")
+	if err := kubectl("fluxinstance", "apply", "-f", "examples/flux-instance.yaml", "--wait=false"); err != nil {
+		return err
+	}
+	if err := kubectl("fluxinstance", "status"); err != nil {
+		return err
+	}
+
+	step("Dropping image-automation-controller in a copy: diff shows what apply would change and prune")
+	smaller := filepath.Join(stateDir, "flux-instance-smaller.yaml")
+	if err := writeWithout("examples/flux-instance.yaml", smaller, "    - image-automation-controller\n"); err != nil {
+		return err
+	}
+	// diff exits 1 when there are differences, as kubectl diff does.
+	if err := kubectl("fluxinstance", "diff", "-f", smaller); exitCode(err) != 1 {
+		return fmt.Errorf("diff should have found differences (exit 1), got %v", err)
+	}
+	if err := kubectl("fluxinstance", "apply", "-f", smaller, "--wait=false"); err != nil {
+		return err
+	}
+	if err := kubectl("fluxinstance", "status"); err != nil {
+		return err
+	}
+
+	if err := demoMigrate(ctx, distDir, filepath.Join(stateDir, "bootstrap"), path); err != nil {
 		return err
 	}
 
@@ -110,6 +127,70 @@ func run(pluginDir, stateDir string, keep bool) error {
 			env.Kubeconfig, pluginDir, stateDir)
 	}
 	return nil
+}
+
+// demoMigrate starts a second API server holding what `flux bootstrap` leaves (simulated: no
+// controllers run), and migrates it to a FluxInstance.
+func demoMigrate(ctx context.Context, distDir, stateDir, pathEnv string) error {
+	version, err := newestVersion(distDir)
+	if err != nil {
+		return err
+	}
+	step("A second cluster, bootstrapped with `flux bootstrap` (Flux " + version + ", simulated)")
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return err
+	}
+	env, err := testenv.StartDetached(stateDir, testenv.Options{})
+	if err != nil {
+		return err
+	}
+	defer env.Stop()
+	if _, err := env.SimulateBootstrapFrom(ctx, distDir, testenv.Bootstrap{
+		Version: version, Tolerations: []string{"dedicated/flux"}, LogLevel: "debug",
+	}); err != nil {
+		return err
+	}
+	kubectl := func(args ...string) error {
+		fmt.Printf("\n$ kubectl %s\n", strings.Join(args, " "))
+		cmd := exec.CommandContext(ctx, filepath.Join(env.BinDir, "kubectl"), args...)
+		cmd.Env = append(os.Environ(), "KUBECONFIG="+env.Kubeconfig, pathEnv)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		return cmd.Run()
+	}
+	if err := kubectl("fluxinstance", "version"); err != nil {
+		return err
+	}
+	step("migrate --dry-run: the plan (stderr) and the FluxInstance that reproduces the cluster (stdout)")
+	if err := kubectl("fluxinstance", "migrate", "--dry-run"); err != nil {
+		return err
+	}
+	step("migrate: take the objects over from kustomize-controller, verify, print the next step")
+	if err := kubectl("fluxinstance", "migrate", "--yes"); err != nil {
+		return err
+	}
+	return kubectl("fluxinstance", "status")
+}
+
+func writeWithout(src, dst, line string) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(string(data), line) {
+		return fmt.Errorf("%s has no line %q", src, line)
+	}
+	return os.WriteFile(dst, []byte(strings.Replace(string(data), line, "", 1)), 0o600)
+}
+
+func exitCode(err error) int {
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return exit.ExitCode()
+	}
+	if err == nil {
+		return 0
+	}
+	return -1
 }
 
 func step(title string) { fmt.Printf("\n==> %s\n", title) }

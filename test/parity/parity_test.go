@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -62,49 +63,53 @@ func TestParityWithReferenceCLI(t *testing.T) {
 	// Both caches start empty: the plugin pulls once and reuses its cache afterwards.
 	env := Env(t, t.TempDir())
 
-	compared := 0
-	for _, file := range files {
-		name := strings.TrimSuffix(filepath.Base(file), ".yaml")
-		if filepath.Dir(file) == "testdata" {
-			name = "testdata/" + name
-			file, _ = filepath.Abs(file)
-		}
-		t.Run(name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			defer cancel()
-			inst := readInstance(t, file)
-			theirs := Run(ctx, env, cli, ReferenceArgs(file, oci)...)
-			ours := Run(ctx, env, plugin, PluginArgs(file, oci)...)
-
-			if theirs.Err != nil {
-				// Known: with sharding, the CLI finds several targets (the controller and its
-				// shards) for a strategic-merge patch without target and gives up.
-				if strings.Contains(string(theirs.Stderr), "multiple matches") && inst.sharded() && inst.untargetedPatch() {
-					t.Logf("documented difference: the reference CLI cannot apply an untargeted strategic-merge patch with sharding: %s",
-						firstLine(theirs.Stderr))
-					if ours.Err != nil {
-						assert.Contains(t, string(ours.Stderr), "target", "when the plugin rejects the patch its error must say to add a target")
-					}
-					return
-				}
-				// Both reject the instance: that is parity too.
-				if ours.Err != nil {
-					t.Logf("both reject it; reference: %s; plugin: %s", firstLine(theirs.Stderr), firstLine(ours.Stderr))
-					return
-				}
-				t.Fatalf("the reference CLI rejects %s but the plugin renders it: %v", file, theirs.Err)
+	var compared atomic.Int32
+	// The subtests run in parallel (two processes each): the group returns when all have ended.
+	t.Run("instances", func(t *testing.T) {
+		for _, file := range files {
+			name := strings.TrimSuffix(filepath.Base(file), ".yaml")
+			if filepath.Dir(file) == "testdata" {
+				name = "testdata/" + name
+				file, _ = filepath.Abs(file)
 			}
-			require.NoError(t, ours.Err, "the reference CLI renders %s but the plugin does not", file)
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+				defer cancel()
+				inst := readInstance(t, file)
+				theirs := Run(ctx, env, cli, ReferenceArgs(file, oci)...)
+				ours := Run(ctx, env, plugin, PluginArgs(file, oci)...)
 
-			oursObjs, theirObjs := decodeObjects(t, ours.Stdout), decodeObjects(t, theirs.Stdout)
-			oursObjs = normalise(t, inst, images, oursObjs, theirObjs)
-			diffs := compareObjects(oursObjs, theirObjs)
-			assert.Empty(t, diffs, "%s renders differently from the reference CLI (ours vs theirs):\n%s", file, strings.Join(diffs, "\n"))
-			compared++
-		})
-	}
+				if theirs.Err != nil {
+					// Known: with sharding, the CLI finds several targets (the controller and its
+					// shards) for a strategic-merge patch without target and gives up.
+					if strings.Contains(string(theirs.Stderr), "multiple matches") && inst.sharded() && inst.untargetedPatch() {
+						t.Logf("documented difference: the reference CLI cannot apply an untargeted strategic-merge patch with sharding: %s",
+							firstLine(theirs.Stderr))
+						if ours.Err != nil {
+							assert.Contains(t, string(ours.Stderr), "target", "when the plugin rejects the patch its error must say to add a target")
+						}
+						return
+					}
+					// Both reject the instance: that is parity too.
+					if ours.Err != nil {
+						t.Logf("both reject it; reference: %s; plugin: %s", firstLine(theirs.Stderr), firstLine(ours.Stderr))
+						return
+					}
+					t.Fatalf("the reference CLI rejects %s but the plugin renders it: %v", file, theirs.Err)
+				}
+				require.NoError(t, ours.Err, "the reference CLI renders %s but the plugin does not", file)
+
+				oursObjs, theirObjs := decodeObjects(t, ours.Stdout), decodeObjects(t, theirs.Stdout)
+				oursObjs = normalise(t, inst, images, oursObjs, theirObjs)
+				diffs := compareObjects(oursObjs, theirObjs)
+				assert.Equal(t, 0, len(diffs), "%s renders differently from the reference CLI (ours vs theirs):\n%s", file, strings.Join(diffs, "\n"))
+				compared.Add(1)
+			})
+		}
+	})
 	// Guards against a run that compared nothing (every rendering rejected) and so proved nothing.
-	assert.GreaterOrEqual(t, compared, len(files)/2, "too few instances compared with the reference CLI")
+	assert.GreaterOrEqual(t, int(compared.Load()), len(files)/2, "too few instances compared with the reference CLI")
 }
 
 // instance is the part of a FluxInstance the normalisations look at, read independently of the
@@ -417,15 +422,38 @@ func diffValues(path string, ours, theirs any, diffs *[]string) {
 	}
 	ol, oIsList := ours.([]any)
 	tl, tIsList := theirs.([]any)
-	if oIsList && tIsList && len(ol) == len(tl) {
-		for i := range ol {
-			diffValues(fmt.Sprintf("%s[%d]", path, i), ol[i], tl[i], diffs)
+	if oIsList && tIsList {
+		if len(ol) == len(tl) {
+			for i := range ol {
+				diffValues(fmt.Sprintf("%s[%d]", path, i), ol[i], tl[i], diffs)
+			}
+			return
+		}
+		// Lists of different lengths: name the elements only one side has.
+		for _, o := range ol {
+			if !containsValue(tl, o) {
+				*diffs = append(*diffs, fmt.Sprintf("%s[]: only ours has %s", path, short(o)))
+			}
+		}
+		for _, v := range tl {
+			if !containsValue(ol, v) {
+				*diffs = append(*diffs, fmt.Sprintf("%s[]: only the reference has %s", path, short(v)))
+			}
 		}
 		return
 	}
 	if !reflect.DeepEqual(ours, theirs) {
 		*diffs = append(*diffs, fmt.Sprintf("%s: ours=%s theirs=%s", path, short(ours), short(theirs)))
 	}
+}
+
+func containsValue(list []any, v any) bool {
+	for _, x := range list {
+		if reflect.DeepEqual(x, v) {
+			return true
+		}
+	}
+	return false
 }
 
 func short(v any) string {

@@ -33,7 +33,7 @@ const ReferenceCLIEnv = "FLUX_OPERATOR_CLI"
 
 // ReferenceCLIHint says how to get the reference CLI.
 const ReferenceCLIHint = "build it with test/binaries/flux-operator-cli/build.sh (cached under ~/.cache/kubectl-fluxinstance-testenv; " +
-	"cold: about 9 minutes and 2.2 GB of downloads on 2 cores, toolchain go1.27.3 from the Go module proxy), " +
+	"cold: about 9.5 minutes on 2 cores, 190 MB from the Go module proxy including the go1.27.3 toolchain), " +
 	"or set " + ReferenceCLIEnv + " to a flux-operator v0.59.0 binary"
 
 // RepoRoot is the directory of the plugin's go.mod.

@@ -9,7 +9,8 @@
 # which is printed on stdout.
 #   build.sh --check   prints the directory and exits 0 when the binary is cached, exits 1 without
 #                      building when it is not (the tests use it to decide whether to build or skip).
-# Cold (toolchain download, module download and build, 2 cores): see test/parity/README; cached: instant.
+# Cold (about 190 MB downloaded: the go1.27.3 toolchain and ~195 modules, 0.9 GB module cache, 1.1 GB
+# build cache; 2 shared cores): about 9.5 minutes, 285 s CPU, 1.2 GB peak RSS. Cached: instant.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -1,0 +1,337 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/rest"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/test/parity"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
+)
+
+// applyInstance is the benchmarked FluxInstance: every component (source-watcher needs Flux 2.7+)
+// and no spec.sync. Without sync the rendering holds no custom resources, so the harness's kubectl
+// applies it the way a user would, with one `kubectl apply --server-side -f` (a sync's
+// GitRepository and Kustomization would need a second invocation after the CRDs are Established,
+// which would only add a process start to kubectl's side).
+const applyInstance = `apiVersion: fluxcd.controlplane.io/v1
+kind: FluxInstance
+metadata:
+  name: flux
+  namespace: flux-system
+spec:
+  distribution:
+    version: "2.9.x"
+    registry: "ghcr.io/fluxcd"
+  components:
+    - source-controller
+    - kustomize-controller
+    - helm-controller
+    - notification-controller
+    - image-reflector-controller
+    - image-automation-controller
+    - source-watcher
+  cluster:
+    type: kubernetes
+    networkPolicy: true
+    domain: cluster.local
+`
+
+// applyResults are the four measured processes of one round.
+type applyResults struct {
+	oursFirst, oursNoop, kubectlFirst, kubectlNoop parity.Result
+}
+
+// BenchmarkApply measures `kubectl fluxinstance apply --wait=false` of a 7-component instance
+// against a fresh API server (first apply) and again (no-op re-apply), side by side with the
+// harness's `kubectl apply --server-side -f` of the same rendered YAML on another fresh API
+// server, `runs` rounds (fresh servers each round), and prints the medians and the ratios of
+// issue 4 (first apply ≤ 0.7× kubectl's wall time, no-op re-apply ≤ 0.5×). The first round also
+// counts the API requests of each process from the API server's own metrics.
+func BenchmarkApply(b *testing.B) {
+	plugin := parity.PluginBinary(b)
+	distDir := testenv.DistributionDir(b)
+	testenv.RequireBinDir(b)
+	ctx := context.Background()
+
+	dir := b.TempDir()
+	instance := filepath.Join(dir, "instance.yaml")
+	if err := os.WriteFile(instance, []byte(applyInstance), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	// The embedded distribution is what users run; without it (no `make embed`) the data directory.
+	var distArgs []string
+	distLabel := "embedded distribution"
+	if !parity.HasEmbeddedDistribution(b) {
+		distArgs = []string{"--distribution", distDir}
+		distLabel = "distribution directory " + distDir
+	}
+	procEnv := parity.Env(b, filepath.Join(dir, "cache"))
+	built := parity.Run(ctx, procEnv, plugin, append([]string{"build", "-f", instance}, distArgs...)...)
+	if built.Err != nil {
+		b.Fatal(built.Err)
+	}
+	rendered := filepath.Join(dir, "rendered.yaml")
+	if err := os.WriteFile(rendered, built.Stdout, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	objects, err := testenv.DecodeYAML(built.Stdout)
+	if err != nil {
+		b.Fatal(err)
+	}
+	kinds := map[string]int{}
+	for _, o := range objects {
+		kinds[o.GetKind()]++
+	}
+	if kinds["CustomResourceDefinition"] == 0 || kinds["Deployment"] != 7 {
+		b.Fatalf("the rendered instance should hold the Flux CRDs and 7 Deployments, got %v", kinds)
+	}
+
+	oursArgs := func(kubeconfig string) []string {
+		return append([]string{"apply", "-f", instance, "--wait=false", "--kubeconfig", kubeconfig}, distArgs...)
+	}
+	kubectlArgs := func(kubeconfig string) []string {
+		return []string{"apply", "--server-side", "-f", rendered, "--kubeconfig", kubeconfig}
+	}
+
+	var rounds []applyResults
+	var oursRequests, kubectlRequests [2]requestCounts
+	for i := range runs {
+		count := i == 0
+		var r applyResults
+		// Ours on a fresh server, then kubectl on another fresh one; each server lives only for
+		// its own pair of runs so that an idle server does not take CPU from the measured one.
+		withFreshServer(b, func(env *testenv.Env) {
+			r.oursFirst, oursRequests[0] = runCounted(b, env, count, func() parity.Result {
+				return parity.Run(ctx, procEnv, plugin, oursArgs(env.Kubeconfig)...)
+			})
+			r.oursNoop, oursRequests[1] = runCounted(b, env, count, func() parity.Result {
+				return parity.Run(ctx, procEnv, plugin, oursArgs(env.Kubeconfig)...)
+			})
+			if i == 0 {
+				checkNoop(b, "kubectl fluxinstance apply", r.oursNoop.Stdout, "unchanged")
+			}
+		})
+		withFreshServer(b, func(env *testenv.Env) {
+			kubectl := filepath.Join(env.BinDir, "kubectl")
+			r.kubectlFirst, kubectlRequests[0] = runCounted(b, env, count, func() parity.Result {
+				return parity.Run(ctx, procEnv, kubectl, kubectlArgs(env.Kubeconfig)...)
+			})
+			r.kubectlNoop, kubectlRequests[1] = runCounted(b, env, count, func() parity.Result {
+				return parity.Run(ctx, procEnv, kubectl, kubectlArgs(env.Kubeconfig)...)
+			})
+			if i == 0 {
+				checkNoop(b, "kubectl apply --server-side", r.kubectlNoop.Stdout, "serverside-applied")
+			}
+		})
+		for _, res := range []parity.Result{r.oursFirst, r.oursNoop, r.kubectlFirst, r.kubectlNoop} {
+			if res.Err != nil {
+				b.Fatalf("round %d: %v", i+1, res.Err)
+			}
+		}
+		rounds = append(rounds, r)
+	}
+
+	pick := func(f func(applyResults) parity.Result) stats {
+		var rs []parity.Result
+		for _, r := range rounds {
+			rs = append(rs, f(r))
+		}
+		return resultStats(rs)
+	}
+	oursFirst := pick(func(r applyResults) parity.Result { return r.oursFirst })
+	oursNoop := pick(func(r applyResults) parity.Result { return r.oursNoop })
+	kubectlFirst := pick(func(r applyResults) parity.Result { return r.kubectlFirst })
+	kubectlNoop := pick(func(r applyResults) parity.Result { return r.kubectlNoop })
+	for _, m := range []struct {
+		name string
+		s    stats
+	}{
+		{"ours-first-apply", oursFirst}, {"kubectl-first-apply", kubectlFirst},
+		{"ours-noop-reapply", oursNoop}, {"kubectl-noop-reapply", kubectlNoop},
+	} {
+		b.Run(m.name, func(b *testing.B) { report(b, m.s) })
+	}
+
+	fmt.Printf("\n%d objects (%s); %s\n", len(objects), kindSummary(kinds), distLabel)
+	printTable(os.Stdout, "kubectl fluxinstance apply --wait=false vs kubectl apply --server-side (fresh API servers)", []row{
+		{"7-component", "ours first apply", oursFirst},
+		{"7-component", "kubectl first apply", kubectlFirst},
+		{"7-component", "ours no-op re-apply", oursNoop},
+		{"7-component", "kubectl no-op re-apply", kubectlNoop},
+	})
+	fmt.Println("\nratios (ours / kubectl wall time, lower is better):")
+	first := ratio(os.Stdout, "first apply", seconds(oursFirst.Wall), seconds(kubectlFirst.Wall), 0.7)
+	noop := ratio(os.Stdout, "no-op re-apply", seconds(oursNoop.Wall), seconds(kubectlNoop.Wall), 0.5)
+	b.Logf("first apply ratio %.3f (target ≤ 0.7), no-op re-apply ratio %.3f (target ≤ 0.5)", first, noop)
+
+	fmt.Println("\nAPI requests of round 1 (apiserver_request_total, by verb and resource):")
+	printRequests("ours first apply", oursRequests[0])
+	printRequests("kubectl first apply", kubectlRequests[0])
+	printRequests("ours no-op re-apply", oursRequests[1])
+	printRequests("kubectl no-op re-apply", kubectlRequests[1])
+}
+
+// withFreshServer starts an etcd + kube-apiserver for f and stops it afterwards.
+func withFreshServer(b *testing.B, f func(env *testenv.Env)) {
+	b.Helper()
+	env, err := testenv.StartDetached(b.TempDir(), testenv.Options{})
+	if err != nil {
+		b.Fatalf("starting a test API server: %v", err)
+	}
+	defer env.Stop()
+	f(env)
+}
+
+// checkNoop fails the benchmark unless every output line of a re-apply says the object is
+// unchanged: a "no-op" that changes something would measure the wrong thing.
+func checkNoop(b *testing.B, what string, out []byte, want string) {
+	b.Helper()
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	for _, l := range lines {
+		if !strings.HasSuffix(l, want) {
+			b.Fatalf("%s re-apply was not a no-op: %q (want every line to end with %q)", what, l, want)
+		}
+	}
+}
+
+// resultStats are the medians of finished processes.
+func resultStats(rs []parity.Result) stats {
+	var walls, cpus []time.Duration
+	var rss []int64
+	for _, r := range rs {
+		walls, cpus, rss = append(walls, r.Wall), append(cpus, r.CPU), append(rss, r.MaxRSS)
+	}
+	return stats{Wall: median(walls), CPU: median(cpus), RSS: median(rss)}
+}
+
+func kindSummary(kinds map[string]int) string {
+	var parts []string
+	for k, n := range kinds {
+		parts = append(parts, fmt.Sprintf("%d %s", n, k))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
+
+// requestCounts are API requests by "VERB resource" (subresources appended with a slash).
+type requestCounts map[string]float64
+
+// runCounted runs f and, when count is set, returns the API requests the server saw meanwhile
+// (the difference of apiserver_request_total; the server's own loopback traffic is negligible
+// on an idle test server and appears as LIST/WATCH of its informers, if at all).
+func runCounted(b *testing.B, env *testenv.Env, count bool, f func() parity.Result) (parity.Result, requestCounts) {
+	b.Helper()
+	if !count {
+		return f(), nil
+	}
+	before := scrapeRequests(b, env)
+	res := f()
+	after := scrapeRequests(b, env)
+	diff := requestCounts{}
+	for k, v := range after {
+		if d := v - before[k]; d > 0 {
+			diff[k] = d
+		}
+	}
+	return res, diff
+}
+
+// scrapeRequests reads apiserver_request_total from the server's /metrics.
+func scrapeRequests(b *testing.B, env *testenv.Env) requestCounts {
+	b.Helper()
+	tlsConfig, err := rest.TLSConfigFor(env.Config)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return scrapeRequestsWith(b, env.Host, tlsConfig)
+}
+
+func scrapeRequestsWith(b *testing.B, host string, tlsConfig *tls.Config) requestCounts {
+	b.Helper()
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsConfig}}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Get(host + "/metrics")
+	if err != nil {
+		b.Fatalf("reading the API server's metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b.Fatalf("reading the API server's metrics: %s", resp.Status)
+	}
+	out := requestCounts{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if !bytes.HasPrefix(line, []byte("apiserver_request_total{")) {
+			continue
+		}
+		end := bytes.LastIndexByte(line, '}')
+		labels := parseLabels(string(line[len("apiserver_request_total{"):end]))
+		v, err := strconv.ParseFloat(strings.TrimSpace(string(line[end+1:])), 64)
+		if err != nil {
+			continue
+		}
+		key := labels["verb"] + " " + labels["resource"]
+		if labels["resource"] == "" {
+			key = labels["verb"] + " (discovery and other)"
+		}
+		if labels["subresource"] != "" {
+			key += "/" + labels["subresource"]
+		}
+		out[key] += v
+	}
+	return out
+}
+
+func parseLabels(s string) map[string]string {
+	out := map[string]string{}
+	for s != "" {
+		eq := strings.IndexByte(s, '=')
+		if eq < 0 || eq+1 >= len(s) || s[eq+1] != '"' {
+			break
+		}
+		name := s[:eq]
+		rest := s[eq+2:]
+		endQuote := strings.IndexByte(rest, '"')
+		if endQuote < 0 {
+			break
+		}
+		out[name] = rest[:endQuote]
+		s = strings.TrimPrefix(rest[endQuote+1:], ",")
+	}
+	return out
+}
+
+func printRequests(what string, rc requestCounts) {
+	var total float64
+	keys := make([]string, 0, len(rc))
+	for k, v := range rc {
+		total += v
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if rc[keys[i]] != rc[keys[j]] {
+			return rc[keys[i]] > rc[keys[j]]
+		}
+		return keys[i] < keys[j]
+	})
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s %.0f", k, rc[k]))
+	}
+	fmt.Printf("  %-24s %4.0f: %s\n", what, total, strings.Join(parts, ", "))
+}
