@@ -277,7 +277,7 @@ func markReady(t *testing.T, c client.Client, apiVersion, kind, name string) {
 	now := time.Now().UTC().Format(time.RFC3339)
 	obj.Object["status"] = map[string]any{
 		"observedGeneration": obj.GetGeneration(),
-		"conditions": []any{map[string]any{"type": "Ready", "status": "True", "reason": "Succeeded", "message": "ok", "lastTransitionTime": now, "observedGeneration": obj.GetGeneration()}},
+		"conditions":         []any{map[string]any{"type": "Ready", "status": "True", "reason": "Succeeded", "message": "ok", "lastTransitionTime": now, "observedGeneration": obj.GetGeneration()}},
 	}
 	require.NoError(t, c.Status().Update(context.Background(), obj))
 }

@@ -131,4 +131,3 @@ func (o *DeleteOptions) Run(ctx context.Context) error {
 	}
 	return nil
 }
-

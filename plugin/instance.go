@@ -46,7 +46,7 @@ type rendering struct {
 	// DistributionRef is the source as given to distribution.Open ("" for the embedded one), kept
 	// in the inventory record so that `status` can render the same instance again.
 	DistributionRef string
-	Objects            []*unstructured.Unstructured
+	Objects         []*unstructured.Unstructured
 }
 
 // readInstance reads exactly one FluxInstance with kubectl's local resource builder (files,
