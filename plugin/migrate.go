@@ -12,6 +12,7 @@ import (
 	"github.com/fluxcd/pkg/ssa"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"sigs.k8s.io/yaml"
@@ -38,6 +39,7 @@ type MigrateOptions struct {
 	RepoDir          string
 	Yes              bool
 	Rollback         bool
+	CheckPermissions bool
 	Distribution     string
 	InsecureRegistry bool
 	CAFile           string
@@ -68,7 +70,11 @@ next step; safe to re-run; --rollback gives the installation back to 'flux boots
 			if err := o.Validate(cmd); err != nil {
 				return err
 			}
-			return o.Run(cmd.Context())
+			err := o.Run(cmd.Context())
+			if apierrors.IsForbidden(err) && !o.CheckPermissions {
+				return fmt.Errorf("%w\nrun `kubectl fluxinstance migrate --check-permissions` to list every permission migrate needs", err)
+			}
+			return err
 		},
 	}
 	f := cmd.Flags()
@@ -78,6 +84,7 @@ next step; safe to re-run; --rollback gives the installation back to 'flux boots
 	f.StringVar(&o.RepoDir, "repo-dir", "", "A local checkout of the fleet repository: replace the bootstrap files with the FluxInstance (no commit).")
 	f.BoolVarP(&o.Yes, "yes", "y", false, "Do not ask for confirmation.")
 	f.BoolVar(&o.Rollback, "rollback", false, "Give the installation back to 'flux bootstrap' (labels, field managers, annotations).")
+	f.BoolVar(&o.CheckPermissions, "check-permissions", false, "Only check, with SelfSubjectAccessReviews, that you have every permission migrate needs, and list the missing ones.")
 	f.StringVar(&o.Distribution, "distribution", "", "The Flux distribution to render from (as for build); default: the one built into the plugin.")
 	f.BoolVar(&o.InsecureRegistry, "insecure-registry", false, "Allow plain HTTP for the OCI registry of --distribution.")
 	f.StringVar(&o.CAFile, "ca-file", "", "A PEM file of certificate authorities to trust for the OCI registry of --distribution.")
@@ -121,6 +128,9 @@ func (o *MigrateOptions) Run(ctx context.Context) error {
 		return err
 	}
 	c := conn.Client
+	if o.CheckPermissions {
+		return o.runCheckPermissions(ctx, conn)
+	}
 	if o.Rollback {
 		return o.runRollback(ctx, conn)
 	}
@@ -281,6 +291,24 @@ func (o *MigrateOptions) confirm(question string) error {
 		return nil
 	}
 	return errors.New("aborted: nothing was changed")
+}
+
+// runCheckPermissions lists what the user lacks; exit 1 when anything is missing.
+func (o *MigrateOptions) runCheckPermissions(ctx context.Context, conn *cluster.Connection) error {
+	ns := o.namespace
+	if ns == "" {
+		ns = "flux-system"
+	}
+	missing, err := migrate.CheckPermissions(ctx, conn.Client, ns)
+	if err != nil {
+		return cluster.ExplainError(err, conn.Config.Host)
+	}
+	if len(missing) == 0 {
+		fmt.Fprintf(o.Out, "You have every permission migrate needs for namespace %q.\n", ns)
+		return nil
+	}
+	fmt.Fprintf(o.Out, "migrate needs these permissions, which you do not have:\n%s\n", migrate.FormatMissing(missing))
+	return fmt.Errorf("%d permissions missing for migrate in namespace %q", len(missing), ns)
 }
 
 func (o *MigrateOptions) runRollback(ctx context.Context, conn *cluster.Connection) error {

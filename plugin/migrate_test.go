@@ -10,6 +10,7 @@ import (
 	"github.com/fluxcd/cli-utils/pkg/object"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -143,4 +144,37 @@ func TestMigrateCommand(t *testing.T) {
 	r = runPlugin(t, "", "migrate", kc, "--rollback", "--yes")
 	assert.Equal(t, 1, r.code)
 	assert.Contains(t, r.stderr, "nothing to roll back")
+}
+
+func TestMigrateCheckPermissions(t *testing.T) {
+	env := testenv.Start(t)
+	ctx := context.Background()
+	c := env.Client(t)
+
+	r := runPlugin(t, "", "migrate", "--check-permissions", "--kubeconfig", env.Kubeconfig)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "You have every permission migrate needs")
+
+	// A user who may only read Deployments cluster-wide.
+	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "deploy-reader"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{"apps"}, Resources: []string{"deployments"}, Verbs: []string{"get", "list"}}}}
+	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "carol-deploy-reader"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "deploy-reader"},
+		Subjects: []rbacv1.Subject{{Kind: "User", Name: "carol", APIGroup: "rbac.authorization.k8s.io"}}}
+	require.NoError(t, c.Create(ctx, role))
+	require.NoError(t, c.Create(ctx, binding))
+	carol := env.UserKubeconfig(t, "carol")
+
+	r = runPlugin(t, "", "migrate", "--check-permissions", "-n", "flux-system", "--kubeconfig", carol)
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stdout, "patch deployments.apps in namespace flux-system")
+	assert.Contains(t, r.stdout, "patch customresourcedefinitions.apiextensions.k8s.io cluster-wide")
+	assert.NotContains(t, r.stdout, "list deployments.apps cluster-wide", "carol may list deployments")
+	assert.Contains(t, r.stderr, `permissions missing for migrate in namespace "flux-system"`)
+
+	// The migration itself fails on the first forbidden call and points at --check-permissions.
+	r = runPlugin(t, "", "migrate", "--dry-run", "--kubeconfig", carol)
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, `User "carol" cannot`)
+	assert.Contains(t, r.stderr, "--check-permissions")
 }
