@@ -27,7 +27,7 @@ $(KREW_RENDER): $(wildcard krew/*.go krew/render/*.go) go.mod
 	@mkdir -p $(dir $@)
 	go build -o $@ ./krew/render
 
-dist: embed $(KREW_RENDER)
+dist: embed $(KREW_RENDER) ## Cross-build the release archives and checksums.txt into dist/
 	@for f in $(DIST_FILES) krew/kubectl_complete-fluxinstance krew/fluxinstance.yaml; do \
 	  [ -f "$$f" ] || { echo "make dist: $$f is missing" >&2; exit 1; }; done
 	rm -rf $(DIST)
@@ -45,6 +45,6 @@ dist: embed $(KREW_RENDER)
 	$(KREW_RENDER) checksums -dir $(DIST)
 	@cat $(DIST)/checksums.txt
 
-krew: dist
+krew: dist ## Also render the Krew plugin manifest dist/krew/fluxinstance.yaml
 	$(KREW_RENDER) manifest -template krew/fluxinstance.yaml -checksums $(DIST)/checksums.txt \
 	  -version "$(VERSION)" -url-base "$(KREW_URL_BASE)" -o $(DIST)/krew/fluxinstance.yaml

@@ -38,6 +38,7 @@ type ApplyOptions struct {
 	Wait           bool
 	Timeout        time.Duration
 	Output         string
+	Strict         bool
 
 	dryRun      cluster.DryRun
 	namespace   string
@@ -83,6 +84,7 @@ everything is ready. Users' own Flux objects are never touched.`,
 	flags.BoolVar(&o.Wait, "wait", o.Wait, "Wait until every applied object is ready.")
 	flags.DurationVar(&o.Timeout, "timeout", o.Timeout, "How long to wait with --wait.")
 	flags.StringVarP(&o.Output, "output", "o", "", "Output format. One of: (json, yaml). Default: one line per object.")
+	addStrictFlag(cmd, &o.Strict)
 	return cmd
 }
 
@@ -121,6 +123,9 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 	}
 	conn, err := cluster.Connect(o.configFlags)
 	if err != nil {
+		return err
+	}
+	if err := preflightSync(ctx, conn, r.Instance, r.Objects, o.Strict, o.ErrOut); err != nil {
 		return err
 	}
 	m := cluster.NewManager(conn, r.Instance.Name, r.Instance.Namespace)

@@ -32,6 +32,7 @@ const (
 type DiffOptions struct {
 	instanceFlags
 	FieldManager string
+	Strict       bool
 
 	namespace   string
 	enforceNS   bool
@@ -64,6 +65,7 @@ KUBECTL_EXTERNAL_DIFF names another diff program, called with the live and merge
 	}
 	o.addFlags(cmd, "diff")
 	cmd.Flags().StringVar(&o.FieldManager, "field-manager", o.FieldManager, "Name of the manager the apply would use.")
+	addStrictFlag(cmd, &o.Strict)
 	return cmd
 }
 
@@ -109,6 +111,9 @@ func (o *DiffOptions) diff(ctx context.Context) ([]cluster.DiffEntry, error) {
 	}
 	conn, err := cluster.Connect(o.configFlags)
 	if err != nil {
+		return nil, err
+	}
+	if err := preflightSync(ctx, conn, r.Instance, r.Objects, o.Strict, o.ErrOut); err != nil {
 		return nil, err
 	}
 	m := cluster.NewManager(conn, r.Instance.Name, r.Instance.Namespace)

@@ -43,6 +43,7 @@ type MigrateOptions struct {
 	Distribution     string
 	InsecureRegistry bool
 	CAFile           string
+	Strict           bool
 
 	configFlags *genericclioptions.ConfigFlags
 	namespace   string
@@ -88,6 +89,7 @@ next step; safe to re-run; --rollback gives the installation back to 'flux boots
 	f.StringVar(&o.Distribution, "distribution", "", "The Flux distribution to render from (as for build); default: the one built into the plugin.")
 	f.BoolVar(&o.InsecureRegistry, "insecure-registry", false, "Allow plain HTTP for the OCI registry of --distribution.")
 	f.StringVar(&o.CAFile, "ca-file", "", "A PEM file of certificate authorities to trust for the OCI registry of --distribution.")
+	addStrictFlag(cmd, &o.Strict)
 	return cmd
 }
 
@@ -153,6 +155,9 @@ func (o *MigrateOptions) Run(ctx context.Context) error {
 	}
 	for _, line := range p.Summary() {
 		o.info("%s", line)
+	}
+	if err := preflightSync(ctx, conn, p.Instance, p.Objects, o.Strict, o.ErrOut); err != nil {
+		return err
 	}
 	instance, err := o.encodeInstance(p)
 	if err != nil {

@@ -60,10 +60,13 @@ func NewRootCommand(streams genericiooptions.IOStreams, info BuildInfo) *cobra.C
 		NewCmdStatus(configFlags, streams),
 		NewCmdDelete(configFlags, streams),
 		NewCmdMigrate(configFlags, streams, info),
+		NewCmdCreate(configFlags, streams),
 	)
 	for _, c := range cmd.Commands() {
 		wrapArgsValidation(c)
 	}
+	// After every AddCommand: it walks the tree to complete flags and arguments.
+	registerCompletions(cmd, configFlags)
 	return cmd
 }
 

@@ -78,9 +78,11 @@ func profileFor(size string) *profile {
 	return nil
 }
 
-// addShards copies the shardable controllers' Deployments (and the
-// source-controller Service) once per shard, and tags every Deployment with
-// its component and shard for configureDeployment.
+// addShards copies the shardable controllers' Deployments (and the Services
+// of the storage servers) once per shard, and tags every Deployment with its
+// component and shard for configureDeployment. kustomize still knows a copy
+// by the original's name (so a patch target naming the controller selects
+// its shards too), and by its own name in the instance namespace.
 func (p *plan) addShards(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
 	for _, o := range objs {
 		if o.GetKind() == "Deployment" {
@@ -93,28 +95,31 @@ func (p *plan) addShards(objs []*unstructured.Unstructured) []*unstructured.Unst
 	out := objs
 	for _, o := range objs {
 		kind, name := o.GetKind(), o.GetName()
-		switch {
-		case kind == "Deployment" && slices.Contains(shardable, name):
-			for _, s := range p.sharding.Shards {
-				c := o.DeepCopy()
-				shardName := name + "-" + s
-				c.SetName(shardName)
-				setAnnotation(c, AnnotationShardRole, ShardRoleValue)
+		deploy := kind == "Deployment" && slices.Contains(p.shardable, name)
+		service := kind == "Service" && slices.Contains(storageServers, name) && slices.Contains(p.shardable, name)
+		if !deploy && !service {
+			continue
+		}
+		for _, s := range p.sharding.Shards {
+			c := o.DeepCopy()
+			shardName := name + "-" + s
+			c.SetName(shardName)
+			setAnnotation(c, AnnotationShardRole, ShardRoleValue)
+			if deploy {
 				setAnnotation(c, internalShard, s)
 				_ = unstructured.SetNestedField(c.Object, shardName, "spec", "selector", "matchLabels", "app")
 				_ = unstructured.SetNestedField(c.Object, shardName, "spec", "template", "metadata", "labels", "app")
 				_ = unstructured.SetNestedField(c.Object, ShardRoleValue, "spec", "template", "metadata", "annotations", AnnotationShardRole)
-				out = append(out, c)
-			}
-		case kind == "Service" && name == fluxinstance.SourceController:
-			for _, s := range p.sharding.Shards {
-				c := o.DeepCopy()
-				shardName := name + "-" + s
-				c.SetName(shardName)
-				setAnnotation(c, AnnotationShardRole, ShardRoleValue)
+			} else {
 				_ = unstructured.SetNestedField(c.Object, shardName, "spec", "selector", "app")
-				out = append(out, c)
 			}
+			id, ok := p.ids[o]
+			if !ok {
+				id = patchID{orgName: name}
+			}
+			id.curNS = p.ns
+			p.ids[c] = id
+			out = append(out, c)
 		}
 	}
 	return out
@@ -162,7 +167,11 @@ func (p *plan) configureDeployment(o *unstructured.Unstructured) error {
 	for i, a := range args {
 		switch {
 		case strings.HasPrefix(a, "--events-addr="):
-			args[i] = fmt.Sprintf("--events-addr=http://notification-controller.%s.svc.%s./", p.ns, p.domain)
+			// Without notification-controller there is nobody to send events to.
+			args[i] = "--events-addr="
+			if p.has[fluxinstance.NotificationController] {
+				args[i] = fmt.Sprintf("--events-addr=http://notification-controller.%s.svc.%s./", p.ns, p.domain)
+			}
 		case a == "--watch-all-namespaces" || strings.HasPrefix(a, "--watch-all-namespaces="):
 			args[i] = "--watch-all-namespaces=true"
 		case strings.HasPrefix(a, "--storage-adv-addr="):
@@ -171,9 +180,9 @@ func (p *plan) configureDeployment(o *unstructured.Unstructured) error {
 	}
 
 	// Sharding.
-	if p.sharding != nil && len(p.sharding.Shards) > 0 && slices.Contains(shardable, component) {
+	if p.sharding != nil && len(p.sharding.Shards) > 0 && slices.Contains(p.shardable, component) {
 		if shard != "" {
-			if component == fluxinstance.SourceController {
+			if slices.Contains(storageServers, component) {
 				args = append(args, fmt.Sprintf("--storage-adv-addr=%s-%s.$(RUNTIME_NAMESPACE).svc.%s.", component, shard, p.domain))
 			}
 			args = append(args, fmt.Sprintf("--watch-label-selector=%s=%s", p.sharding.Key, shard))

@@ -17,23 +17,62 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 )
 
+// patchID is what kustomize knows of an object when the user's patches run,
+// as the operator builds them: the object's original name and namespace (as
+// in the distribution: no namespace) and its current namespace (its current
+// name is the object's name). Shard copies keep their controller's original
+// name; renamed cluster-wide RBAC objects keep their upstream name.
+type patchID struct {
+	orgName, orgNS, curNS string
+}
+
+// idOf returns o's patchID; an object without one is known by its name and
+// namespace as they are.
+func idOf(ids map[*unstructured.Unstructured]patchID, o *unstructured.Unstructured) patchID {
+	if id, ok := ids[o]; ok {
+		return id
+	}
+	return patchID{orgName: o.GetName(), orgNS: o.GetNamespace(), curNS: o.GetNamespace()}
+}
+
+// nonNamespaceable is kustomize's effective namespace of cluster-scoped objects.
+const nonNamespaceable = "_non_namespaceable_"
+
+// effectiveNamespace is the namespace kustomize compares: cluster-scoped
+// objects have none, namespaced objects without one are in "default".
+func effectiveNamespace(kind, ns string) string {
+	switch {
+	case clusterScoped(kind):
+		return nonNamespaceable
+	case ns == "":
+		return "default"
+	}
+	return ns
+}
+
 // applyPatches applies spec.kustomize.patches in order with kustomize's patch
-// filters (strategic merge and JSON6902), as the operator's kustomize build does.
+// filters (strategic merge and JSON6902), as the operator's kustomize build
+// does, before the operator's labels and annotations are added.
 //
 // Target selection follows kustomize: group, version, kind, name and namespace
 // are anchored regular expressions; labelSelector and annotationSelector are
-// Kubernetes selectors; a target that matches nothing is not an error.
+// Kubernetes selectors; a target that matches nothing is not an error. Like
+// kustomize, name and namespace match an object's original identity as well as
+// its current one (see patchID): a target named source-controller also
+// selects the shards source-controller-<shard>, and crd-controller selects
+// crd-controller-<namespace>. The distribution's objects have no namespace at
+// that point (they are in "default" for a target), shard copies are in both.
 //
-// A strategic merge patch without a target selects by its own kind, name (and
-// namespace when set). Deliberate choice: it applies to every object with that
-// name, including the per-shard copies of a controller (source-controller also
-// patches source-controller-<shard>), because a shard is a copy of its
-// controller and users expect the same settings on every copy; the reference
-// CLI instead fails with "multiple matches". Add a target with a name regex to
-// patch the main controller only (e.g. name: ^source-controller$ - names are
-// anchored anyway, so "source-controller" alone selects only the main one).
+// A strategic merge patch without a target selects the objects kustomize
+// would: those whose original or current kind, name and namespace are the
+// patch's (no metadata.namespace is "default"). Deliberate choice: it applies
+// to all of them, including the per-shard copies of a controller, as a
+// targeted patch naming the controller does; the reference CLI instead fails
+// with "multiple matches". To patch the main controller only, add a target
+// with annotationSelector "!sharding.fluxcd.io/role"; to patch one shard, a
+// target with its name (source-controller-<shard>).
 // A JSON6902 patch requires a target.
-func applyPatches(objs []*unstructured.Unstructured, patches []fluxinstance.Patch, shards []string) ([]*unstructured.Unstructured, error) {
+func applyPatches(objs []*unstructured.Unstructured, patches []fluxinstance.Patch, ids map[*unstructured.Unstructured]patchID) ([]*unstructured.Unstructured, error) {
 	for i, p := range patches {
 		path := fmt.Sprintf("spec.kustomize.patches[%d]", i)
 		if strings.TrimSpace(p.Patch) == "" {
@@ -47,8 +86,12 @@ func applyPatches(objs []*unstructured.Unstructured, patches []fluxinstance.Patc
 			if p.Target == nil {
 				return nil, fmt.Errorf("%s.target: required for a JSON6902 patch (a list of operations); set at least target.kind", path)
 			}
+			sel, err := compileSelector(p.Target)
+			if err != nil {
+				return nil, fmt.Errorf("%s.target: %w", path, err)
+			}
 			filter := patchjson6902.Filter{Patch: p.Patch}
-			objs, err = patchSelected(objs, path, p.Target, func(n *kyaml.RNode) (*kyaml.RNode, error) {
+			objs, err = patchSelected(objs, ids, path, sel.matcher(ids), func(n *kyaml.RNode) (*kyaml.RNode, error) {
 				out, err := filter.Filter([]*kyaml.RNode{n})
 				if err != nil {
 					return nil, err
@@ -64,62 +107,70 @@ func applyPatches(objs []*unstructured.Unstructured, patches []fluxinstance.Patc
 		if err != nil {
 			return nil, fmt.Errorf("%s.patch: not valid YAML: %w", path, err)
 		}
+		if err := useSchemaSubset(); err != nil {
+			return nil, err
+		}
 		for _, doc := range docs {
-			target := p.Target
-			if target == nil {
-				meta, merr := doc.GetMeta()
+			var match func(*unstructured.Unstructured) bool
+			implicit := p.Target == nil
+			var meta kyaml.ResourceMeta
+			if implicit {
+				var merr error
+				meta, merr = doc.GetMeta()
 				if merr != nil || meta.Kind == "" || meta.Name == "" {
 					return nil, fmt.Errorf("%s: a strategic merge patch without a target must set kind and metadata.name (or add a target)", path)
 				}
-				group, version := splitAPIVersion(meta.APIVersion)
-				target = &fluxinstance.Selector{
-					Group: regexp.QuoteMeta(group), Version: regexp.QuoteMeta(version), Kind: regexp.QuoteMeta(meta.Kind),
-					Name: regexp.QuoteMeta(meta.Name) + "(-.+)?", Namespace: regexp.QuoteMeta(meta.Namespace),
-				}
-				objs, err = patchSMP(objs, path, target, doc, meta.Name, shards, true)
+				match = implicitMatcher(ids, meta)
 			} else {
-				objs, err = patchSMP(objs, path, target, doc, "", nil, false)
+				sel, err := compileSelector(p.Target)
+				if err != nil {
+					return nil, fmt.Errorf("%s.target: %w", path, err)
+				}
+				match = sel.matcher(ids)
 			}
+			matched := 0
+			objs, err = patchSelected(objs, ids, path, match, func(n *kyaml.RNode) (*kyaml.RNode, error) {
+				matched++
+				res, err := patchstrategicmerge.Filter{Patch: doc.Copy()}.Filter([]*kyaml.RNode{n})
+				if err != nil {
+					return nil, err
+				}
+				return single(res), nil
+			})
 			if err != nil {
 				return nil, err
+			}
+			if implicit && matched == 0 {
+				where := ""
+				if meta.Namespace != "" {
+					where = " in namespace " + meta.Namespace + " (the operator patches the distribution's objects before it sets their namespace: remove metadata.namespace)"
+				}
+				return nil, fmt.Errorf("%s: no object matches the strategic merge patch for %s %s%s; check kind and metadata.name, or add a target",
+					path, meta.Kind, meta.Name, where)
 			}
 		}
 	}
 	return objs, nil
 }
 
-// patchSMP applies one strategic merge patch document. Without a user target,
-// only the named object and its shard copies (annotated as shards) match.
-func patchSMP(objs []*unstructured.Unstructured, path string, target *fluxinstance.Selector, doc *kyaml.RNode, name string, shards []string, implicit bool) ([]*unstructured.Unstructured, error) {
-	matched := 0
-	out, err := patchSelectedFiltered(objs, path, target, func(o *unstructured.Unstructured) bool {
-		if !implicit || o.GetName() == name {
-			return true
-		}
-		if o.GetAnnotations()[AnnotationShardRole] != ShardRoleValue {
+// implicitMatcher selects what kustomize selects for a strategic merge patch
+// without target: the objects with the patch's kind (and group and version
+// when set) whose original or current name and namespace are the patch's.
+func implicitMatcher(ids map[*unstructured.Unstructured]patchID, meta kyaml.ResourceMeta) func(*unstructured.Unstructured) bool {
+	group, version := splitAPIVersion(meta.APIVersion)
+	ns := effectiveNamespace(meta.Kind, meta.Namespace)
+	return func(o *unstructured.Unstructured) bool {
+		if o.GetKind() != meta.Kind {
 			return false
 		}
-		for _, s := range shards {
-			if o.GetName() == name+"-"+s {
-				return true
-			}
+		g, v := splitAPIVersion(o.GetAPIVersion())
+		if (meta.APIVersion != "" && g != group) || (version != "" && v != version) {
+			return false
 		}
-		return false
-	}, func(n *kyaml.RNode) (*kyaml.RNode, error) {
-		matched++
-		res, err := patchstrategicmerge.Filter{Patch: doc.Copy()}.Filter([]*kyaml.RNode{n})
-		if err != nil {
-			return nil, err
-		}
-		return single(res), nil
-	})
-	if err != nil {
-		return nil, err
+		id := idOf(ids, o)
+		return (id.orgName == meta.Name && effectiveNamespace(o.GetKind(), id.orgNS) == ns) ||
+			(o.GetName() == meta.Name && effectiveNamespace(o.GetKind(), id.curNS) == ns)
 	}
-	if implicit && matched == 0 {
-		return nil, fmt.Errorf("%s: no object matches the strategic merge patch for %s; check kind and metadata.name, or add a target", path, name)
-	}
-	return out, nil
 }
 
 func single(nodes []*kyaml.RNode) *kyaml.RNode {
@@ -129,23 +180,21 @@ func single(nodes []*kyaml.RNode) *kyaml.RNode {
 	return nodes[0]
 }
 
-func patchSelected(objs []*unstructured.Unstructured, path string, target *fluxinstance.Selector, apply func(*kyaml.RNode) (*kyaml.RNode, error)) ([]*unstructured.Unstructured, error) {
-	return patchSelectedFiltered(objs, path, target, nil, apply)
-}
-
-// patchSelectedFiltered runs apply on every object the target selects; an
-// object whose patch result is empty ($patch: delete) is dropped. Name, kind
-// and namespace are kept as kustomize does.
-func patchSelectedFiltered(objs []*unstructured.Unstructured, path string, target *fluxinstance.Selector, extra func(*unstructured.Unstructured) bool, apply func(*kyaml.RNode) (*kyaml.RNode, error)) ([]*unstructured.Unstructured, error) {
-	sel, err := compileSelector(target)
-	if err != nil {
-		return nil, fmt.Errorf("%s.target: %w", path, err)
-	}
+// patchSelected runs apply on every object match selects; an object whose
+// patch result is empty ($patch: delete) is dropped. Name, kind and namespace
+// are kept as kustomize does, and so is the object's patchID.
+func patchSelected(objs []*unstructured.Unstructured, ids map[*unstructured.Unstructured]patchID, path string, match func(*unstructured.Unstructured) bool, apply func(*kyaml.RNode) (*kyaml.RNode, error)) ([]*unstructured.Unstructured, error) {
 	out := objs[:0:0]
 	for _, o := range objs {
-		if !sel.matches(o) || (extra != nil && !extra(o)) {
+		if !match(o) {
 			out = append(out, o)
 			continue
+		}
+		// kustomize's own bookkeeping annotations are there when patches run
+		// (and removed later), so adding an annotation never fails for lack
+		// of the map; labels have no such guarantee.
+		if md, ok := o.Object["metadata"].(map[string]interface{}); ok && md["annotations"] == nil {
+			md["annotations"] = map[string]interface{}{}
 		}
 		data, err := json.Marshal(o.Object)
 		if err != nil {
@@ -160,6 +209,7 @@ func patchSelectedFiltered(objs []*unstructured.Unstructured, path string, targe
 			return nil, fmt.Errorf("%s: patching %s %s: %w", path, o.GetKind(), o.GetName(), err)
 		}
 		if res == nil || res.IsNilOrEmpty() {
+			delete(ids, o)
 			continue // deleted by the patch
 		}
 		j, err := res.MarshalJSON()
@@ -174,6 +224,10 @@ func patchSelectedFiltered(objs []*unstructured.Unstructured, path string, targe
 		n.SetName(o.GetName())
 		n.SetNamespace(o.GetNamespace())
 		n.SetKind(o.GetKind())
+		if id, ok := ids[o]; ok {
+			delete(ids, o)
+			ids[n] = id
+		}
 		out = append(out, n)
 	}
 	return out, nil
@@ -215,14 +269,22 @@ func compileSelector(t *fluxinstance.Selector) (*selector, error) {
 	return s, nil
 }
 
-func (s *selector) matches(o *unstructured.Unstructured) bool {
+// matcher returns the selection function of s, matching name and namespace
+// against the objects' original identity as well as their current one.
+func (s *selector) matcher(ids map[*unstructured.Unstructured]patchID) func(*unstructured.Unstructured) bool {
+	return func(o *unstructured.Unstructured) bool { return s.matches(o, idOf(ids, o)) }
+}
+
+func (s *selector) matches(o *unstructured.Unstructured, id patchID) bool {
 	group, version := splitAPIVersion(o.GetAPIVersion())
+	kind := o.GetKind()
 	switch {
 	case s.group != nil && !s.group.MatchString(group),
 		s.version != nil && !s.version.MatchString(version),
-		s.kind != nil && !s.kind.MatchString(o.GetKind()),
-		s.name != nil && !s.name.MatchString(o.GetName()),
-		s.namespace != nil && !s.namespace.MatchString(o.GetNamespace()),
+		s.kind != nil && !s.kind.MatchString(kind),
+		s.name != nil && !s.name.MatchString(id.orgName) && !s.name.MatchString(o.GetName()),
+		s.namespace != nil && !s.namespace.MatchString(effectiveNamespace(kind, id.orgNS)) &&
+			!s.namespace.MatchString(effectiveNamespace(kind, id.curNS)),
 		s.labels != nil && !s.labels.Matches(labels.Set(o.GetLabels())),
 		s.annotations != nil && !s.annotations.Matches(labels.Set(o.GetAnnotations())):
 		return false

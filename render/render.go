@@ -29,6 +29,11 @@ type plan struct {
 	registry   string
 	images     map[string]imageRef // component name -> tag/digest from the variant's list
 	sharding   *fluxinstance.Sharding
+	shardable  []string // the controllers copied per shard in this version
+	// ids records, per object, what kustomize would know about it when the
+	// user's patches run (see patchIDs); objects not listed are matched by
+	// their name and namespace as they are.
+	ids map[*unstructured.Unstructured]patchID
 }
 
 type imageRef struct {
@@ -39,13 +44,26 @@ type imageRef struct {
 var (
 	v260 = semver.MustParse("2.6.0")
 	v270 = semver.MustParse("2.7.0")
+	v290 = semver.MustParse("2.9.0")
 )
 
-// shardable are the controllers the operator copies per shard.
-var shardable = []string{
-	fluxinstance.SourceController, fluxinstance.KustomizeController, fluxinstance.HelmController,
-	fluxinstance.ImageReflectorController, fluxinstance.ImageAutomationController,
+// shardableFor returns the controllers the operator copies per shard: from
+// Flux 2.9 source-watcher too (before, its manifests are the same but the
+// operator leaves it unsharded).
+func shardableFor(v semver.Version) []string {
+	out := []string{
+		fluxinstance.SourceController, fluxinstance.KustomizeController, fluxinstance.HelmController,
+		fluxinstance.ImageReflectorController, fluxinstance.ImageAutomationController,
+	}
+	if !v.LT(v290) {
+		out = append(out, fluxinstance.SourceWatcher)
+	}
+	return out
 }
+
+// storageServers are the controllers that serve artifacts over a Service of
+// their own name; their shards get a Service and an advertised address each.
+var storageServers = []string{fluxinstance.SourceController, fluxinstance.SourceWatcher}
 
 // Build renders inst against rel: the objects the Flux Operator would apply,
 // sorted the operator's way (see SortObjects). inst must already be defaulted
@@ -113,9 +131,15 @@ func Build(inst *fluxinstance.FluxInstance, rel *distribution.Release) ([]*unstr
 	// Cluster-wide objects get the namespace as suffix so that several
 	// instances (in different namespaces) do not collide.
 	for _, o := range objs {
+		// The distribution's objects have no namespace: kustomize knows them
+		// by their upstream name in the default namespace; the renamed RBAC
+		// objects also by their new name in the instance namespace.
+		id := patchID{orgName: o.GetName(), orgNS: o.GetNamespace(), curNS: o.GetNamespace()}
 		if rbacNames[o.GetKind()+"/"+o.GetName()] {
 			o.SetName(o.GetName() + "-" + p.ns)
+			id.curNS = p.ns
 		}
+		p.ids[o] = id
 		if !clusterScoped(o.GetKind()) {
 			o.SetNamespace(p.ns)
 		}
@@ -144,26 +168,27 @@ func Build(inst *fluxinstance.FluxInstance, rel *distribution.Release) ([]*unstr
 	}
 
 	objs = append(objs, p.namespaceObject())
-	objs = append(objs, p.storageObjects()...)
+	for _, o := range p.storageObjects() {
+		// Rendered without namespace, like the distribution's objects.
+		p.ids[o] = patchID{orgName: o.GetName()}
+		objs = append(objs, o)
+	}
 	syncObjs, err := p.syncObjects()
 	if err != nil {
 		return nil, err
 	}
 	objs = append(objs, syncObjs...)
 
-	for _, o := range objs {
-		p.setMetadata(o)
-	}
-
+	// User patches run before the operator's labels and annotations are set:
+	// selectors see the objects without them, and a patch cannot change them.
 	if k := inst.Spec.Kustomize; k != nil && len(k.Patches) > 0 {
-		var shards []string
-		if p.sharding != nil {
-			shards = p.sharding.Shards
-		}
-		objs, err = applyPatches(objs, k.Patches, shards)
+		objs, err = applyPatches(objs, k.Patches, p.ids)
 		if err != nil {
 			return nil, err
 		}
+	}
+	for _, o := range objs {
+		p.setMetadata(o)
 	}
 	SortObjects(objs)
 	return objs, nil
@@ -175,12 +200,14 @@ func newPlan(inst *fluxinstance.FluxInstance, rel *distribution.Release) (*plan,
 		return nil, fmt.Errorf("distribution: release version %q is not a semantic version: %w", rel.Version, err)
 	}
 	p := &plan{
-		inst:     inst,
-		ns:       inst.Namespace,
-		version:  "v" + v.String(),
-		semver:   v,
-		cluster:  inst.GetCluster(),
-		sharding: inst.Spec.Sharding,
+		inst:      inst,
+		ns:        inst.Namespace,
+		version:   "v" + v.String(),
+		semver:    v,
+		cluster:   inst.GetCluster(),
+		sharding:  inst.Spec.Sharding,
+		shardable: shardableFor(v),
+		ids:       map[*unstructured.Unstructured]patchID{},
 	}
 	if p.ns == "" {
 		p.ns = fluxinstance.DefaultNamespace
@@ -284,8 +311,9 @@ func fixBinding(o *unstructured.Unstructured, ns string, renamed map[string]bool
 }
 
 // fixCRDControllerRole drops the token-request permission unless object-level
-// workload identity is on, and lets the controllers manage the operator's own
-// API group (both as the operator does).
+// workload identity is on, and, when notification-controller is installed,
+// lets the controllers manage the operator's own API group (its Alerts and
+// Receivers may reference the operator's kinds), both as the operator does.
 func (p *plan) fixCRDControllerRole(o *unstructured.Unstructured) {
 	rules, _ := o.Object["rules"].([]interface{})
 	out := make([]interface{}, 0, len(rules)+1)
@@ -299,11 +327,13 @@ func (p *plan) fixCRDControllerRole(o *unstructured.Unstructured) {
 		}
 		out = append(out, r)
 	}
-	out = append(out, map[string]interface{}{
-		"apiGroups": []interface{}{fluxinstance.Group},
-		"resources": []interface{}{"*"},
-		"verbs":     []interface{}{"*"},
-	})
+	if p.has[fluxinstance.NotificationController] {
+		out = append(out, map[string]interface{}{
+			"apiGroups": []interface{}{fluxinstance.Group},
+			"resources": []interface{}{"*"},
+			"verbs":     []interface{}{"*"},
+		})
+	}
 	o.Object["rules"] = out
 }
 

@@ -108,7 +108,7 @@ func TestBuildMinimal(t *testing.T) {
 	// The token permission only comes with object-level workload identity.
 	role := find(objs, "ClusterRole", "crd-controller-flux-system")
 	assert.NotContains(t, toJSON(t, role), "serviceaccounts/token")
-	assert.Contains(t, toJSON(t, role), "fluxcd.controlplane.io")
+	assert.Contains(t, toJSON(t, role.Object["rules"]), fluxinstance.Group)
 }
 
 func TestBuildDoesNotMutateRelease(t *testing.T) {
@@ -351,10 +351,11 @@ func TestPatches(t *testing.T) {
 		assert.Equal(t, "3Gi", res["limits"].(map[string]any)["memory"], name)
 		assert.Equal(t, "1000m", res["limits"].(map[string]any)["cpu"], "merge keeps the rest")
 	}
-	// Target names are anchored regexes: the shards do not match.
-	ka := args(t, objs, "kustomize-controller")
-	assert.Equal(t, "--concurrent=99", ka[len(ka)-1], "user patches come last")
-	assert.NotContains(t, args(t, objs, "kustomize-controller-a"), "--concurrent=99")
+	// Like kustomize, a target matches a shard by its controller's (original) name too.
+	for _, name := range []string{"kustomize-controller", "kustomize-controller-a", "helm-controller-a"} {
+		a := args(t, objs, name)
+		assert.Equal(t, "--concurrent=99", a[len(a)-1], "user patches come last: %s", name)
+	}
 	assert.Nil(t, find(objs, "NetworkPolicy", "allow-scraping"))
 	assert.NotNil(t, find(objs, "NetworkPolicy", "allow-egress"))
 	for _, o := range objs {
@@ -371,6 +372,104 @@ func TestPatches(t *testing.T) {
 	require.ErrorContains(t, err, "spec.kustomize.patches[0]: no object matches")
 	err = bad("  kustomize:\n    patches:\n      - target:\n          kind: Deployment\n        patch: |\n          - op: replace\n            path: /spec/nothing/here\n            value: 1\n")
 	require.ErrorContains(t, err, "spec.kustomize.patches[0]")
+}
+
+// Targets select as kustomize does when the operator runs the user's patches:
+// by original or current name and namespace, before the operator's labels and
+// annotations (which a patch therefore cannot change).
+func TestPatchTargetsMatchOriginalIdentity(t *testing.T) {
+	patch := func(target string, key string) string {
+		return "      - target: " + target + "\n        patch: |\n          - {op: add, path: /metadata/annotations/" + key + ", value: x}\n"
+	}
+	objs := build(t, "2.7.5", `  components: [source-controller, kustomize-controller, notification-controller]
+  sharding:
+    shards: [s1]
+  commonMetadata:
+    labels: {team: a}
+  sync: {kind: GitRepository, url: "https://example.com/repo", ref: refs/heads/main, path: x}
+  kustomize:
+    patches:
+`+patch(`{kind: Service, name: "^source-controller$"}`, "p1")+
+		patch(`{kind: ClusterRole, name: crd-controller}`, "p2")+
+		patch(`{name: source-controller-s1}`, "p3")+
+		patch(`{kind: Deployment, name: source-controller, annotationSelector: "!sharding.fluxcd.io/role"}`, "p4")+
+		patch(`{namespace: flux-system}`, "p5")+
+		patch(`{namespace: default, kind: Deployment}`, "p6")+
+		patch(`{labelSelector: "app.kubernetes.io/managed-by=flux-operator"}`, "p7")+
+		patch(`{labelSelector: "team=a"}`, "p8")+
+		patch(`{kind: Deployment, name: kustomize-controller}`, "p9")+
+		`      - target: {kind: Deployment, name: kustomize-controller}
+        patch: |
+          - {op: add, path: /metadata/labels/team, value: patched}
+          - {op: add, path: /metadata/labels/app.kubernetes.io~1managed-by, value: patched}
+`)
+	annotated := func(key string) []string {
+		var out []string
+		for _, o := range objs {
+			if _, ok := o.GetAnnotations()[key]; ok {
+				out = append(out, o.GetKind()+"/"+o.GetName())
+			}
+		}
+		return out
+	}
+	assert.ElementsMatch(t, []string{"Service/source-controller", "Service/source-controller-s1"}, annotated("p1"))
+	assert.ElementsMatch(t, []string{"ClusterRole/crd-controller-flux-system"}, annotated("p2"))
+	assert.ElementsMatch(t, []string{"Service/source-controller-s1", "Deployment/source-controller-s1"}, annotated("p3"))
+	assert.ElementsMatch(t, []string{"Deployment/source-controller"}, annotated("p4"))
+	// The distribution's objects have no namespace yet; copies, renamed RBAC and sync objects have it.
+	assert.ElementsMatch(t, []string{"ResourceQuota/critical-pods-flux-system", "Service/source-controller-s1",
+		"Deployment/source-controller-s1", "Deployment/kustomize-controller-s1", "GitRepository/flux-system",
+		"Kustomization/flux-system"}, annotated("p5"))
+	assert.ElementsMatch(t, []string{"Deployment/source-controller", "Deployment/source-controller-s1",
+		"Deployment/kustomize-controller", "Deployment/kustomize-controller-s1", "Deployment/notification-controller"}, annotated("p6"))
+	assert.Empty(t, annotated("p7"), "the operator's labels come after the patches")
+	assert.Empty(t, annotated("p8"), "commonMetadata comes after the patches")
+	assert.ElementsMatch(t, []string{"Deployment/kustomize-controller", "Deployment/kustomize-controller-s1"}, annotated("p9"))
+	kc := find(objs, "Deployment", "kustomize-controller")
+	assert.Equal(t, "a", kc.GetLabels()["team"], "commonMetadata wins over a patch")
+	assert.Equal(t, ManagedByValue, kc.GetLabels()[LabelManagedBy], "the operator's labels win over a patch")
+
+	// Without a target: the original or current name, in the patch's namespace ("default" when unset).
+	smp := func(kind, name, ns string) string {
+		return "  kustomize:\n    patches:\n      - patch: |\n          kind: " + kind + "\n          metadata:\n            name: " + name +
+			"\n            namespace: " + ns + "\n            annotations: {smp: x}\n"
+	}
+	objs = build(t, "2.7.5", smp("ClusterRole", "crd-controller", `""`))
+	assert.ElementsMatch(t, []string{"ClusterRole/crd-controller-flux-system"}, annotated("smp"))
+	objs = build(t, "2.7.5", smp("ResourceQuota", "critical-pods-flux-system", "flux-system"))
+	assert.ElementsMatch(t, []string{"ResourceQuota/critical-pods-flux-system"}, annotated("smp"))
+	_, err := Build(instance(t, "2.7.5", "ghcr.io/fluxcd", smp("Deployment", "source-controller", "flux-system")), loadRelease(t, "v2.7.5"))
+	require.ErrorContains(t, err, "remove metadata.namespace")
+}
+
+func TestBuildWithoutNotificationController(t *testing.T) {
+	objs := build(t, "2.7.5", "  components: [source-controller, kustomize-controller, helm-controller]\n")
+	for _, name := range []string{"source-controller", "kustomize-controller", "helm-controller"} {
+		assert.Equal(t, "--events-addr=", args(t, objs, name)[0], name)
+	}
+	role := find(objs, "ClusterRole", "crd-controller-flux-system")
+	require.NotNil(t, role)
+	assert.NotContains(t, toJSON(t, role.Object["rules"]), fluxinstance.Group, "the operator's API group comes with notification-controller only")
+}
+
+func TestShardingSourceWatcher(t *testing.T) {
+	extra := "  components: [source-controller, kustomize-controller, notification-controller, source-watcher]\n  sharding:\n    shards: [blue]\n"
+	for _, v := range []string{"2.7.5", "2.8.8"} {
+		objs := build(t, v, extra)
+		assert.Nil(t, find(objs, "Deployment", "source-watcher-blue"), v)
+		assert.Nil(t, find(objs, "Service", "source-watcher-blue"), v)
+		assert.NotContains(t, strings.Join(args(t, objs, "source-watcher"), " "), "--watch-label-selector", v)
+	}
+	objs := build(t, "2.9.4", extra)
+	svc := find(objs, "Service", "source-watcher-blue")
+	require.NotNil(t, svc)
+	assert.Equal(t, "source-watcher-blue", svc.Object["spec"].(map[string]any)["selector"].(map[string]any)["app"])
+	a := args(t, objs, "source-watcher-blue")
+	i := slices.Index(a, "--storage-adv-addr=source-watcher.$(RUNTIME_NAMESPACE).svc.cluster.local.")
+	require.GreaterOrEqual(t, i, 0)
+	assert.Equal(t, []string{"--storage-adv-addr=source-watcher-blue.$(RUNTIME_NAMESPACE).svc.cluster.local.",
+		"--watch-label-selector=sharding.fluxcd.io/key=blue"}, a[i+1:i+3])
+	assert.Contains(t, args(t, objs, "source-watcher"), "--watch-label-selector=!sharding.fluxcd.io/key")
 }
 
 func TestBuildRejectsBadInput(t *testing.T) {

@@ -7,11 +7,15 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -78,7 +82,9 @@ func BenchmarkApply(b *testing.B) {
 		distArgs = []string{"--distribution", distDir}
 		distLabel = "distribution directory " + distDir
 	}
-	procEnv := parity.Env(b, filepath.Join(dir, "cache"))
+	// KUBECACHEDIR: kubectl's discovery cache lives in the benchmark's directory, cold for each
+	// fresh server (a new port) and warm for the re-apply, as for a user.
+	procEnv := append(parity.Env(b, filepath.Join(dir, "cache")), "KUBECACHEDIR="+filepath.Join(dir, "kube-cache"))
 	built := parity.Run(ctx, procEnv, plugin, append([]string{"build", "-f", instance}, distArgs...)...)
 	if built.Err != nil {
 		b.Fatal(built.Err)
@@ -114,10 +120,10 @@ func BenchmarkApply(b *testing.B) {
 		// Ours on a fresh server, then kubectl on another fresh one; each server lives only for
 		// its own pair of runs so that an idle server does not take CPU from the measured one.
 		withFreshServer(b, func(env *testenv.Env) {
-			r.oursFirst, oursRequests[0] = runCounted(b, env, count, func() parity.Result {
+			r.oursFirst = runCounted(b, env, count, &oursRequests[0], func() parity.Result {
 				return parity.Run(ctx, procEnv, plugin, oursArgs(env.Kubeconfig)...)
 			})
-			r.oursNoop, oursRequests[1] = runCounted(b, env, count, func() parity.Result {
+			r.oursNoop = runCounted(b, env, count, &oursRequests[1], func() parity.Result {
 				return parity.Run(ctx, procEnv, plugin, oursArgs(env.Kubeconfig)...)
 			})
 			if i == 0 {
@@ -126,10 +132,10 @@ func BenchmarkApply(b *testing.B) {
 		})
 		withFreshServer(b, func(env *testenv.Env) {
 			kubectl := filepath.Join(env.BinDir, "kubectl")
-			r.kubectlFirst, kubectlRequests[0] = runCounted(b, env, count, func() parity.Result {
+			r.kubectlFirst = runCounted(b, env, count, &kubectlRequests[0], func() parity.Result {
 				return parity.Run(ctx, procEnv, kubectl, kubectlArgs(env.Kubeconfig)...)
 			})
-			r.kubectlNoop, kubectlRequests[1] = runCounted(b, env, count, func() parity.Result {
+			r.kubectlNoop = runCounted(b, env, count, &kubectlRequests[1], func() parity.Result {
 				return parity.Run(ctx, procEnv, kubectl, kubectlArgs(env.Kubeconfig)...)
 			})
 			if i == 0 {
@@ -182,6 +188,24 @@ func BenchmarkApply(b *testing.B) {
 	printRequests("kubectl first apply", kubectlRequests[0])
 	printRequests("ours no-op re-apply", oursRequests[1])
 	printRequests("kubectl no-op re-apply", kubectlRequests[1])
+
+	if os.Getenv(applyTraceEnv) == "" {
+		fmt.Printf("\n(set %s=1 for a traced extra round: the timeline of every request)\n", applyTraceEnv)
+		return
+	}
+	withFreshServer(b, func(env *testenv.Env) {
+		tr := startTracer(b, env)
+		for _, what := range []string{"ours first apply", "ours no-op re-apply"} {
+			tr.run(what, func(k string) parity.Result { return parity.Run(ctx, procEnv, plugin, oursArgs(k)...) })
+		}
+	})
+	withFreshServer(b, func(env *testenv.Env) {
+		tr := startTracer(b, env)
+		kubectl := filepath.Join(env.BinDir, "kubectl")
+		for _, what := range []string{"kubectl first apply", "kubectl no-op re-apply"} {
+			tr.run(what, func(k string) parity.Result { return parity.Run(ctx, procEnv, kubectl, kubectlArgs(k)...) })
+		}
+	})
 }
 
 // withFreshServer starts an etcd + kube-apiserver for f and stops it afterwards.
@@ -229,13 +253,13 @@ func kindSummary(kinds map[string]int) string {
 // requestCounts are API requests by "VERB resource" (subresources appended with a slash).
 type requestCounts map[string]float64
 
-// runCounted runs f and, when count is set, returns the API requests the server saw meanwhile
-// (the difference of apiserver_request_total; the server's own loopback traffic is negligible
-// on an idle test server and appears as LIST/WATCH of its informers, if at all).
-func runCounted(b *testing.B, env *testenv.Env, count bool, f func() parity.Result) (parity.Result, requestCounts) {
+// runCounted runs f and, when count is set, stores in counts the API requests the server saw
+// meanwhile (the difference of apiserver_request_total; the server's own loopback traffic is
+// negligible on an idle test server, and the scrape itself is one "GET (non-resource)").
+func runCounted(b *testing.B, env *testenv.Env, count bool, counts *requestCounts, f func() parity.Result) parity.Result {
 	b.Helper()
 	if !count {
-		return f(), nil
+		return f()
 	}
 	before := scrapeRequests(b, env)
 	res := f()
@@ -246,7 +270,8 @@ func runCounted(b *testing.B, env *testenv.Env, count bool, f func() parity.Resu
 			diff[k] = d
 		}
 	}
-	return res, diff
+	*counts = diff
+	return res
 }
 
 // scrapeRequests reads apiserver_request_total from the server's /metrics.
@@ -287,7 +312,7 @@ func scrapeRequestsWith(b *testing.B, host string, tlsConfig *tls.Config) reques
 		}
 		key := labels["verb"] + " " + labels["resource"]
 		if labels["resource"] == "" {
-			key = labels["verb"] + " (discovery and other)"
+			key = labels["verb"] + " (non-resource)"
 		}
 		if labels["subresource"] != "" {
 			key += "/" + labels["subresource"]
@@ -334,4 +359,158 @@ func printRequests(what string, rc requestCounts) {
 		parts = append(parts, fmt.Sprintf("%s %.0f", k, rc[k]))
 	}
 	fmt.Printf("  %-24s %4.0f: %s\n", what, total, strings.Join(parts, ", "))
+}
+
+// applyTraceEnv turns on a traced extra round: each process talks to the API server through a
+// loopback proxy that records every request, and the timeline is printed (where the wall time
+// goes: start-up before the first request, each phase of requests, the exit after the last).
+const applyTraceEnv = "BENCH_APPLY_TRACE"
+
+// traced is one request seen by the proxy.
+type traced struct {
+	start, dur time.Duration
+	method     string
+	path       string
+	status     int
+}
+
+// tracer is a plain-HTTP reverse proxy on 127.0.0.1 in front of the test API server; it
+// authenticates upstream as the admin.
+type tracer struct {
+	mu      sync.Mutex
+	t0      time.Time
+	reqs    []traced
+	srv     *httptest.Server
+	kubecfg string
+}
+
+func startTracer(b *testing.B, env *testenv.Env) *tracer {
+	b.Helper()
+	upstream, err := url.Parse(env.Host)
+	if err != nil {
+		b.Fatal(err)
+	}
+	transport, err := rest.TransportFor(env.Config)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tr := &tracer{}
+	proxy := httputil.NewSingleHostReverseProxy(upstream)
+	proxy.Transport = transport
+	proxy.FlushInterval = -1
+	tr.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		proxy.ServeHTTP(rec, r)
+		path := r.URL.Path
+		if r.URL.Query().Get("dryRun") != "" {
+			path += " (dry run)"
+		}
+		tr.mu.Lock()
+		tr.reqs = append(tr.reqs, traced{start: start.Sub(tr.t0), dur: time.Since(start), method: r.Method, path: path, status: rec.status})
+		tr.mu.Unlock()
+	}))
+	b.Cleanup(tr.srv.Close)
+	tr.kubecfg = filepath.Join(b.TempDir(), "traced.kubeconfig")
+	cfg := fmt.Sprintf("apiVersion: v1\nkind: Config\nclusters:\n- name: traced\n  cluster:\n    server: %s\ncontexts:\n- name: traced\n  context:\n    cluster: traced\n    user: traced\nusers:\n- name: traced\n  user: {}\ncurrent-context: traced\n", tr.srv.URL)
+	if err := os.WriteFile(tr.kubecfg, []byte(cfg), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return tr
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// run runs the process through the proxy and prints its timeline.
+func (tr *tracer) run(what string, f func(kubeconfig string) parity.Result) parity.Result {
+	tr.mu.Lock()
+	tr.reqs, tr.t0 = nil, time.Now()
+	tr.mu.Unlock()
+	res := f(tr.kubecfg)
+	tr.mu.Lock()
+	reqs := append([]traced(nil), tr.reqs...)
+	tr.mu.Unlock()
+	sort.Slice(reqs, func(i, j int) bool { return reqs[i].start < reqs[j].start })
+	fmt.Printf("\ntrace of %s: wall %s, %d requests\n", what, res.Wall.Round(time.Millisecond), len(reqs))
+	if len(reqs) == 0 {
+		return res
+	}
+	fmt.Printf("  start-up until the first request: %s; latency = sum of the requests' latencies\n", reqs[0].start.Round(time.Millisecond))
+	// Consecutive requests of the same method and resource type form one phase.
+	phase := func(r traced) string {
+		kind := resourceOf(strings.Split(strings.TrimPrefix(strings.TrimSuffix(r.path, " (dry run)"), "/"), "/"))
+		dry := ""
+		if strings.HasSuffix(r.path, " (dry run)") {
+			dry = " dry-run"
+		}
+		return r.method + dry + " " + kind
+	}
+	// Requests grouped by method and resource type (a concurrent client interleaves them),
+	// listed by their first start: the span is first start to last end.
+	type group struct {
+		name             string
+		n                int
+		first, last, sum time.Duration
+	}
+	var groups []*group
+	byName := map[string]*group{}
+	var end time.Duration
+	for _, r := range reqs {
+		name := phase(r)
+		g := byName[name]
+		if g == nil {
+			g = &group{name: name, first: r.start}
+			byName[name] = g
+			groups = append(groups, g)
+		}
+		g.n++
+		g.sum += r.dur
+		g.last = max(g.last, r.start+r.dur)
+		end = max(end, r.start+r.dur)
+	}
+	fmt.Printf("  %8s  %8s  %8s  %s\n", "first", "last end", "latency", "requests")
+	for _, g := range groups {
+		fmt.Printf("  %8s  %8s  %8s  %3d × %s\n", g.first.Round(time.Millisecond), g.last.Round(time.Millisecond), g.sum.Round(time.Millisecond), g.n, g.name)
+	}
+	fmt.Printf("  exit after the last response: %s\n", (res.Wall - end).Round(time.Millisecond))
+	return res
+}
+
+// resourceOf names the resource type of an API path (the segment after the version, skipping
+// namespaces/<ns>), or the path itself for discovery and other non-resource paths.
+func resourceOf(parts []string) string {
+	var rest []string
+	switch {
+	case len(parts) >= 2 && parts[0] == "api":
+		rest = parts[2:]
+	case len(parts) >= 3 && parts[0] == "apis":
+		rest = parts[3:]
+	default:
+		return "/" + strings.Join(parts, "/")
+	}
+	if len(rest) >= 2 && rest[0] == "namespaces" && len(rest) > 2 {
+		rest = rest[2:]
+	}
+	if len(rest) == 0 {
+		return "/" + strings.Join(parts, "/") + " (discovery)"
+	}
+	res := rest[0]
+	if len(rest) >= 3 {
+		res += "/" + rest[2]
+	}
+	return res
 }

@@ -54,7 +54,7 @@ type Options struct {
 	ComponentsExtra []string
 	// Registry defaults to ghcr.io/fluxcd.
 	Registry string
-	// ImagePullSecret is set on the service accounts (the secret itself is not created).
+	// ImagePullSecret is set on the controllers' pod templates (the secret itself is not created).
 	ImagePullSecret string
 	// NoNetworkPolicy is --network-policy=false.
 	NoNetworkPolicy bool
@@ -72,6 +72,9 @@ type Options struct {
 	Path string
 	// Interval is the GitRepository interval (default 1m).
 	Interval time.Duration
+	// SecretName is the Git credentials secret, in Namespace (default flux-system whatever the
+	// namespace, like `flux bootstrap --secret-name`).
+	SecretName string
 }
 
 // WithDefaults returns the options with every default filled in.
@@ -103,6 +106,9 @@ func (o Options) WithDefaults() Options {
 	if o.Interval == 0 {
 		o.Interval = time.Minute
 	}
+	if o.SecretName == "" {
+		o.SecretName = "flux-system"
+	}
 	return o
 }
 
@@ -131,7 +137,7 @@ func WriteBootstrapFiles(t testing.TB, repo *Repo, o Options) string {
 		"-toleration-keys", strings.Join(o.TolerationKeys, ","),
 		"-log-level", o.LogLevel, "-cluster-domain", o.ClusterDomain,
 		"-url", repo.URL, "-branch", o.Branch, "-tag", o.Tag, "-path", o.Path,
-		"-interval", o.Interval.String(),
+		"-interval", o.Interval.String(), "-secret-ref", o.SecretName,
 	}
 	out, err := exec.Command(filepath.Join(BinDir(t, false), FluxGen), args...).CombinedOutput()
 	if err != nil {
@@ -166,12 +172,21 @@ func Bootstrap(t testing.TB, env *testenv.Env, repo *Repo, o Options) *Flux {
 	return Install(t, env, repo, o)
 }
 
-// Install applies the bootstrap files committed at the repository's HEAD the way `flux bootstrap`
-// does (the kustomize build of <Path>/<Namespace>, so patches in its kustomization.yaml count, with
-// the flux field manager, CRDs and namespaces first), creates the flux-system secret with the Git
-// server's credentials, starts the controllers, keeps the Deployments Available, and waits until
-// the Kustomization is Ready at HEAD.
+// Install is ApplyBootstrap followed by Start: what `flux bootstrap` leaves behind, synced by the
+// real controllers.
 func Install(t testing.TB, env *testenv.Env, repo *Repo, o Options) *Flux {
+	t.Helper()
+	f := ApplyBootstrap(t, env, repo, o)
+	f.Start(t)
+	return f
+}
+
+// ApplyBootstrap applies the bootstrap files committed at the repository's HEAD the way
+// `flux bootstrap` does: the kustomize build of <Path>/<Namespace> (so patches in its
+// kustomization.yaml count), CRDs and namespaces first, with the flux field manager; then it
+// creates the Options.SecretName secret with the Git server's credentials. No controller runs yet
+// (Flux.Controllers is nil): call Start, or use it alone for versions the controllers cannot serve.
+func ApplyBootstrap(t testing.TB, env *testenv.Env, repo *Repo, o Options) *Flux {
 	t.Helper()
 	o = o.WithDefaults()
 	f := &Flux{Env: env, Client: NewClient(t, env), Repo: repo, Options: o}
@@ -183,10 +198,19 @@ func Install(t testing.TB, env *testenv.Env, repo *Repo, o Options) *Flux {
 	if err := f.applySecret(ctx); err != nil {
 		t.Fatal(err)
 	}
-	KeepDeploymentsAvailable(t, f.Client)
-	f.Controllers = StartControllers(t, env, ControllerOptions{Namespace: o.Namespace})
-	f.WaitReady(t, repo.Head(t))
 	return f
+}
+
+// Start keeps the Deployments Available, starts the controllers in Options.Namespace and waits
+// until the Kustomization is Ready at the repository's HEAD.
+func (f *Flux) Start(t testing.TB) {
+	t.Helper()
+	if f.Controllers != nil {
+		t.Fatal("the Flux controllers are already running")
+	}
+	KeepDeploymentsAvailable(t, f.Client)
+	f.Controllers = StartControllers(t, f.Env, ControllerOptions{Namespace: f.Options.Namespace})
+	f.WaitReady(t, f.Repo.Head(t))
 }
 
 func (f *Flux) apply(ctx context.Context, dir string) error {
@@ -209,7 +233,7 @@ func (f *Flux) apply(ctx context.Context, dir string) error {
 func (f *Flux) applySecret(ctx context.Context) error {
 	secret := &corev1.Secret{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
-		ObjectMeta: metav1.ObjectMeta{Name: f.Options.Namespace, Namespace: f.Options.Namespace},
+		ObjectMeta: metav1.ObjectMeta{Name: f.Options.SecretName, Namespace: f.Options.Namespace},
 		StringData: map[string]string{"username": f.Repo.server.Username, "password": f.Repo.server.Password},
 	}
 	if err := f.Client.Create(ctx, secret, client.FieldOwner(BootstrapFieldManager)); err != nil && !apierrors.IsAlreadyExists(err) {

@@ -18,8 +18,8 @@ import (
 
 // BootstrapWithCLI runs the real `flux bootstrap git --token-auth --allow-insecure-http` (Flux CLI
 // FluxVersion) against the repository: the CLI generates, commits and pushes the bootstrap files,
-// installs the components, stores the credentials in the <ns> secret, applies the sync objects and
-// waits for them. The controllers start as soon as the CRDs exist, and the Deployments are kept
+// installs the components, stores the credentials in the Options.SecretName secret, applies the
+// sync objects and waits for them. The controllers start as soon as the CRDs exist, and the Deployments are kept
 // Available for the CLI's health checks. Commit user apps before: bootstrap clones the branch.
 // Options.Version must be FluxVersion (the CLI's embedded manifests) and Options.Tag is not
 // supported (bootstrap pushes to a branch). The work tree is updated to what the CLI pushed.
@@ -41,7 +41,7 @@ func BootstrapWithCLI(t testing.TB, env *testenv.Env, repo *Repo, o Options) *Fl
 		"--author-name=fluxenv", "--author-email=fluxenv@example.invalid",
 		"--components=" + strings.Join(o.Components, ","), "--registry=" + o.Registry,
 		"--log-level=" + o.LogLevel, "--cluster-domain=" + o.ClusterDomain,
-		fmt.Sprintf("--network-policy=%t", !o.NoNetworkPolicy), "--interval=" + o.Interval.String(),
+		fmt.Sprintf("--network-policy=%t", !o.NoNetworkPolicy), "--interval=" + o.Interval.String(), "--secret-name=" + o.SecretName,
 	}
 	if len(o.ComponentsExtra) > 0 {
 		args = append(args, "--components-extra="+strings.Join(o.ComponentsExtra, ","))

@@ -3,11 +3,14 @@ package fluxenv_test
 import (
 	"context"
 	"net/http"
+	"os"
 	"path"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
@@ -15,10 +18,17 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/test/fluxenv"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
+
+// TestMain silences controller-runtime's warning (with a stack trace) that its logger is unset.
+func TestMain(m *testing.M) {
+	ctrllog.SetLogger(logr.Discard())
+	os.Exit(m.Run())
+}
 
 // TestBootstrapReconcilePrune bootstraps a fleet repository holding a user app with the real
 // controllers, checks what kustomize-controller did to the Flux objects, and prunes the app.
@@ -89,7 +99,8 @@ func TestBootstrapReconcilePrune(t *testing.T) {
 }
 
 // TestBootstrapOtherNamespaceOnTag runs Flux from another namespace, following a tag, without
-// network policies: the options reach the generated files and the controllers sync them.
+// network policies and with a user's patch in the bootstrap kustomization.yaml: the options reach
+// the generated files, the patch reaches the cluster, and the controllers sync it all.
 func TestBootstrapOtherNamespaceOnTag(t *testing.T) {
 	fluxenv.BinDir(t, false)
 	env := testenv.Start(t)
@@ -97,25 +108,125 @@ func TestBootstrapOtherNamespaceOnTag(t *testing.T) {
 	app := fluxenv.App{Namespace: "team", Name: "web"}
 	repo.AddApp(t, "clusters/prod", app)
 	o := fluxenv.Options{Namespace: "gitops", Tag: "v1", Path: "clusters/prod", NoNetworkPolicy: true, TolerationKeys: []string{"dedicated"}}
-	f := fluxenv.Bootstrap(t, env, repo, o)
+	dir := fluxenv.WriteBootstrapFiles(t, repo, o)
+	require.Equal(t, "clusters/prod/gitops", dir)
+	repo.WriteFile(t, path.Join(dir, "kustomization.yaml"), `apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- gotk-components.yaml
+- gotk-sync.yaml
+patches:
+- patch: |
+    - op: replace
+      path: /spec/template/spec/containers/0/args/2
+      value: --log-level=debug
+  target:
+    kind: Deployment
+    name: kustomize-controller
+`)
+	commit := repo.CommitAndPush(t, "Bootstrap with a log-level patch")
+	repo.Tag(t, "v1")
+	f := fluxenv.Install(t, env, repo, o)
 
-	components := repo.ReadFile(t, path.Join(o.Dir(), "gotk-components.yaml"))
+	components := repo.ReadFile(t, path.Join(dir, "gotk-components.yaml"))
 	assert.NotContains(t, components, "kind: NetworkPolicy")
 	assert.Contains(t, components, "key: dedicated")
-	sync := repo.ReadFile(t, path.Join(o.Dir(), "gotk-sync.yaml"))
+	sync := repo.ReadFile(t, path.Join(dir, "gotk-sync.yaml"))
 	assert.Contains(t, sync, "tag: v1")
 	assert.Contains(t, sync, "path: ./clusters/prod")
 
 	ks := f.Kustomization(t)
 	assert.Equal(t, "gitops", ks.GetNamespace())
-	assert.Equal(t, "v1@sha1:"+repo.Head(t), fluxenv.Status(ks, "lastAppliedRevision"))
+	assert.Equal(t, "v1@sha1:"+commit, fluxenv.Status(ks, "lastAppliedRevision"))
 	assert.Contains(t, fluxenv.Inventory(ks), "team_web_apps_Deployment")
+	assert.Contains(t, fluxenv.Inventory(ks), "gitops_kustomize-controller_apps_Deployment")
+	var kc appsv1.Deployment
+	require.NoError(t, f.Client.Get(context.Background(), client.ObjectKey{Namespace: "gitops", Name: "kustomize-controller"}, &kc))
+	assert.Equal(t, "--log-level=debug", kc.Spec.Template.Spec.Containers[0].Args[2], "the patch of kustomization.yaml")
+	assert.Equal(t, "gitops", kc.Labels["kustomize.toolkit.fluxcd.io/namespace"])
 
 	// A commit is not synced until the tag moves; Push moves it.
 	repo.RemoveApp(t, "clusters/prod", app)
 	ks = f.Reconcile(t, f.Push(t, "Remove web"))
 	assert.NotContains(t, fluxenv.Inventory(ks), "team_web_apps_Deployment")
 	assert.True(t, apierrors.IsNotFound(f.Client.Get(context.Background(), client.ObjectKey{Namespace: "team", Name: "web"}, &appsv1.Deployment{})))
+}
+
+// TestSimulateReconcileMatchesController: what SimulateReconcile leaves (inventory, owner labels,
+// apply managers) is what the real kustomize-controller leaves, so tests of versions whose
+// controllers cannot run see a faithful cluster.
+func TestSimulateReconcileMatchesController(t *testing.T) {
+	fluxenv.BinDir(t, false)
+	repo := fluxenv.StartGitServer(t).CreateRepo(t, "fleet")
+	repo.AddApp(t, "clusters/test", fluxenv.App{Namespace: "apps", Name: "podinfo"})
+	real := fluxenv.Bootstrap(t, testenv.Start(t), repo, fluxenv.Options{})
+	realIDs := fluxenv.Inventory(real.Kustomization(t))
+	real.Controllers.Stop()
+
+	simulated := fluxenv.ApplyBootstrap(t, testenv.Start(t), repo, fluxenv.Options{})
+	simulatedIDs := simulated.SimulateReconcile(t)
+	assert.ElementsMatch(t, realIDs, simulatedIDs)
+	ks := simulated.Kustomization(t)
+	assert.ElementsMatch(t, realIDs, fluxenv.Inventory(ks))
+	ready, msg := fluxenv.Ready(ks)
+	assert.True(t, ready, msg)
+	assert.Equal(t, "main@sha1:"+repo.Head(t), fluxenv.Status(ks, "lastAppliedRevision"))
+
+	for _, id := range realIDs {
+		want, got := ownership(t, real, id), ownership(t, simulated, id)
+		assert.Equal(t, want, got, id)
+	}
+	assert.Equal(t, []string{"flux", "kustomize-controller", "kustomize.toolkit.fluxcd.io/name=flux-system", "kustomize.toolkit.fluxcd.io/namespace=flux-system"},
+		ownership(t, simulated, "flux-system_kustomize-controller_apps_Deployment"))
+}
+
+// TestSimulateOldVersion: files of an old Flux generated with its distribution data, applied like
+// bootstrap, and reconciled by simulation (its CRDs cannot serve the running controllers).
+func TestSimulateOldVersion(t *testing.T) {
+	fluxenv.BinDir(t, false)
+	repo := fluxenv.StartGitServer(t).CreateRepo(t, "fleet")
+	o := fluxenv.Options{
+		Version: "v2.2.3", ComponentsExtra: []string{"image-reflector-controller", "image-automation-controller"},
+		Registry: "registry.example.com/fluxcd", ImagePullSecret: "regcred",
+	}
+	fluxenv.WriteBootstrapFiles(t, repo, o)
+	repo.CommitAndPush(t, "Bootstrap Flux v2.2.3")
+	f := fluxenv.ApplyBootstrap(t, testenv.Start(t), repo, o)
+	ids := f.SimulateReconcile(t)
+	assert.Contains(t, ids, "flux-system_image-automation-controller_apps_Deployment")
+	assert.Contains(t, ids, "flux-system_flux-system_kustomize.toolkit.fluxcd.io_Kustomization")
+
+	var d appsv1.Deployment
+	require.NoError(t, f.Client.Get(context.Background(), client.ObjectKey{Namespace: "flux-system", Name: "image-automation-controller"}, &d))
+	assert.Equal(t, "v2.2.3", d.Labels["app.kubernetes.io/version"])
+	assert.Equal(t, "flux-system", d.Labels["kustomize.toolkit.fluxcd.io/name"])
+	assert.True(t, strings.HasPrefix(d.Spec.Template.Spec.Containers[0].Image, "registry.example.com/fluxcd/image-automation-controller:"), d.Spec.Template.Spec.Containers[0].Image)
+	assert.Equal(t, []corev1.LocalObjectReference{{Name: "regcred"}}, d.Spec.Template.Spec.ImagePullSecrets)
+}
+
+// ownership summarizes an inventory object: its Apply managers and kustomize owner labels.
+func ownership(t *testing.T, f *fluxenv.Flux, id string) []string {
+	t.Helper()
+	parts := strings.Split(id, "_") // namespace_name_group_kind; names here have no "_"
+	require.Len(t, parts, 4, id)
+	obj := &unstructured.Unstructured{}
+	obj.SetAPIVersion(apiVersion(parts[2]))
+	obj.SetKind(parts[3])
+	require.NoError(t, f.Client.Get(context.Background(), client.ObjectKey{Namespace: parts[0], Name: parts[1]}, obj), id)
+	summary := applyManagers(obj)
+	slices.Sort(summary)
+	for _, k := range []string{"kustomize.toolkit.fluxcd.io/name", "kustomize.toolkit.fluxcd.io/namespace"} {
+		summary = append(summary, k+"="+obj.GetLabels()[k])
+	}
+	return summary
+}
+
+// apiVersion maps an inventory group to an API version: every kind of the bootstrap files is v1.
+func apiVersion(group string) string {
+	if group == "" {
+		return "v1"
+	}
+	return group + "/v1"
 }
 
 // TestBootstrapWithCLI bootstraps with the real `flux bootstrap git`.

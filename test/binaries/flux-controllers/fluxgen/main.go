@@ -45,7 +45,7 @@ func run() error {
 	components := flag.String("components", strings.Join(in.Components, ","), "controllers to install")
 	extra := flag.String("components-extra", "", "additional controllers (image-reflector-controller, image-automation-controller, source-watcher)")
 	flag.StringVar(&in.Registry, "registry", in.Registry, "container registry of the controller images")
-	flag.StringVar(&in.ImagePullSecret, "image-pull-secret", "", "image pull secret name set on the service accounts")
+	flag.StringVar(&in.ImagePullSecret, "image-pull-secret", "", "image pull secret name set on the controllers' pod templates")
 	flag.BoolVar(&in.NetworkPolicy, "network-policy", in.NetworkPolicy, "install the network policies")
 	flag.BoolVar(&in.WatchAllNamespaces, "watch-all-namespaces", in.WatchAllNamespaces, "watch all namespaces")
 	flag.StringVar(&in.ClusterDomain, "cluster-domain", in.ClusterDomain, "cluster domain")
