@@ -64,15 +64,7 @@ rendering dropped (never a CRD that still has objects, never the Namespace), and
 everything is ready. Users' own Flux objects are never touched.`,
 		Example: applyExample,
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.Complete(cmd); err != nil {
-				return err
-			}
-			if err := o.Validate(cmd); err != nil {
-				return err
-			}
-			return o.Run(cmd.Context())
-		},
+		RunE:    runE(o),
 	}
 	o.addFlags(cmd, "apply")
 	flags := cmd.Flags()

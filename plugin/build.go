@@ -41,15 +41,7 @@ func NewCmdBuild(configFlags *genericclioptions.ConfigFlags, streams genericioop
 		Long:    "Render a FluxInstance into the exact objects the Flux Operator would apply (CRDs, Namespace, RBAC, controllers, network policies, the sync source and Kustomization), sorted the operator's way. Never contacts a cluster.",
 		Example: buildExample,
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.Complete(cmd); err != nil {
-				return err
-			}
-			if err := o.Validate(cmd); err != nil {
-				return err
-			}
-			return o.Run(cmd.Context())
-		},
+		RunE:    runE(o),
 	}
 	o.addFlags(cmd, "render")
 	cmd.Flags().StringVarP(&o.Output, "output", "o", o.Output, "Output format. One of: (yaml, json, name).")

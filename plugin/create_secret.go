@@ -11,14 +11,11 @@ import (
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
-	"github.com/fluxinstance/kubectl-fluxinstance/migrate/preflight"
-	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/syncsecret"
 )
 
@@ -455,32 +452,4 @@ func (o *CreateSecretBucketOptions) Build() (*corev1.Secret, error) {
 		return nil, err
 	}
 	return syncsecret.Bucket(o.name, o.namespace, syncsecret.BucketOptions{AccessKey: o.AccessKey, SecretKey: secretKey})
-}
-
-// The sync preflight of apply, diff and migrate. It lives here, next to the commands that fix
-// what it finds.
-
-// addStrictFlag adds --strict to a command that runs the sync preflight.
-func addStrictFlag(cmd *cobra.Command, strict *bool) {
-	cmd.Flags().BoolVar(strict, "strict", false, "Treat the warnings of the sync preflight (a missing or incomplete pull secret, a provider that does not fit the URL) as errors, before anything changes.")
-}
-
-// preflightSync checks the sync configuration of inst against the cluster and prints what it
-// finds on errOut as "Warning: ..." and "Note: ..."; with strict, warnings fail the command.
-func preflightSync(ctx context.Context, conn *cluster.Connection, inst *fluxinstance.FluxInstance, objects []*unstructured.Unstructured, strict bool, errOut io.Writer) error {
-	findings, err := preflight.Check(ctx, conn.Client, inst, objects)
-	if err != nil {
-		return cluster.ExplainError(fmt.Errorf("checking the sync configuration: %w", err), conn.Config.Host)
-	}
-	warnings := 0
-	for _, f := range findings {
-		fmt.Fprintf(errOut, "%s: %s\n", f.Severity, f.Message)
-		if f.Severity == preflight.Warning {
-			warnings++
-		}
-	}
-	if strict && warnings > 0 {
-		return fmt.Errorf("--strict: the sync preflight found %d problem(s), see the warnings above; nothing was changed", warnings)
-	}
-	return nil
 }

@@ -47,15 +47,7 @@ The CRDs, and with them every Flux object of users, stay unless --with-crds is g
 --yes-i-know. The Namespace always stays.`,
 		Example: deleteExample,
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.Complete(cmd); err != nil {
-				return err
-			}
-			if err := o.Validate(cmd); err != nil {
-				return err
-			}
-			return o.Run(cmd.Context())
-		},
+		RunE:    runE(o),
 	}
 	flags := cmd.Flags()
 	flags.BoolVar(&o.DryRun, "dry-run", false, "List what would be deleted, without deleting.")

@@ -53,15 +53,7 @@ Exit status: 0 no differences, 1 differences found, greater than 1 an error, lik
 KUBECTL_EXTERNAL_DIFF names another diff program, called with the live and merged directories.`,
 		Example: diffExample,
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.Complete(cmd); err != nil {
-				return err
-			}
-			if err := o.Validate(cmd); err != nil {
-				return err
-			}
-			return o.Run(cmd.Context())
-		},
+		RunE:    runE(o),
 	}
 	o.addFlags(cmd, "diff")
 	cmd.Flags().StringVar(&o.FieldManager, "field-manager", o.FieldManager, "Name of the manager the apply would use.")

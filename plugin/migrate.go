@@ -64,14 +64,8 @@ labels, so that removing the bootstrap files from Git afterwards prunes nothing.
 next step; safe to re-run; --rollback gives the installation back to 'flux bootstrap'.`,
 		Example: migrateExample,
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.Complete(cmd); err != nil {
-				return err
-			}
-			if err := o.Validate(cmd); err != nil {
-				return err
-			}
-			err := o.Run(cmd.Context())
+		RunE: func(cmd *cobra.Command, args []string) error {
+			err := runE(o)(cmd, args)
 			if apierrors.IsForbidden(err) && !o.CheckPermissions {
 				return fmt.Errorf("%w\nrun `kubectl fluxinstance migrate --check-permissions` to list every permission migrate needs", err)
 			}

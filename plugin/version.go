@@ -53,15 +53,7 @@ func NewCmdVersion(configFlags *genericclioptions.ConfigFlags, streams genericio
 		Long:    "Print the plugin version and, unless --client is set, the Flux version installed in the current context and how it is managed (flux bootstrap, flux install, the Flux Operator, Helm or this plugin).",
 		Example: versionExample,
 		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := o.Complete(); err != nil {
-				return err
-			}
-			if err := o.Validate(cmd); err != nil {
-				return err
-			}
-			return o.Run(cmd.Context())
-		},
+		RunE:    runE(o),
 	}
 	cmd.Flags().BoolVar(&o.ClientOnly, "client", false, "If true, shows the client version only (no cluster required).")
 	cmd.Flags().StringVarP(&o.Output, "output", "o", "", "Output format. One of: (json, yaml).")
@@ -69,7 +61,7 @@ func NewCmdVersion(configFlags *genericclioptions.ConfigFlags, streams genericio
 }
 
 // Complete fills in what the binary knows about itself.
-func (o *VersionOptions) Complete() error {
+func (o *VersionOptions) Complete(*cobra.Command) error {
 	if o.info.GoVersion == "" {
 		o.info.GoVersion = runtime.Version()
 	}
