@@ -44,6 +44,10 @@ endif
 testenv: ## Build (or reuse) kube-apiserver, etcd, kubectl and kube-controller-manager for the tests
 	test/binaries/build.sh >/dev/null
 
+.PHONY: flux-testenv
+flux-testenv: ## Build (or reuse) source-controller, kustomize-controller, the bootstrap generator and the flux CLI
+	test/binaries/flux-controllers/build.sh >/dev/null
+
 .PHONY: fmt-check
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); \
@@ -56,7 +60,7 @@ vet: embed
 # go test -v goes to $(TEST_LOG); the console gets every package result, failures and skips, and a
 # closing count. test/run-tests.sh exits non-zero on failure (and, with CI=true, on any skip).
 .PHONY: test
-test: testenv embed fmt-check vet ## Vet, gofmt check, unit and real-cluster tests, a short fuzz run
+test: testenv flux-testenv embed fmt-check vet ## Vet, gofmt check, unit and real-cluster tests, a short fuzz run
 	KUBEBUILDER_ASSETS=$$(readlink -f $(TESTENV)) test/run-tests.sh $(TEST_LOG) $(GO_TEST_FLAGS) ./...
 	$(MAKE) fuzz
 

@@ -75,7 +75,7 @@ func BootstrapWithCLI(t testing.TB, env *testenv.Env, repo *Repo, o Options) *Fl
 
 	// The controllers need their CRDs, which the CLI installs first.
 	if err := waitCRDs(ctx, f.Client, exited); err != nil {
-		t.Fatalf("flux bootstrap did not install the Flux CRDs: %v\n%s", err, tail(logPath, 40))
+		t.Fatalf("flux bootstrap did not install the Flux CRDs: %v\n%s", err, testenv.Tail(logPath, 40))
 	}
 	c, err := startControllers(BinDir(t, false), env, ControllerOptions{Namespace: o.Namespace})
 	if err != nil {
@@ -86,7 +86,7 @@ func BootstrapWithCLI(t testing.TB, env *testenv.Env, repo *Repo, o Options) *Fl
 	t.Cleanup(c.Stop)
 	f.Controllers = c
 	if err := <-exited; err != nil {
-		t.Fatalf("flux bootstrap git failed: %v\n%s\n%s", err, tail(logPath, 60), c.Logs(20))
+		t.Fatalf("flux bootstrap git failed: %v\n%s\n%s", err, testenv.Tail(logPath, 60), c.Logs(20))
 	}
 	f.WaitReady(t, repo.Pull(t))
 	return f

@@ -3,7 +3,6 @@ package fluxenv
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -80,7 +79,7 @@ func startControllers(bin string, env *testenv.Env, opts ControllerOptions) (c *
 			return nil, err
 		}
 	}
-	ports, err := freePorts(5)
+	ports, err := testenv.FreePorts(5)
 	if err != nil {
 		return nil, err
 	}
@@ -169,7 +168,7 @@ func (c *Controllers) exited() error {
 	for _, p := range c.procs {
 		select {
 		case <-p.done:
-			return fmt.Errorf("%s exited; last log lines:\n%s", p.name, tail(p.log, 30))
+			return fmt.Errorf("%s exited; last log lines:\n%s", p.name, testenv.Tail(p.log, 30))
 		default:
 		}
 	}
@@ -186,7 +185,7 @@ func (c *Controllers) Logs(lines int) string {
 	}
 	var b strings.Builder
 	for _, p := range c.procs {
-		fmt.Fprintf(&b, "--- %s (%s)\n%s\n", p.name, p.log, tail(p.log, lines))
+		fmt.Fprintf(&b, "--- %s (%s)\n%s\n", p.name, p.log, testenv.Tail(p.log, lines))
 	}
 	return b.String()
 }
@@ -227,35 +226,4 @@ func (c *Controllers) waitRunning(ctx context.Context, interval time.Duration, c
 		case <-time.After(interval):
 		}
 	}
-}
-
-func freePorts(n int) ([]int, error) {
-	var listeners []net.Listener
-	defer func() {
-		for _, l := range listeners {
-			l.Close()
-		}
-	}()
-	ports := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("finding a free port: %w", err)
-		}
-		listeners = append(listeners, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
-
-func tail(path string, lines int) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	all := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(all) > lines {
-		all = all[len(all)-lines:]
-	}
-	return strings.Join(all, "\n")
 }

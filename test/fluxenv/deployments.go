@@ -7,9 +7,9 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
 // MarkDeploymentsAvailable writes a rolled-out, Available status on every Deployment of the cluster
@@ -22,25 +22,8 @@ func MarkDeploymentsAvailable(ctx context.Context, c client.Client) error {
 	}
 	for i := range list.Items {
 		d := &list.Items[i]
-		replicas := int32(1)
-		if d.Spec.Replicas != nil {
-			replicas = *d.Spec.Replicas
-		}
-		s := d.Status
-		if s.ObservedGeneration == d.Generation && s.Replicas == replicas && s.UpdatedReplicas == replicas &&
-			s.ReadyReplicas == replicas && s.AvailableReplicas == replicas && len(s.Conditions) == 2 {
+		if !testenv.SetAvailableStatus(d) {
 			continue
-		}
-		now := metav1.Now()
-		d.Status = appsv1.DeploymentStatus{
-			ObservedGeneration: d.Generation,
-			Replicas:           replicas, UpdatedReplicas: replicas, ReadyReplicas: replicas, AvailableReplicas: replicas,
-			Conditions: []appsv1.DeploymentCondition{
-				{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionTrue, Reason: "MinimumReplicasAvailable",
-					Message: "fluxenv: no kubelet runs, status written by the test", LastUpdateTime: now, LastTransitionTime: now},
-				{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionTrue, Reason: "NewReplicaSetAvailable",
-					Message: "fluxenv: no kubelet runs, status written by the test", LastUpdateTime: now, LastTransitionTime: now},
-			},
 		}
 		// Update (not a patch) fails on a stale resourceVersion: the next round retries with the new
 		// generation instead of marking an old one, so the error is not worth reporting.

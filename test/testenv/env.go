@@ -91,7 +91,7 @@ func start(binDir, dir string, o Options) (env *Env, err error) {
 	if env.pki, err = newPKI(filepath.Join(dir, "pki")); err != nil {
 		return nil, fmt.Errorf("generating certificates: %w", err)
 	}
-	ports, err := freePorts(3)
+	ports, err := FreePorts(3)
 	if err != nil {
 		return nil, err
 	}
@@ -209,12 +209,12 @@ func (e *Env) waitReady(timeout time.Duration) error {
 		for _, p := range e.procs {
 			select {
 			case <-p.done:
-				return fmt.Errorf("%s exited during start-up; last log lines:\n%s", p.name, tail(p.log, 30))
+				return fmt.Errorf("%s exited during start-up; last log lines:\n%s", p.name, Tail(p.log, 30))
 			default:
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("kube-apiserver not ready after %s; last log lines:\n%s", timeout, tail(filepath.Join(e.Dir, "kube-apiserver.log"), 30))
+			return fmt.Errorf("kube-apiserver not ready after %s; last log lines:\n%s", timeout, Tail(filepath.Join(e.Dir, "kube-apiserver.log"), 30))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -304,7 +304,7 @@ func (e *Env) TLSConfig() *tls.Config {
 	return &tls.Config{RootCAs: e.CACertPool(), MinVersion: tls.VersionTLS12}
 }
 
-func freePorts(n int) ([]int, error) {
+func FreePorts(n int) ([]int, error) {
 	var listeners []net.Listener
 	defer func() {
 		for _, l := range listeners {
@@ -323,7 +323,7 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-func tail(path string, lines int) string {
+func Tail(path string, lines int) string {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return err.Error()
