@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fluxcd/cli-utils/pkg/object"
 	"github.com/fluxcd/pkg/ssa"
 	"github.com/fluxcd/pkg/ssa/normalize"
 	"github.com/fluxcd/pkg/ssa/utils"
@@ -92,19 +91,19 @@ func (m *Manager) Apply(ctx context.Context, objects []*unstructured.Unstructure
 	objs := copyObjects(objects)
 	sortObjects(objs)
 
-	lives, err := m.prefetch(ctx, objs, opts.Concurrency)
+	f, err := m.prefetchState(ctx, objs, opts.Concurrency)
 	if err != nil {
 		return nil, m.explain(err)
 	}
 	if !opts.ForceConflicts {
-		if err := m.checkConflicts(ctx, objs, lives, opts.FieldManager, opts.Concurrency); err != nil {
+		if err := m.checkConflicts(ctx, objs, f.lives, opts.FieldManager, opts.Concurrency); err != nil {
 			return nil, m.explain(err)
 		}
 	}
 
 	switch opts.DryRun {
 	case DryRunClient, DryRunServer:
-		plans, err := m.plan(ctx, objs, lives, opts.FieldManager, opts.Concurrency, opts.DryRun == DryRunServer)
+		plans, err := m.plan(ctx, objs, f.lives, opts.FieldManager, opts.Concurrency, opts.DryRun == DryRunServer)
 		if err != nil {
 			return nil, m.explain(err)
 		}
@@ -121,96 +120,17 @@ func (m *Manager) Apply(ctx context.Context, objects []*unstructured.Unstructure
 	default:
 		return nil, fmt.Errorf("invalid dry-run mode %q", opts.DryRun)
 	}
-	cs, err := m.applyStaged(ctx, objs, opts, nil)
+	cs, err := m.applyStaged(ctx, objs, f, opts, nil)
 	return cs, m.explain(err)
 }
 
-// applyStaged applies for real, stage by stage; afterDefs (optional) runs once the first stage
-// is applied and ready.
-func (m *Manager) applyStaged(ctx context.Context, objs []*unstructured.Unstructured, opts ApplyOptions, afterDefs func(context.Context) error) (*ssa.ChangeSet, error) {
-	rm := m.resourceManager(opts.FieldManager, opts.Concurrency)
-	applyOpts := ssa.DefaultApplyOptions()
-	applyOpts.Cleanup = ssa.ApplyCleanupOptions{
-		Annotations: RemoveAnnotations,
-		Labels:      RemoveLabels,
-		// The plugin's own Update entries (orphan label, suspend patches) join its Apply entry too,
-		// so that an apply owns, and removes when not rendered, what those patches wrote.
-		FieldManagers: append(append([]ssa.FieldManager{}, TakeoverManagers...),
-			ssa.FieldManager{Name: opts.FieldManager, ExactMatch: true, OperationType: metav1.ManagedFieldsOperationUpdate}),
-	}
-
-	var defs, classes, rest []*unstructured.Unstructured
-	for _, o := range objs {
-		switch {
-		case utils.IsClusterDefinition(o):
-			defs = append(defs, o)
-		case utils.IsClassDefinition(o):
-			classes = append(classes, o)
-		default:
-			rest = append(rest, o)
-		}
-	}
-	total := ssa.NewChangeSet()
-	for i, stage := range [][]*unstructured.Unstructured{defs, classes, rest} {
-		if i == 1 && afterDefs != nil {
-			if err := afterDefs(ctx); err != nil {
-				return total, err
-			}
-		}
-		if len(stage) == 0 {
-			continue
-		}
-		cs, err := rm.ApplyAll(ctx, stage, applyOpts)
-		if cs != nil {
-			for _, e := range cs.Entries {
-				total.Add(e)
-				if opts.Progress != nil {
-					opts.Progress(e)
-				}
-			}
-		}
-		if err != nil {
-			return total, err
-		}
-		if i == 2 {
-			break
-		}
-		// Later stages need the CRDs served and the namespaces active. Objects that did not
-		// change are already there; waiting only for the others saves a poll per stage.
-		var changed object.ObjMetadataSet
-		for _, e := range cs.Entries {
-			if e.Action == ssa.CreatedAction || e.Action == ssa.ConfiguredAction {
-				changed = append(changed, e.ObjMetadata)
-			}
-		}
-		if len(changed) == 0 {
-			continue
-		}
-		if err := rm.WaitForSetWithContext(ctx, changed, ssa.WaitOptions{Interval: 250 * time.Millisecond, Timeout: opts.StageTimeout}); err != nil {
-			return total, fmt.Errorf("waiting for CRDs and namespaces to be ready before applying the rest: %w", err)
-		}
-	}
-	return total, nil
-}
-
-// prefetch reads the in-cluster copy of every object in parallel (nil where absent).
+// prefetch reads the in-cluster copy of every object (nil where absent or not served).
 func (m *Manager) prefetch(ctx context.Context, objs []*unstructured.Unstructured, concurrency int) ([]*unstructured.Unstructured, error) {
-	lives := make([]*unstructured.Unstructured, len(objs))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(concurrency)
-	for i, obj := range objs {
-		g.Go(func() error {
-			live, found, err := m.getLive(gctx, obj)
-			if err != nil {
-				return err
-			}
-			if found {
-				lives[i] = live
-			}
-			return nil
-		})
+	f, err := m.prefetchState(ctx, objs, concurrency)
+	if err != nil {
+		return nil, err
 	}
-	return lives, g.Wait()
+	return f.lives, nil
 }
 
 // Conflict is one field owned by a manager that apply does not take over.
@@ -416,6 +336,9 @@ func stripCleanup(obj *unstructured.Unstructured) {
 // drifted compares like ssa's apply does (labels, annotations, and everything but metadata and
 // status), so that a dry run and Diff say "unchanged" exactly when Apply would.
 func drifted(live, merged *unstructured.Unstructured) bool {
+	if merged.GetResourceVersion() == "" {
+		return true
+	}
 	if !apiequality.Semantic.DeepEqual(live.GetLabels(), merged.GetLabels()) ||
 		!apiequality.Semantic.DeepEqual(live.GetAnnotations(), merged.GetAnnotations()) {
 		return true
@@ -424,7 +347,9 @@ func drifted(live, merged *unstructured.Unstructured) bool {
 		c := u.DeepCopy()
 		unstructured.RemoveNestedField(c.Object, "metadata")
 		unstructured.RemoveNestedField(c.Object, "status")
-		_ = normalize.DryRunUnstructured(c)
+		if err := normalize.DryRunUnstructured(c); err != nil {
+			return u.Object // as ssa does
+		}
 		return c.Object
 	}
 	return !apiequality.Semantic.DeepEqual(strip(live), strip(merged))

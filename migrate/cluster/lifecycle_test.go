@@ -3,9 +3,11 @@ package cluster
 import (
 	"context"
 	"encoding/base64"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
@@ -84,6 +87,21 @@ func TestLifecycle(t *testing.T) {
 		entries, err := m.Diff(ctxT(t), full, nil, DiffOptions{})
 		require.NoError(t, err)
 		assert.False(t, HasChanges(entries))
+	})
+
+	t.Run("re-apply reads objects by list and writes only the inventory", func(t *testing.T) {
+		counter := &requestCounter{}
+		cfg := rest.CopyConfig(env.Config)
+		cfg.WrapTransport = counter.wrap
+		cm, _ := newManagerFor(t, cfg, ns)
+		res, err := cm.Reconcile(ctxT(t), full, ReconcileOptions{Prune: true})
+		require.NoError(t, err)
+		assert.Equal(t, map[ssa.Action]int{ssa.UnchangedAction: len(full)}, countActions(res.ChangeSet))
+		reads, dryRuns, writes := counter.counts()
+		// One dry run per object decides "unchanged"; the objects are read by kind, not one by one.
+		assert.Equal(t, len(full), dryRuns)
+		assert.Less(t, reads, len(full)/2, "objects must be listed by kind, not read one by one")
+		assert.Equal(t, []string{"/api/v1/namespaces/flux-system/configmaps/" + InventoryConfigMap}, writes)
 	})
 
 	// The next rendering: helm-controller removed, a source-controller arg changed, the Secret
@@ -364,6 +382,40 @@ func TestLifecycle(t *testing.T) {
 		assert.NotContains(t, entryIDs(inv), "flux-system_source-controller_apps_Deployment")
 	})
 }
+
+// requestCounter counts a client's requests: reads (GET, LIST), dry-run patches, and the paths
+// of other writes.
+type requestCounter struct {
+	mu             sync.Mutex
+	reads, dryRuns int
+	writes         []string
+}
+
+func (c *requestCounter) wrap(rt http.RoundTripper) http.RoundTripper {
+	return roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+		c.mu.Lock()
+		switch {
+		case r.Method == http.MethodGet:
+			c.reads++
+		case r.URL.Query().Get("dryRun") != "":
+			c.dryRuns++
+		case r.URL.Path != "/apis/authentication.k8s.io/v1/selfsubjectreviews":
+			c.writes = append(c.writes, r.URL.Path)
+		}
+		c.mu.Unlock()
+		return rt.RoundTrip(r)
+	})
+}
+
+func (c *requestCounter) counts() (int, int, []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reads, c.dryRuns, append([]string(nil), c.writes...)
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 func entryIDs(inv *Inventory) []string {
 	var out []string

@@ -125,15 +125,15 @@ func (m *Manager) applyWithHook(ctx context.Context, objects []*unstructured.Uns
 	}
 	objs := copyObjects(objects)
 	sortObjects(objs)
-	lives, err := m.prefetch(ctx, objs, opts.Concurrency)
+	f, err := m.prefetchState(ctx, objs, opts.Concurrency)
 	if err != nil {
 		return nil, m.explain(err)
 	}
 	if !opts.ForceConflicts {
-		if err := m.checkConflicts(ctx, objs, lives, opts.FieldManager, opts.Concurrency); err != nil {
+		if err := m.checkConflicts(ctx, objs, f.lives, opts.FieldManager, opts.Concurrency); err != nil {
 			return nil, m.explain(err)
 		}
 	}
-	cs, err := m.applyStaged(ctx, objs, opts, hook)
+	cs, err := m.applyStaged(ctx, objs, f, opts, hook)
 	return cs, m.explain(err)
 }

@@ -1,0 +1,184 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/fluxcd/cli-utils/pkg/object"
+	"github.com/fluxcd/pkg/ssa"
+	ssaerrors "github.com/fluxcd/pkg/ssa/errors"
+	"github.com/fluxcd/pkg/ssa/utils"
+	"golang.org/x/sync/errgroup"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// applyStaged applies for real, stage by stage (CRDs, Namespaces and cluster RBAC; `*Class`
+// kinds; the rest), from the in-cluster copies the prefetch read; afterDefs (optional) runs once
+// the first stage is applied and ready.
+//
+// Per stage it does what ssa's ApplyAll does, without reading each object again: an object the
+// prefetch found absent is created with one apply (no dry run can say more than "created");
+// an existing one is dry-run applied (forced), its previous owners' metadata is cleaned up
+// (TakeoverManagers, RemoveLabels, RemoveAnnotations), and it is applied only when the dry run
+// differs from the in-cluster copy or the cleanup changed it. Every dry run and cleanup of a
+// stage happens before its first apply, and the applies go one by one in apply order.
+func (m *Manager) applyStaged(ctx context.Context, objs []*unstructured.Unstructured, f *fetched, opts ApplyOptions, afterDefs func(context.Context) error) (*ssa.ChangeSet, error) {
+	cleanup := ssa.ApplyCleanupOptions{
+		Annotations: RemoveAnnotations,
+		Labels:      RemoveLabels,
+		// The plugin's own Update entries (orphan label, suspend patches) join its Apply entry too,
+		// so that an apply owns, and removes when not rendered, what those patches wrote.
+		FieldManagers: append(append([]ssa.FieldManager{}, TakeoverManagers...),
+			ssa.FieldManager{Name: opts.FieldManager, ExactMatch: true, OperationType: metav1.ManagedFieldsOperationUpdate}),
+	}
+
+	var stages [3][]int
+	for i, o := range objs {
+		switch {
+		case utils.IsClusterDefinition(o):
+			stages[0] = append(stages[0], i)
+		case utils.IsClassDefinition(o):
+			stages[1] = append(stages[1], i)
+		default:
+			stages[2] = append(stages[2], i)
+		}
+	}
+	total := ssa.NewChangeSet()
+	for s, stage := range stages {
+		if s == 1 && afterDefs != nil {
+			if err := afterDefs(ctx); err != nil {
+				return total, err
+			}
+		}
+		if len(stage) == 0 {
+			continue
+		}
+		entries, err := m.applyStage(ctx, objs, stage, f, opts.FieldManager, opts.Concurrency, cleanup)
+		if err != nil {
+			return total, err
+		}
+		for _, e := range entries {
+			total.Add(e)
+			if opts.Progress != nil {
+				opts.Progress(e)
+			}
+		}
+		if s == 2 {
+			break
+		}
+		// Later stages need the CRDs served and the namespaces active. Objects that did not
+		// change are already there; waiting only for the others saves a poll per stage, and a
+		// stage where nothing changed is not waited for at all.
+		var changed object.ObjMetadataSet
+		for _, e := range entries {
+			if e.Action == ssa.CreatedAction || e.Action == ssa.ConfiguredAction {
+				changed = append(changed, e.ObjMetadata)
+			}
+		}
+		if len(changed) == 0 {
+			continue
+		}
+		rm := m.resourceManager(opts.FieldManager, opts.Concurrency)
+		if err := rm.WaitForSetWithContext(ctx, changed, ssa.WaitOptions{Interval: 250 * time.Millisecond, Timeout: opts.StageTimeout}); err != nil {
+			return total, fmt.Errorf("waiting for CRDs and namespaces to be ready before applying the rest: %w", err)
+		}
+	}
+	return total, nil
+}
+
+// applyStage applies the objects objs[i] for i in stage (in apply order) and returns their
+// change-set entries in that order; nothing on error, like ssa's ApplyAll.
+func (m *Manager) applyStage(ctx context.Context, objs []*unstructured.Unstructured, stage []int, f *fetched, fieldManager string, concurrency int, cleanup ssa.ApplyCleanupOptions) ([]ssa.ChangeSetEntry, error) {
+	entries := make([]ssa.ChangeSetEntry, len(stage))
+	toApply := make([]bool, len(stage))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(concurrency)
+	for n, i := range stage {
+		obj := objs[i]
+		utils.RemoveCABundleFromCRD(obj)
+		if f.lives[i] == nil && f.absent[i] {
+			entries[n], toApply[n] = entryFor(obj, ssa.CreatedAction), true
+			continue
+		}
+		g.Go(func() error {
+			live := f.lives[i]
+			if live == nil {
+				// Its kind was not served when the prefetch ran: a CRD of an earlier stage
+				// serves it now.
+				l, absent, err := m.getLiveState(gctx, obj)
+				if err != nil {
+					return err
+				}
+				if absent {
+					entries[n], toApply[n] = entryFor(obj, ssa.CreatedAction), true
+					return nil
+				}
+				live = l
+			}
+			dryRun := obj.DeepCopy()
+			if err := m.client.Patch(gctx, dryRun, client.Apply, client.DryRunAll, client.ForceOwnership, client.FieldOwner(fieldManager)); err != nil {
+				return ssaerrors.NewDryRunErr(err, dryRun)
+			}
+			patched := false
+			if live != nil {
+				var err error
+				if patched, err = m.cleanupMetadata(gctx, live, cleanup, fieldManager); err != nil {
+					return fmt.Errorf("%s metadata.managedFields cleanup failed: %w", utils.FmtUnstructured(live), err)
+				}
+			}
+			switch {
+			case live == nil || dryRun.GetResourceVersion() == "":
+				entries[n], toApply[n] = entryFor(dryRun, ssa.CreatedAction), true
+			case patched || drifted(live, dryRun):
+				entries[n], toApply[n] = entryFor(dryRun, ssa.ConfiguredAction), true
+			default:
+				entries[n] = entryFor(dryRun, ssa.UnchangedAction)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	for n, i := range stage {
+		if !toApply[n] {
+			continue
+		}
+		applied := objs[i].DeepCopy()
+		if err := m.client.Patch(ctx, applied, client.Apply, client.ForceOwnership, client.FieldOwner(fieldManager)); err != nil {
+			return nil, fmt.Errorf("%s apply failed: %w", utils.FmtUnstructured(applied), err)
+		}
+		if entries[n].Action == ssa.CreatedAction {
+			// Named as the API server stored it, like the dry run names the others.
+			entries[n] = entryFor(applied, ssa.CreatedAction)
+		}
+	}
+	return entries, nil
+}
+
+// cleanupMetadata removes the previous owners' labels and annotations and moves their field
+// managers to fieldManager with one JSON patch, as ssa does before an apply; live is updated
+// with the result. It reports whether anything was patched.
+func (m *Manager) cleanupMetadata(ctx context.Context, live *unstructured.Unstructured, opts ssa.ApplyCleanupOptions, fieldManager string) (bool, error) {
+	var patches []ssa.JSONPatch
+	patches = append(patches, ssa.PatchRemoveAnnotations(live, opts.Annotations)...)
+	patches = append(patches, ssa.PatchRemoveLabels(live, opts.Labels)...)
+	managers, err := ssa.PatchReplaceFieldsManagers(live, opts.FieldManagers, fieldManager)
+	if err != nil {
+		return false, err
+	}
+	patches = append(patches, managers...)
+	if len(patches) == 0 {
+		return false, nil
+	}
+	raw, err := json.Marshal(patches)
+	if err != nil {
+		return false, err
+	}
+	return true, m.client.Patch(ctx, live, client.RawPatch(types.JSONPatchType, raw), client.FieldOwner(fieldManager))
+}
