@@ -523,15 +523,27 @@ func checkNoPendingPrune(ctx context.Context, c client.Client, in *Install) erro
 	applied := nestedString(ks, "status", "lastAppliedRevision")
 	attempted := nestedString(ks, "status", "lastAttemptedRevision")
 	artifact := nestedString(in.Source, "status", "artifact", "revision")
-	if attempted != "" && attempted != applied {
+	if attempted != "" && !sameRevision(attempted, applied) {
 		return refuse("Kustomization %s/%s last attempted revision %s but applied %s: a reconciliation is failing or in progress and may prune the Flux objects if the bootstrap files left Git. "+
 			"Make it Ready again (`flux reconcile kustomization %s -n %s --with-source`) and run migrate again", ns, ns, attempted, applied, ns, ns)
 	}
-	if artifact != "" && applied != "" && artifact != applied {
+	if artifact != "" && applied != "" && !sameRevision(artifact, applied) {
 		return refuse("%s %s/%s has revision %s but Kustomization %s/%s applied %s: a reconciliation is pending and may prune the Flux objects if the bootstrap files left Git. "+
 			"Run `flux reconcile kustomization %s -n %s --with-source`, wait until it is Ready, and run migrate again", in.Sync.Kind, ns, ns, artifact, ns, ns, applied, ns, ns)
 	}
 	return nil
+}
+
+// sameRevision compares two Flux revisions (`<ref>@<algorithm>:<digest>`) by their digest: the
+// same commit under another ref name (`main@sha1:X` and `refs/heads/main@sha1:X`, as after the
+// takeover switches the GitRepository to ref.name, or a rollback switches it back) applies the
+// same files and so cannot prune anything.
+func sameRevision(a, b string) bool {
+	if a == b {
+		return true
+	}
+	i, j := strings.LastIndex(a, "@"), strings.LastIndex(b, "@")
+	return i >= 0 && j >= 0 && a[i+1:] == b[j+1:]
 }
 
 // listRecords lists the migration records in all namespaces (one call).

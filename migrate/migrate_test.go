@@ -373,3 +373,19 @@ func TestMigrateInterrupted(t *testing.T) {
 	require.NoError(t, Verify(ctx, c, p))
 	assert.Equal(t, specs, deploymentSpecs(t, c, "flux-system"))
 }
+
+func TestSameRevision(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		same bool
+	}{
+		{"main@sha1:abc", "main@sha1:abc", true},
+		{"main@sha1:abc", "refs/heads/main@sha1:abc", true},
+		{"refs/tags/v1@sha1:abc", "v1@sha1:abc", true},
+		{"main@sha1:abc", "main@sha1:abd", false},
+		{"main@sha1:abc", "main@sha256:abc", false},
+		{"abc", "main@sha1:abc", false},
+	} {
+		assert.Equal(t, tc.same, sameRevision(tc.a, tc.b), "%s vs %s", tc.a, tc.b)
+	}
+}

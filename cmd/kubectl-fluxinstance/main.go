@@ -3,9 +3,14 @@
 package main
 
 import (
+	"flag"
+	"io"
 	"os"
 
+	"github.com/go-logr/logr"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/klog/v2"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	// Auth provider plugins (OIDC, and the exec/token flows they build on) that kubeconfigs may name.
 	_ "k8s.io/client-go/plugin/pkg/client/auth"
@@ -22,7 +27,20 @@ var (
 )
 
 func main() {
+	silenceLibraryLogs()
 	streams := genericiooptions.IOStreams{In: os.Stdin, Out: os.Stdout, ErrOut: os.Stderr}
 	info := plugin.BuildInfo{Version: version, GitCommit: gitCommit, BuildDate: buildDate}
 	os.Exit(plugin.Run(os.Args[1:], streams, info))
+}
+
+// silenceLibraryLogs keeps client-go's and controller-runtime's own log lines (e.g. "Unexpected
+// error when reading response body" on a dropped connection) off the user's terminal: every failure
+// reaches the user as the command's error, once, in kubectl's format.
+func silenceLibraryLogs() {
+	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(fs)
+	_ = fs.Set("logtostderr", "false")
+	_ = fs.Set("stderrthreshold", "FATAL")
+	klog.SetOutput(io.Discard)
+	ctrllog.SetLogger(logr.Discard())
 }

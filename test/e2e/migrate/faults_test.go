@@ -1,6 +1,7 @@
 package migrate_test
 
 import (
+	"context"
 	"io"
 	"log"
 	"net/http"
@@ -15,10 +16,13 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/test/fluxenv"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
@@ -142,6 +146,7 @@ func killPoints(total, budget int) []int {
 // and a reconcile of the bootstrap files (still in Git) give the installation back to
 // `flux bootstrap`. The last migrated state then goes through the next step for real.
 func TestMigrateKilledAtEveryStep(t *testing.T) {
+	t.Parallel()
 	fluxenv.BinDir(t, false)
 	env := testenv.Start(t)
 	repo := fluxenv.StartGitServer(t).CreateRepo(t, "fleet")
@@ -195,8 +200,10 @@ func TestMigrateKilledAtEveryStep(t *testing.T) {
 	rollback(t)
 	t.Logf("a complete migrate makes %d API calls; run and rollback: %s", total, time.Since(start).Round(10*time.Millisecond))
 
-	points := killPoints(total, 40)
+	// 3.5-6 s per point (kill, re-run, reconcile, rollback, reconcile): about 30 points.
+	points := killPoints(total, 30)
 	failed := 0
+	states := map[string]int{} // the migration record's state after each kill
 	start = time.Now()
 	for i, n := range points {
 		proxy.reset(n)
@@ -204,6 +211,7 @@ func TestMigrateKilledAtEveryStep(t *testing.T) {
 		if r.code != 0 {
 			failed++
 		}
+		states[recordState(t, s)]++
 		converged(t, "killed after call "+strconv.Itoa(n))
 		if t.Failed() {
 			t.Fatalf("stopping at kill point %d; the killed run printed:\n%s", n, r.stderr)
@@ -212,8 +220,11 @@ func TestMigrateKilledAtEveryStep(t *testing.T) {
 			rollback(t)
 		}
 	}
-	t.Logf("%d kill points (%v) in %s; %d of the killed runs failed", len(points), points, time.Since(start).Round(10*time.Millisecond), failed)
+	t.Logf("%d kill points (%v) in %s; %d of the killed runs failed; migration record after the kill: %v",
+		len(points), points, time.Since(start).Round(10*time.Millisecond), failed, states)
 	assert.Greater(t, failed, len(points)/2, "the kills do interrupt migrate")
+	assert.GreaterOrEqual(t, states["InProgress"], 5, "kills leave half-done takeovers for the re-run to resume")
+	assert.Positive(t, states["none"], "some kills happen before the first change")
 
 	// The state the last re-run left goes through the next step: the files leave Git.
 	s.migrateRepoOnly(t)
@@ -251,6 +262,18 @@ func settle(t *testing.T, f *fluxenv.Flux) {
 func observedGeneration(u *unstructured.Unstructured) int64 {
 	g, _, _ := unstructured.NestedInt64(u.Object, "status", "observedGeneration")
 	return g
+}
+
+// recordState is the state of the migration record ("none" without one).
+func recordState(t *testing.T, s *scenario) string {
+	t.Helper()
+	var cm corev1.ConfigMap
+	err := s.c.Get(context.Background(), client.ObjectKey{Namespace: s.f.Options.Namespace, Name: "kubectl-fluxinstance-migration"}, &cm)
+	if apierrors.IsNotFound(err) {
+		return "none"
+	}
+	require.NoError(t, err)
+	return cm.Data["state"]
 }
 
 // migrateRepoOnly runs migrate on an already migrated cluster with --repo-dir: nothing to do in

@@ -30,6 +30,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -39,9 +40,11 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
-// TestMain silences controller-runtime's warning (with a stack trace) that its logger is unset.
+// TestMain silences controller-runtime's warning (with a stack trace) that its logger is unset,
+// and client-go's klog lines about the connections the fault test cuts.
 func TestMain(m *testing.M) {
 	ctrllog.SetLogger(logr.Discard())
+	klog.SetLogger(logr.Discard())
 	os.Exit(m.Run())
 }
 

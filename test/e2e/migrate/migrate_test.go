@@ -91,6 +91,7 @@ func (s *scenario) migrateWithControllers(t *testing.T) (string, *fluxinstance.F
 
 // TestMigrateCLIBootstrap: the default `flux bootstrap git` of the real Flux CLI.
 func TestMigrateCLIBootstrap(t *testing.T) {
+	t.Parallel()
 	fluxenv.BinDir(t, true)
 	env := testenv.Start(t)
 	repo := fluxenv.StartGitServer(t).CreateRepo(t, "fleet")
@@ -127,6 +128,7 @@ func TestMigrateCLIBootstrap(t *testing.T) {
 
 // TestMigrateOtherNamespaceOnTag: Flux in another namespace, at another path, following a tag.
 func TestMigrateOtherNamespaceOnTag(t *testing.T) {
+	t.Parallel()
 	fluxenv.BinDir(t, false)
 	env := testenv.Start(t)
 	repo := fluxenv.StartGitServer(t).CreateRepo(t, "fleet")
@@ -148,6 +150,7 @@ func TestMigrateOtherNamespaceOnTag(t *testing.T) {
 // TestMigrateExtraComponentsMirror: image automation, a registry mirror with an image pull
 // secret, no network policies. No pod runs, so the registry only matters to the rendering.
 func TestMigrateExtraComponentsMirror(t *testing.T) {
+	t.Parallel()
 	fluxenv.BinDir(t, false)
 	env := testenv.Start(t)
 	repo := fluxenv.StartGitServer(t).CreateRepo(t, "fleet")
@@ -180,6 +183,7 @@ func TestMigrateExtraComponentsMirror(t *testing.T) {
 // TestMigrateUserPatches: tolerations and --log-level patches in flux-system/kustomization.yaml
 // become spec.kustomize.patches, so the takeover restarts nothing.
 func TestMigrateUserPatches(t *testing.T) {
+	t.Parallel()
 	fluxenv.BinDir(t, false)
 	env := testenv.Start(t)
 	repo := fluxenv.StartGitServer(t).CreateRepo(t, "fleet")

@@ -18,6 +18,7 @@ import (
 // After the migration and the removal of the files from Git, a simulated garbage collection with
 // kustomize-controller's rule deletes nothing of Flux, and still deletes a removed user app.
 func TestMigrateOlderVersions(t *testing.T) {
+	t.Parallel()
 	fluxenv.BinDir(t, false)
 	server := fluxenv.StartGitServer(t)
 	for _, version := range []string{"v2.2.3", "v2.5.1", "v2.8.8"} {
@@ -54,6 +55,9 @@ func TestMigrateOlderVersions(t *testing.T) {
 			}
 			assert.ElementsMatch(t, ids, fluxenv.Inventory(f.Kustomization(t)), "the Kustomization keeps its status.inventory")
 			allowed := unexpressed(stderr)
+			if len(allowed) > 0 {
+				t.Logf("the plan says the takeover changes the pod templates of %v", allowed)
+			}
 			before.assertSurvived(t, c)
 			before.assertTemplates(t, c, allowed)
 
