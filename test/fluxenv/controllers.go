@@ -5,11 +5,9 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,7 +22,7 @@ type Controllers struct {
 	// StorageAddr is source-controller's artifact server, 127.0.0.1:PORT.
 	StorageAddr string
 
-	procs []*process
+	procs []*testenv.Process
 }
 
 // ControllerOptions tune how the controllers run.
@@ -34,13 +32,6 @@ type ControllerOptions struct {
 	Namespace string
 	// LogLevel defaults to info.
 	LogLevel string
-}
-
-type process struct {
-	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
 }
 
 // StartControllers starts both controllers against env, watching all namespaces, and waits until
@@ -112,28 +103,13 @@ func startControllers(bin string, env *testenv.Env, opts ControllerOptions) (c *
 	return c, nil
 }
 
-// run starts one controller with its output in <Dir>/<name>.log. It gets SIGKILL when the test
-// process dies, so a crashed test leaves no controller writing to the next test's API server.
+// run starts one controller with its output in <Dir>/<name>.log (see testenv.Process: a crashed
+// test leaves no controller writing to the next test's API server).
 func (c *Controllers) run(bin, name string, env []string, args ...string) error {
-	logPath := filepath.Join(c.Dir, name+".log")
-	logFile, err := os.Create(logPath)
+	p, err := testenv.StartProcess(c.Dir, name, filepath.Join(bin, name), env, args...)
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(filepath.Join(bin, name), args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		return fmt.Errorf("starting %s: %w", name, err)
-	}
-	p := &process{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		logFile.Close()
-		close(p.done)
-	}()
 	c.procs = append(c.procs, p)
 	return nil
 }
@@ -166,10 +142,8 @@ func (c *Controllers) waitReady(urls []string, timeout time.Duration) error {
 // exited returns an error with the last log lines if a controller is no longer running.
 func (c *Controllers) exited() error {
 	for _, p := range c.procs {
-		select {
-		case <-p.done:
-			return fmt.Errorf("%s exited; last log lines:\n%s", p.name, testenv.Tail(p.log, 30))
-		default:
+		if err := p.Exited(); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -185,23 +159,14 @@ func (c *Controllers) Logs(lines int) string {
 	}
 	var b strings.Builder
 	for _, p := range c.procs {
-		fmt.Fprintf(&b, "--- %s (%s)\n%s\n", p.name, p.log, testenv.Tail(p.log, lines))
+		fmt.Fprintf(&b, "--- %s (%s)\n%s\n", p.Name, p.Log, testenv.Tail(p.Log, lines))
 	}
 	return b.String()
 }
 
 // Stop ends both controllers and waits for them. It may be called more than once.
 func (c *Controllers) Stop() {
-	for i := len(c.procs) - 1; i >= 0; i-- {
-		p := c.procs[i]
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-			<-p.done
-		}
-	}
+	testenv.StopAll(c.procs)
 	c.procs = nil
 }
 

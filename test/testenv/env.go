@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -37,7 +36,7 @@ type Env struct {
 	Config *rest.Config
 
 	pki   *pki
-	procs []*process
+	procs []*Process
 }
 
 // Options select optional parts of the environment.
@@ -45,13 +44,6 @@ type Options struct {
 	// ControllerManager also starts kube-controller-manager with the namespace and garbage
 	// collector controllers, for tests that need namespaces (and owned objects) to finish deleting.
 	ControllerManager bool
-}
-
-type process struct {
-	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
 }
 
 // Start starts a fresh environment and stops it when the test ends. It skips the test when the
@@ -165,27 +157,12 @@ func start(binDir, dir string, o Options) (env *Env, err error) {
 	return env, nil
 }
 
-// run starts one binary with its output in <dir>/<name>.log. The child gets SIGKILL when the test
-// process dies, so a panicking test leaves no server behind.
+// run starts one binary of the environment, logging into its directory.
 func (e *Env) run(name string, args ...string) error {
-	logPath := filepath.Join(e.Dir, name+".log")
-	logFile, err := os.Create(logPath)
+	p, err := StartProcess(e.Dir, name, filepath.Join(e.BinDir, name), nil, args...)
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(filepath.Join(e.BinDir, name), args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		return fmt.Errorf("starting %s: %w", name, err)
-	}
-	p := &process{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		logFile.Close()
-		close(p.done)
-	}()
 	e.procs = append(e.procs, p)
 	return nil
 }
@@ -207,10 +184,8 @@ func (e *Env) waitReady(timeout time.Duration) error {
 			}
 		}
 		for _, p := range e.procs {
-			select {
-			case <-p.done:
-				return fmt.Errorf("%s exited during start-up; last log lines:\n%s", p.name, Tail(p.log, 30))
-			default:
+			if err := p.Exited(); err != nil {
+				return fmt.Errorf("during start-up: %w", err)
 			}
 		}
 		if time.Now().After(deadline) {
@@ -222,16 +197,7 @@ func (e *Env) waitReady(timeout time.Duration) error {
 
 // Stop ends every process (in reverse start order) and waits for them.
 func (e *Env) Stop() {
-	for i := len(e.procs) - 1; i >= 0; i-- {
-		p := e.procs[i]
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-			<-p.done
-		}
-	}
+	StopAll(e.procs)
 	e.procs = nil
 }
 
