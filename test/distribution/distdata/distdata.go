@@ -23,6 +23,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
 // Media types of the Flux Operator's distribution artifact.
@@ -31,45 +33,11 @@ const (
 	ContentMediaType = "application/vnd.cncf.flux.content.v1.tar+gzip"
 )
 
-// Dir returns the distribution data directory: $FLUX_DISTRIBUTION_DIR, else
-// ../shared/flux-distribution relative to the repository root. When it is missing the test is
-// skipped, or fails under CI=true (CI must never silently skip fidelity tests).
+// Dir returns the distribution data directory (testenv.DistributionDir: $FLUX_DISTRIBUTION_DIR,
+// else ../shared/flux-distribution beside the repository; skipped when missing, failed under CI).
 func Dir(tb testing.TB) string {
 	tb.Helper()
-	dir := os.Getenv("FLUX_DISTRIBUTION_DIR")
-	if dir == "" {
-		if root, err := repoRoot(); err == nil {
-			dir = filepath.Join(root, "..", "shared", "flux-distribution")
-		}
-	}
-	if dir != "" {
-		if fi, err := os.Stat(filepath.Join(dir, "flux")); err == nil && fi.IsDir() {
-			return dir
-		}
-	}
-	msg := "Flux distribution data not found (set FLUX_DISTRIBUTION_DIR to a directory holding flux/ and flux-images/); tried " + dir
-	if os.Getenv("CI") == "true" {
-		tb.Fatal(msg)
-	}
-	tb.Skip(msg)
-	return ""
-}
-
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", os.ErrNotExist
-		}
-		dir = parent
-	}
+	return testenv.DistributionDir(tb)
 }
 
 // Versions lists the flux/vX.Y.Z directories of dir (string order).
