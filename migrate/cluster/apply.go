@@ -96,7 +96,7 @@ func (m *Manager) Apply(ctx context.Context, objects []*unstructured.Unstructure
 		return nil, m.explain(err)
 	}
 	if !opts.ForceConflicts {
-		if err := m.checkConflicts(ctx, objs, f.lives, opts.FieldManager, opts.Concurrency); err != nil {
+		if err := m.checkConflicts(ctx, objs, f.lives, opts.FieldManager, opts.Concurrency, nil); err != nil {
 			return nil, m.explain(err)
 		}
 	}
@@ -120,7 +120,7 @@ func (m *Manager) Apply(ctx context.Context, objects []*unstructured.Unstructure
 	default:
 		return nil, fmt.Errorf("invalid dry-run mode %q", opts.DryRun)
 	}
-	cs, err := m.applyStaged(ctx, objs, f, opts, nil)
+	cs, err := m.applyStaged(ctx, objs, f, opts, nil, nil)
 	return cs, m.explain(err)
 }
 
@@ -174,13 +174,15 @@ func (e *ConflictError) Error() string {
 
 // checkConflicts sends a server-side dry-run apply without force for each existing object that
 // has a manager apply will not take over; objects without such a manager cannot conflict.
-func (m *Manager) checkConflicts(ctx context.Context, objs, lives []*unstructured.Unstructured, fieldManager string, concurrency int) error {
+// Objects skip[i] (proven unchanged: an apply that changes nothing cannot conflict) are not
+// checked; skip may be nil.
+func (m *Manager) checkConflicts(ctx context.Context, objs, lives []*unstructured.Unstructured, fieldManager string, concurrency int, skip []bool) error {
 	results := make([][]Conflict, len(objs))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(concurrency)
 	for i, obj := range objs {
 		live := lives[i]
-		if live == nil {
+		if live == nil || (skip != nil && skip[i]) {
 			continue
 		}
 		foreign := foreignManagers(live, fieldManager)

@@ -38,6 +38,7 @@ const (
 	keyFluxVersion   = "fluxVersion"
 	keyDigest        = "digest"
 	keyInstance      = "instance"
+	keyFingerprints  = "fingerprints"
 )
 
 // Inventory states.
@@ -86,6 +87,10 @@ type Inventory struct {
 	RecordInfo
 	// Source says where it was read from: "ConfigMap/<ns>/<name>" or "FluxInstance/<ns>/<name>".
 	Source string `json:"source,omitempty"`
+
+	// fingerprints (by entry id) let the next apply skip objects it can prove unchanged; only an
+	// Applied record written by Reconcile has them.
+	fingerprints map[string]objectFingerprint
 }
 
 // NewInventory lists the given objects.
@@ -247,6 +252,13 @@ func inventoryFromConfigMap(cm *corev1.ConfigMap) (*Inventory, error) {
 		return nil, fmt.Errorf("data.%s is not the inventory JSON: %w", keyInventory, err)
 	}
 	inv.Entries = body.Entries
+	if raw := cm.Data[keyFingerprints]; raw != "" && inv.State == StateApplied {
+		// Unreadable fingerprints only cost the fast path: never an error.
+		var fps map[string]objectFingerprint
+		if json.Unmarshal([]byte(raw), &fps) == nil {
+			inv.fingerprints = fps
+		}
+	}
 	return inv, nil
 }
 
@@ -299,6 +311,13 @@ func (m *Manager) WriteInventory(ctx context.Context, inv *Inventory, fieldManag
 		if v != "" {
 			data[k] = v
 		}
+	}
+	if len(inv.fingerprints) > 0 && inv.State == StateApplied {
+		raw, err := json.Marshal(inv.fingerprints)
+		if err != nil {
+			return err
+		}
+		data[keyFingerprints] = string(raw)
 	}
 	cm.Object["data"] = data
 	if err := m.client.Patch(ctx, cm, client.Apply, client.ForceOwnership, client.FieldOwner(fieldManager)); err != nil {

@@ -17,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -98,10 +99,70 @@ func TestLifecycle(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, map[ssa.Action]int{ssa.UnchangedAction: len(full)}, countActions(res.ChangeSet))
 		reads, dryRuns, writes := counter.counts()
-		// One dry run per object decides "unchanged"; the objects are read by kind, not one by one.
-		assert.Equal(t, len(full), dryRuns)
-		assert.Less(t, reads, len(full)/2, "objects must be listed by kind, not read one by one")
+		// The record's fingerprints prove every object unchanged: no dry run at all; the objects
+		// are read by kind, not one by one.
+		assert.Equal(t, 0, dryRuns)
+		assert.Less(t, reads-counter.admissionReads, len(full)/2, "objects must be listed by kind, not read one by one")
+		assert.LessOrEqual(t, counter.admissionReads, 3, "one list per mutating admission kind")
 		assert.Equal(t, []string{"/api/v1/namespaces/flux-system/configmaps/" + InventoryConfigMap}, writes)
+	})
+
+	t.Run("re-apply after changes behind its back dry-runs exactly the changed objects", func(t *testing.T) {
+		// Another apply by the same field manager that never recorded its fingerprints (an
+		// interrupted run of another rendering): a spec change (new generation), a ClusterRole
+		// (fingerprinted by resourceVersion) and a label-only change (same generation).
+		reapply := func(kind, name string, change func(u *unstructured.Unstructured)) {
+			u := find(full, kind, name).DeepCopy()
+			change(u)
+			require.NoError(t, c.Patch(ctxT(t), u, client.Apply, client.FieldOwner(DefaultFieldManager), client.ForceOwnership))
+		}
+		reapply("Deployment", "kustomize-controller", func(u *unstructured.Unstructured) {
+			require.NoError(t, unstructured.SetNestedField(u.Object, int64(3), "spec", "replicas"))
+		})
+		reapply("ClusterRole", "crd-controller", func(u *unstructured.Unstructured) { u.Object["rules"] = []any{} })
+		reapply("Deployment", "helm-controller", func(u *unstructured.Unstructured) {
+			labels := u.GetLabels()
+			labels["example.com/extra"] = "yes"
+			u.SetLabels(labels)
+		})
+		// Someone else adds an annotation the rendering does not set: not a change for apply, but
+		// the fingerprint cannot tell, so it is dry-run (and conflict-checked: a new manager).
+		other := &unstructured.Unstructured{}
+		other.SetGroupVersionKind(deploymentGVK)
+		other.SetNamespace(ns)
+		other.SetName("notification-controller")
+		require.NoError(t, c.Patch(ctxT(t), other, client.RawPatch(types.MergePatchType,
+			[]byte(`{"metadata":{"annotations":{"example.com/note":"hi"}}}`)), client.FieldOwner("hand-edit")))
+
+		counter := &requestCounter{}
+		cfg := rest.CopyConfig(env.Config)
+		cfg.WrapTransport = counter.wrap
+		cm, _ := newManagerFor(t, cfg, ns)
+		res, err := cm.Reconcile(ctxT(t), full, ReconcileOptions{Prune: true})
+		require.NoError(t, err)
+		got := actions(res.ChangeSet)
+		assert.Equal(t, ssa.ConfiguredAction, got["Deployment/flux-system/kustomize-controller"])
+		assert.Equal(t, ssa.ConfiguredAction, got["ClusterRole/crd-controller"])
+		assert.Equal(t, ssa.ConfiguredAction, got["Deployment/flux-system/helm-controller"])
+		assert.Equal(t, ssa.UnchangedAction, got["Deployment/flux-system/notification-controller"])
+		assert.Equal(t, map[ssa.Action]int{ssa.UnchangedAction: len(full) - 3, ssa.ConfiguredAction: 3}, countActions(res.ChangeSet))
+		_, dryRuns, _ := counter.counts()
+		assert.Equal(t, 3+2, dryRuns, "only the changed objects are dry-run (the annotated one twice: conflicts, then changes)")
+		live := &unstructured.Unstructured{}
+		live.SetGroupVersionKind(deploymentGVK)
+		require.NoError(t, c.Get(ctxT(t), client.ObjectKey{Namespace: ns, Name: "kustomize-controller"}, live))
+		replicas, _, _ := unstructured.NestedInt64(live.Object, "spec", "replicas")
+		assert.Equal(t, int64(1), replicas)
+
+		// The record now holds the fingerprints of the objects as they are: nothing to do again.
+		counter = &requestCounter{}
+		cfg.WrapTransport = counter.wrap
+		cm, _ = newManagerFor(t, cfg, ns)
+		res, err = cm.Reconcile(ctxT(t), full, ReconcileOptions{Prune: true})
+		require.NoError(t, err)
+		assert.Equal(t, map[ssa.Action]int{ssa.UnchangedAction: len(full)}, countActions(res.ChangeSet))
+		_, dryRuns, _ = counter.counts()
+		assert.Equal(t, 0, dryRuns)
 	})
 
 	// The next rendering: helm-controller removed, a source-controller arg changed, the Secret
@@ -388,6 +449,8 @@ func TestLifecycle(t *testing.T) {
 type requestCounter struct {
 	mu             sync.Mutex
 	reads, dryRuns int
+	// admissionReads (part of reads) list the mutating admission configuration.
+	admissionReads int
 	writes         []string
 }
 
@@ -397,9 +460,13 @@ func (c *requestCounter) wrap(rt http.RoundTripper) http.RoundTripper {
 		switch {
 		case r.Method == http.MethodGet:
 			c.reads++
+			if strings.HasPrefix(r.URL.Path, "/apis/admissionregistration.k8s.io/") {
+				c.admissionReads++
+			}
 		case r.URL.Query().Get("dryRun") != "":
 			c.dryRuns++
-		case r.URL.Path != "/apis/authentication.k8s.io/v1/selfsubjectreviews":
+		case r.URL.Path != "/apis/authentication.k8s.io/v1/selfsubjectreviews" &&
+			r.URL.Path != "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews":
 			c.writes = append(c.writes, r.URL.Path)
 		}
 		c.mu.Unlock()

@@ -85,7 +85,7 @@ func (m *Manager) Reconcile(ctx context.Context, objects []*unstructured.Unstruc
 		inv.State, inv.RecordInfo = StatePending, record
 		return m.WriteInventory(ctx, inv, opts.FieldManager)
 	}
-	cs, err := m.applyWithHook(ctx, objects, opts.ApplyOptions, pending)
+	cs, fingerprints, err := m.applyWithHook(ctx, objects, opts.ApplyOptions, pending, prev)
 	res.ChangeSet = cs
 	if err != nil {
 		return res, err
@@ -108,6 +108,7 @@ func (m *Manager) Reconcile(ctx context.Context, objects []*unstructured.Unstruc
 		next = union(prev, next)
 	}
 	next.State, next.RecordInfo, next.AppliedAt = StateApplied, record, time.Now().UTC()
+	next.fingerprints = fingerprints
 	if err := m.WriteInventory(ctx, next, opts.FieldManager); err != nil {
 		return res, err
 	}
@@ -118,22 +119,50 @@ func (m *Manager) Reconcile(ctx context.Context, objects []*unstructured.Unstruc
 // applyWithHook is Apply for real with a hook run after the first stage (CRDs, Namespaces,
 // ClusterRoles): the instance namespace exists from then on, so the pending record can be
 // written there before any namespaced object is created.
-func (m *Manager) applyWithHook(ctx context.Context, objects []*unstructured.Unstructured, opts ApplyOptions, hook func(context.Context) error) (*ssa.ChangeSet, error) {
+//
+// The previous record's fingerprints (prev may be nil) let it skip the objects they prove
+// unchanged; it returns the fingerprints of this apply for the next record (nil when unknown).
+func (m *Manager) applyWithHook(ctx context.Context, objects []*unstructured.Unstructured, opts ApplyOptions, hook func(context.Context) error, prev *Inventory) (*ssa.ChangeSet, map[string]objectFingerprint, error) {
 	opts.defaults()
 	if opts.DryRun != DryRunNone {
-		return nil, fmt.Errorf("internal error: applyWithHook called with dry-run %q", opts.DryRun)
+		return nil, nil, fmt.Errorf("internal error: applyWithHook called with dry-run %q", opts.DryRun)
 	}
 	objs := copyObjects(objects)
 	sortObjects(objs)
+	// The admission configuration is read while the objects are.
+	var admission string
+	var admissionErr error
+	admissionDone := make(chan struct{})
+	go func() {
+		defer close(admissionDone)
+		admission, admissionErr = m.admissionFingerprint(ctx)
+	}()
 	f, err := m.prefetchState(ctx, objs, opts.Concurrency)
+	<-admissionDone
 	if err != nil {
-		return nil, m.explain(err)
+		return nil, nil, m.explain(err)
+	}
+	var fp *fastPath
+	if admissionErr == nil {
+		// Otherwise nothing is recorded nor proven: the fast path is only an optimisation, and a
+		// user who may not read the admission configuration gets the normal path.
+		fp, err = m.planFastPath(ctx, objs, f, prev, admission, opts)
+	}
+	if err != nil {
+		return nil, nil, m.explain(err)
 	}
 	if !opts.ForceConflicts {
-		if err := m.checkConflicts(ctx, objs, f.lives, opts.FieldManager, opts.Concurrency); err != nil {
-			return nil, m.explain(err)
+		var skip []bool
+		if fp != nil {
+			skip = fp.unchanged
+		}
+		if err := m.checkConflicts(ctx, objs, f.lives, opts.FieldManager, opts.Concurrency, skip); err != nil {
+			return nil, nil, m.explain(err)
 		}
 	}
-	cs, err := m.applyStaged(ctx, objs, f, opts, hook)
-	return cs, m.explain(err)
+	cs, err := m.applyStaged(ctx, objs, f, opts, hook, fp)
+	if err != nil || fp == nil {
+		return cs, nil, m.explain(err)
+	}
+	return cs, fp.fingerprints(objs), nil
 }

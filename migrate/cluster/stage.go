@@ -26,8 +26,12 @@ import (
 // an existing one is dry-run applied (forced), its previous owners' metadata is cleaned up
 // (TakeoverManagers, RemoveLabels, RemoveAnnotations), and it is applied only when the dry run
 // differs from the in-cluster copy or the cleanup changed it. Every dry run and cleanup of a
-// stage happens before its first apply, and the applies go one by one in apply order.
-func (m *Manager) applyStaged(ctx context.Context, objs []*unstructured.Unstructured, f *fetched, opts ApplyOptions, afterDefs func(context.Context) error) (*ssa.ChangeSet, error) {
+// stage happens before its first apply; the applies go kind by kind in apply order, the objects
+// of one kind concurrently.
+//
+// With fp, the objects fp proves unchanged are neither dry-run nor applied, and fp.recorded
+// receives every other object's fingerprint as the apply leaves it.
+func (m *Manager) applyStaged(ctx context.Context, objs []*unstructured.Unstructured, f *fetched, opts ApplyOptions, afterDefs func(context.Context) error, fp *fastPath) (*ssa.ChangeSet, error) {
 	cleanup := ssa.ApplyCleanupOptions{
 		Annotations: RemoveAnnotations,
 		Labels:      RemoveLabels,
@@ -58,7 +62,7 @@ func (m *Manager) applyStaged(ctx context.Context, objs []*unstructured.Unstruct
 		if len(stage) == 0 {
 			continue
 		}
-		entries, err := m.applyStage(ctx, objs, stage, f, opts.FieldManager, opts.Concurrency, cleanup)
+		entries, err := m.applyStage(ctx, objs, stage, f, opts.FieldManager, opts.Concurrency, cleanup, fp)
 		if err != nil {
 			return total, err
 		}
@@ -91,16 +95,30 @@ func (m *Manager) applyStaged(ctx context.Context, objs []*unstructured.Unstruct
 	return total, nil
 }
 
+// applyConcurrency bounds the concurrent applies of one kind: enough to overlap the API server's
+// work on a few objects, few enough not to starve it.
+const applyConcurrency = 5
+
 // applyStage applies the objects objs[i] for i in stage (in apply order) and returns their
 // change-set entries in that order; nothing on error, like ssa's ApplyAll.
-func (m *Manager) applyStage(ctx context.Context, objs []*unstructured.Unstructured, stage []int, f *fetched, fieldManager string, concurrency int, cleanup ssa.ApplyCleanupOptions) ([]ssa.ChangeSetEntry, error) {
+func (m *Manager) applyStage(ctx context.Context, objs []*unstructured.Unstructured, stage []int, f *fetched, fieldManager string, concurrency int, cleanup ssa.ApplyCleanupOptions, fp *fastPath) ([]ssa.ChangeSetEntry, error) {
 	entries := make([]ssa.ChangeSetEntry, len(stage))
 	toApply := make([]bool, len(stage))
+	record := func(i int, live *unstructured.Unstructured) {
+		if fp != nil && live != nil {
+			fp.recorded[i] = objectFingerprint{Desired: fp.desired[i], Live: liveFingerprint(live)}
+		}
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(concurrency)
 	for n, i := range stage {
 		obj := objs[i]
 		utils.RemoveCABundleFromCRD(obj)
+		if fp != nil && fp.unchanged[i] {
+			entries[n] = entryFor(obj, ssa.UnchangedAction)
+			fp.recorded[i] = fp.stored[idOf(obj).String()]
+			continue
+		}
 		if f.lives[i] == nil && f.absent[i] {
 			entries[n], toApply[n] = entryFor(obj, ssa.CreatedAction), true
 			continue
@@ -138,6 +156,7 @@ func (m *Manager) applyStage(ctx context.Context, objs []*unstructured.Unstructu
 				entries[n], toApply[n] = entryFor(dryRun, ssa.ConfiguredAction), true
 			default:
 				entries[n] = entryFor(dryRun, ssa.UnchangedAction)
+				record(i, live)
 			}
 			return nil
 		})
@@ -145,18 +164,43 @@ func (m *Manager) applyStage(ctx context.Context, objs []*unstructured.Unstructu
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	for n, i := range stage {
-		if !toApply[n] {
-			continue
-		}
+	// The applies go kind by kind in apply order (a ResourceQuota and the ServiceAccounts before
+	// the Deployments, as ssa orders them), the objects of one kind concurrently: on a small API
+	// server, creating fifteen CRDs one at a time is most of a first apply's time.
+	apply := func(ctx context.Context, n, i int) error {
 		applied := objs[i].DeepCopy()
 		if err := m.client.Patch(ctx, applied, client.Apply, client.ForceOwnership, client.FieldOwner(fieldManager)); err != nil {
-			return nil, fmt.Errorf("%s apply failed: %w", utils.FmtUnstructured(applied), err)
+			return fmt.Errorf("%s apply failed: %w", utils.FmtUnstructured(applied), err)
+		}
+		// The response is the object as applied. A later apply of the same object to it changes
+		// nothing (server-side apply is idempotent) unless the server stored a value differently
+		// from how it was sent: then no fingerprint is recorded, and the next apply dry-runs it
+		// (and records it once that dry run finds it unchanged).
+		if contains(objs[i].Object, applied.Object) {
+			record(i, applied)
 		}
 		if entries[n].Action == ssa.CreatedAction {
 			// Named as the API server stored it, like the dry run names the others.
 			entries[n] = entryFor(applied, ssa.CreatedAction)
 		}
+		return nil
+	}
+	for start := 0; start < len(stage); {
+		end := start + 1
+		for end < len(stage) && objs[stage[end]].GroupVersionKind().GroupKind() == objs[stage[start]].GroupVersionKind().GroupKind() {
+			end++
+		}
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(min(concurrency, applyConcurrency))
+		for n := start; n < end; n++ {
+			if toApply[n] {
+				g.Go(func() error { return apply(gctx, n, stage[n]) })
+			}
+		}
+		if err := g.Wait(); err != nil {
+			return nil, err
+		}
+		start = end
 	}
 	return entries, nil
 }
