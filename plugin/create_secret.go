@@ -116,6 +116,20 @@ func (o *createSecretOptions) secretValue(value string, fromStdin bool, stdinFla
 	return value, nil
 }
 
+// requireSecretFlag checks a secret value that comes either from --flag or from --flag-stdin
+// (exactly one of them), and warns when it was typed on the command line.
+func (o *createSecretOptions) requireSecretFlag(cmd *cobra.Command, value string, fromStdin bool, flag string) error {
+	stdinFlag := flag + "-stdin"
+	switch {
+	case value != "" && fromStdin:
+		return usageError(cmd, "--%s and --%s exclude each other", flag, stdinFlag)
+	case value == "" && !fromStdin:
+		return usageError(cmd, "--%s (or --%s) is required", stdinFlag, flag)
+	}
+	o.warnCommandLine(cmd, flag, stdinFlag)
+	return nil
+}
+
 // warnCommandLine tells users that a value given as a flag ends up in shell history and in the
 // process list, as docker login does.
 func (o *createSecretOptions) warnCommandLine(cmd *cobra.Command, flag, stdinFlag string) {
@@ -386,13 +400,8 @@ func (o *CreateSecretOCIOptions) Validate(cmd *cobra.Command) error {
 		return usageError(cmd, "--url %q: expected a registry host such as ghcr.io, or an oci:// URL", o.URL)
 	case o.Username == "":
 		return usageError(cmd, "--username is required")
-	case o.Password != "" && o.PasswordStdin:
-		return usageError(cmd, "--password and --password-stdin exclude each other")
-	case o.Password == "" && !o.PasswordStdin:
-		return usageError(cmd, "--password-stdin (or --password) is required")
 	}
-	o.warnCommandLine(cmd, "password", "password-stdin")
-	return nil
+	return o.requireSecretFlag(cmd, o.Password, o.PasswordStdin, "password")
 }
 
 // Build reads stdin and builds the Secret.
@@ -436,13 +445,8 @@ func (o *CreateSecretBucketOptions) Validate(cmd *cobra.Command) error {
 	switch {
 	case o.AccessKey == "":
 		return usageError(cmd, "--access-key is required")
-	case o.SecretKey != "" && o.SecretKeyStdin:
-		return usageError(cmd, "--secret-key and --secret-key-stdin exclude each other")
-	case o.SecretKey == "" && !o.SecretKeyStdin:
-		return usageError(cmd, "--secret-key-stdin (or --secret-key) is required")
 	}
-	o.warnCommandLine(cmd, "secret-key", "secret-key-stdin")
-	return nil
+	return o.requireSecretFlag(cmd, o.SecretKey, o.SecretKeyStdin, "secret-key")
 }
 
 // Build reads stdin and builds the Secret.
