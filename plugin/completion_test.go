@@ -282,26 +282,10 @@ func createFluxDeployment(t *testing.T, c client.Client, namespace string) {
 	require.NoError(t, c.Create(context.Background(), other))
 }
 
-const fluxInstanceCRD = `apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: fluxinstances.fluxcd.controlplane.io
-spec:
-  group: fluxcd.controlplane.io
-  names: {kind: FluxInstance, listKind: FluxInstanceList, plural: fluxinstances, singular: fluxinstance}
-  scope: Namespaced
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
-`
-
 func createFluxInstance(t *testing.T, env *testenv.Env, namespace string) {
 	t.Helper()
 	ctx := context.Background()
-	objs, err := testenv.DecodeYAML([]byte(fluxInstanceCRD))
+	objs, err := testenv.DecodeYAML([]byte(testenv.FluxInstanceStandInCRD))
 	require.NoError(t, err)
 	require.NoError(t, env.Client(t).Create(ctx, objs[0]))
 	instance := `apiVersion: fluxcd.controlplane.io/v1

@@ -26,28 +26,6 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
-// fluxInstanceCRD is a stand-in for the operator's CRD: enough schema to hold a FluxInstance
-// with a status subresource.
-const fluxInstanceCRDYAML = `
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: fluxinstances.fluxcd.controlplane.io
-spec:
-  group: fluxcd.controlplane.io
-  names: {kind: FluxInstance, listKind: FluxInstanceList, plural: fluxinstances, singular: fluxinstance}
-  scope: Namespaced
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    subresources: {status: {}}
-    schema:
-      openAPIV3Schema:
-        type: object
-        x-kubernetes-preserve-unknown-fields: true
-`
-
 // TestTakeoverFromBootstrap starts from a cluster as `flux bootstrap` leaves it (fields owned by
 // kustomize-controller, its labels) with extra fields of the Flux CLI and of client-side apply,
 // then checks that one apply moves everything to the plugin, and that a user without a verb gets
@@ -76,7 +54,7 @@ func TestTakeoverFromBootstrap(t *testing.T) {
 		client.FieldOwner("kubectl-client-side-apply")))
 
 	// A FluxInstance object exists: the inventory is mirrored into its status.
-	crdObjs, err := testenv.DecodeYAML([]byte(fluxInstanceCRDYAML))
+	crdObjs, err := testenv.DecodeYAML([]byte(testenv.FluxInstanceStandInCRD))
 	require.NoError(t, err)
 	require.NoError(t, c.Create(ctx, crdObjs[0]))
 	require.Eventually(t, func() bool {

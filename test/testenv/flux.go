@@ -175,3 +175,23 @@ func isClusterScoped(kind string) bool {
 	}
 	return strings.HasSuffix(kind, "Class")
 }
+
+// FluxInstanceStandInCRD is a stand-in for the Flux Operator's FluxInstance CRD: it serves the
+// kind, with a status subresource, and accepts any content. Tests use it where the plugin reacts
+// to the operator's CRD being installed; the operator itself is not run.
+const FluxInstanceStandInCRD = `apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: fluxinstances.fluxcd.controlplane.io
+spec:
+  group: fluxcd.controlplane.io
+  names: {kind: FluxInstance, listKind: FluxInstanceList, plural: fluxinstances, singular: fluxinstance}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+`
