@@ -149,11 +149,8 @@ func TestMigrateKilledAtEveryStep(t *testing.T) {
 	t.Parallel()
 	fluxenv.BinDir(t, false)
 	env := testenv.Start(t)
-	repo := fluxenv.StartGitServer(t).CreateRepo(t, "fleet")
-	apps := []fluxenv.App{{Namespace: "apps", Name: "podinfo"}, {Namespace: "apps", Name: "other"}}
-	for _, a := range apps {
-		repo.AddApp(t, "clusters/test", a)
-	}
+	apps := defaultApps
+	repo := fleetWithApps(t, "clusters/test", apps...)
 	f := fluxenv.Bootstrap(t, env, repo, fluxenv.Options{})
 	s := newScenario(t, f, apps...)
 	c := s.c

@@ -345,3 +345,17 @@ func resourceVersions(t testing.TB, c client.Client, ks *unstructured.Unstructur
 	}
 	return out
 }
+
+// defaultApps are the user apps most scenarios keep in the fleet repository.
+var defaultApps = []fluxenv.App{{Namespace: "apps", Name: "podinfo"}, {Namespace: "apps", Name: "other"}}
+
+// fleetWithApps serves a fleet repository over HTTP on loopback with the apps under clusterPath,
+// not yet committed (the bootstrap commits them with its own files).
+func fleetWithApps(t *testing.T, clusterPath string, apps ...fluxenv.App) *fluxenv.Repo {
+	t.Helper()
+	repo := fluxenv.StartGitServer(t).CreateRepo(t, "fleet")
+	for _, a := range apps {
+		repo.AddApp(t, clusterPath, a)
+	}
+	return repo
+}

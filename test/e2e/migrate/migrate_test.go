@@ -94,11 +94,8 @@ func TestMigrateCLIBootstrap(t *testing.T) {
 	t.Parallel()
 	fluxenv.BinDir(t, true)
 	env := testenv.Start(t)
-	repo := fluxenv.StartGitServer(t).CreateRepo(t, "fleet")
-	apps := []fluxenv.App{{Namespace: "apps", Name: "podinfo"}, {Namespace: "apps", Name: "other"}}
-	for _, a := range apps {
-		repo.AddApp(t, "clusters/test", a)
-	}
+	apps := defaultApps
+	repo := fleetWithApps(t, "clusters/test", apps...)
 	repo.CommitAndPush(t, "Add the apps")
 	start := time.Now()
 	f := fluxenv.BootstrapWithCLI(t, env, repo, fluxenv.Options{})
@@ -131,11 +128,8 @@ func TestMigrateOtherNamespaceOnTag(t *testing.T) {
 	t.Parallel()
 	fluxenv.BinDir(t, false)
 	env := testenv.Start(t)
-	repo := fluxenv.StartGitServer(t).CreateRepo(t, "fleet")
 	apps := []fluxenv.App{{Namespace: "team", Name: "web"}, {Namespace: "team", Name: "api"}}
-	for _, a := range apps {
-		repo.AddApp(t, "clusters/prod", a)
-	}
+	repo := fleetWithApps(t, "clusters/prod", apps...)
 	f := fluxenv.Bootstrap(t, env, repo, fluxenv.Options{Namespace: "gitops", Tag: "v1", Path: "clusters/prod"})
 	s := newScenario(t, f, apps...)
 
@@ -153,11 +147,8 @@ func TestMigrateExtraComponentsMirror(t *testing.T) {
 	t.Parallel()
 	fluxenv.BinDir(t, false)
 	env := testenv.Start(t)
-	repo := fluxenv.StartGitServer(t).CreateRepo(t, "fleet")
-	apps := []fluxenv.App{{Namespace: "apps", Name: "podinfo"}, {Namespace: "apps", Name: "other"}}
-	for _, a := range apps {
-		repo.AddApp(t, "clusters/test", a)
-	}
+	apps := defaultApps
+	repo := fleetWithApps(t, "clusters/test", apps...)
 	f := fluxenv.Bootstrap(t, env, repo, fluxenv.Options{
 		ComponentsExtra: []string{"image-reflector-controller", "image-automation-controller"},
 		Registry:        "registry.example.com/fluxcd", ImagePullSecret: "regcred", NoNetworkPolicy: true,
@@ -186,11 +177,8 @@ func TestMigrateUserPatches(t *testing.T) {
 	t.Parallel()
 	fluxenv.BinDir(t, false)
 	env := testenv.Start(t)
-	repo := fluxenv.StartGitServer(t).CreateRepo(t, "fleet")
-	apps := []fluxenv.App{{Namespace: "apps", Name: "podinfo"}, {Namespace: "apps", Name: "other"}}
-	for _, a := range apps {
-		repo.AddApp(t, "clusters/test", a)
-	}
+	apps := defaultApps
+	repo := fleetWithApps(t, "clusters/test", apps...)
 	o := fluxenv.Options{}
 	dir := fluxenv.WriteBootstrapFiles(t, repo, o)
 	components, err := testenv.DecodeYAML([]byte(repo.ReadFile(t, path.Join(dir, "gotk-components.yaml"))))
