@@ -26,7 +26,10 @@ const applyExample = `  # Install or upgrade Flux as described by a FluxInstance
   kubectl fluxinstance apply -f flux-instance.yaml --dry-run=server
 
   # Take over fields that another tool owns, and return without waiting
-  kubectl fluxinstance apply -f flux-instance.yaml --force-conflicts --wait=false`
+  kubectl fluxinstance apply -f flux-instance.yaml --force-conflicts --wait=false
+
+  # Where the Flux Operator runs: apply the FluxInstance object and wait for the operator
+  kubectl fluxinstance apply -f flux-instance.yaml --mode=operator`
 
 // ApplyOptions holds the flags of `kubectl fluxinstance apply`.
 type ApplyOptions struct {
@@ -39,6 +42,8 @@ type ApplyOptions struct {
 	Timeout        time.Duration
 	Output         string
 	Strict         bool
+	Mode           string
+	Force          bool
 
 	dryRun      cluster.DryRun
 	namespace   string
@@ -53,6 +58,7 @@ func NewCmdApply(configFlags *genericclioptions.ConfigFlags, streams genericioop
 	o := &ApplyOptions{
 		configFlags: configFlags, IOStreams: streams, version: info.Version,
 		DryRun: "none", FieldManager: cluster.DefaultFieldManager, Prune: true, Wait: true, Timeout: 5 * time.Minute,
+		Mode: modeAuto,
 	}
 	cmd := &cobra.Command{
 		Use:   "apply -f FILENAME",
@@ -61,7 +67,15 @@ func NewCmdApply(configFlags *genericclioptions.ConfigFlags, streams genericioop
 ClusterRoles first), taking over the fields of the tools that installed Flux before (flux bootstrap,
 flux install, kubectl, Helm, the Flux Operator), prune what the previous apply created and the new
 rendering dropped (never a CRD that still has objects, never the Namespace), and wait until
-everything is ready. Users' own Flux objects are never touched.`,
+everything is ready. Users' own Flux objects are never touched.
+
+Where the Flux Operator runs (its FluxInstance CRD is installed and an operator Deployment or a
+FluxReport updated in the last 15 minutes is found), --mode=operator applies the FluxInstance object
+itself and waits until the operator reports it Ready; no manifest is applied directly. --mode=direct
+applies the manifests, and refuses when the operator manages the instance (the two would undo each
+other's changes) unless --force. --mode=auto (the default) picks operator when the operator manages
+the instance or runs and nothing was applied directly, direct otherwise. An instance applied directly
+moves to the operator with 'kubectl fluxinstance handoff'.`,
 		Example: applyExample,
 		Args:    cobra.NoArgs,
 		RunE:    runE(o),
@@ -76,6 +90,8 @@ everything is ready. Users' own Flux objects are never touched.`,
 	flags.BoolVar(&o.Wait, "wait", o.Wait, "Wait until every applied object is ready.")
 	flags.DurationVar(&o.Timeout, "timeout", o.Timeout, "How long to wait with --wait.")
 	flags.StringVarP(&o.Output, "output", "o", "", "Output format. One of: (json, yaml). Default: one line per object.")
+	flags.StringVar(&o.Mode, "mode", o.Mode, `How to apply: "auto", "direct" (render and apply the manifests) or "operator" (apply the FluxInstance object for the Flux Operator to reconcile).`)
+	flags.BoolVar(&o.Force, "force", false, "With --mode=direct: apply the manifests even though the Flux Operator manages the instance.")
 	addStrictFlag(cmd, &o.Strict)
 	return cmd
 }
@@ -104,6 +120,14 @@ func (o *ApplyOptions) Validate(cmd *cobra.Command) error {
 	if o.Timeout <= 0 {
 		return usageError(cmd, "--timeout must be positive")
 	}
+	switch o.Mode {
+	case modeAuto, modeDirect, modeOperator:
+	default:
+		return usageError(cmd, `--mode must be "auto", "direct" or "operator", got %q`, o.Mode)
+	}
+	if o.Force && o.Mode == modeOperator {
+		return usageError(cmd, "--force applies the manifests directly; it cannot be combined with --mode=operator")
+	}
 	return nil
 }
 
@@ -121,6 +145,13 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 		return err
 	}
 	m := cluster.NewManager(conn, r.Instance.Name, r.Instance.Namespace)
+	mode, err := chooseMode(ctx, m, o.Mode, o.Force, o.ErrOut)
+	if err != nil {
+		return cluster.ExplainError(err, conn.Config.Host)
+	}
+	if mode == modeOperator {
+		return o.runOperator(ctx, m, r, conn.Config.Host)
+	}
 	record, err := applyRecord(r, o.version)
 	if err != nil {
 		return err
@@ -167,12 +198,18 @@ func applyRecord(r *rendering, pluginVersion string) (cluster.RecordInfo, error)
 		return cluster.RecordInfo{}, err
 	}
 	// Only what defines the rendering: status and server-set metadata are not the user's intent.
-	data, err := yaml.Marshal(map[string]any{
+	// The instance as the user wrote it when there is one, so that a hand-off gives the operator
+	// the user's object rather than one with every default spelled out.
+	var instance any = map[string]any{
 		"apiVersion": fluxinstance.APIVersion,
 		"kind":       fluxinstance.Kind,
 		"metadata":   map[string]any{"name": r.Instance.Name, "namespace": r.Instance.Namespace},
 		"spec":       r.Instance.Spec,
-	})
+	}
+	if r.Object != nil {
+		instance = r.Object.Object
+	}
+	data, err := yaml.Marshal(instance)
 	if err != nil {
 		return cluster.RecordInfo{}, err
 	}
@@ -229,4 +266,38 @@ func summarize(items []string, n int) string {
 		return strings.Join(items, ", ")
 	}
 	return fmt.Sprintf("%s and %d more", strings.Join(items[:n], ", "), len(items)-n)
+}
+
+// runOperator applies the FluxInstance object and waits for the Flux Operator to reconcile it.
+// The rendering is not applied; it validated the instance and fed the preflight checks.
+func (o *ApplyOptions) runOperator(ctx context.Context, m *cluster.Manager, r *rendering, host string) error {
+	action, err := m.ApplyFluxInstance(ctx, r.Object, o.FieldManager, o.dryRun, "")
+	if err != nil {
+		return cluster.ExplainError(err, host)
+	}
+	gvk := r.Object.GroupVersionKind()
+	report := ChangeReport{DryRun: string(o.dryRun), Changes: []Change{{
+		Kind: gvk.Kind, Group: gvk.Group, APIVersion: gvk.GroupVersion().String(),
+		Namespace: m.Namespace, Name: m.Name, Action: action,
+	}}}
+	if o.dryRun == cluster.DryRunNone {
+		report.DryRun = ""
+	}
+	if err := printChanges(o.Out, o.Output, report); err != nil {
+		return err
+	}
+	if !o.Wait || o.dryRun != cluster.DryRunNone {
+		return nil
+	}
+	ref := fmt.Sprintf("FluxInstance %s/%s", m.Namespace, m.Name)
+	fmt.Fprintf(o.ErrOut, "waiting up to %s for the Flux Operator to reconcile %s\n", o.Timeout, ref)
+	start := time.Now()
+	state, err := m.WaitForOperator(ctx, "", o.Timeout, func(s *cluster.FluxInstanceState) {
+		fmt.Fprintf(o.ErrOut, "%s after %s: %s\n", ref, time.Since(start).Round(time.Second), s.Summary())
+	})
+	if err != nil {
+		return cluster.ExplainError(err, host)
+	}
+	fmt.Fprintf(o.ErrOut, "%s ready after %s: applied %s, %d objects in its inventory\n", ref, time.Since(start).Round(time.Second), state.LastAppliedRevision, state.Inventory)
+	return nil
 }

@@ -67,6 +67,8 @@ func registerCompletions(root *cobra.Command, flags *genericclioptions.ConfigFla
 			switch {
 			case f.Name == "distribution":
 				register(cmd, f.Name, completeDistribution)
+			case f.Name == "mode":
+				register(cmd, f.Name, cobra.FixedCompletions([]cobra.Completion{modeAuto, modeDirect, modeOperator}, cobra.ShellCompDirectiveNoFileComp))
 			case f.Name == "flux-version":
 				register(cmd, f.Name, completeFluxVersion)
 			case f.Name == "filename":

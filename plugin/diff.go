@@ -34,6 +34,8 @@ type DiffOptions struct {
 	FieldManager string
 	Strict       bool
 
+	fieldManagerSet bool
+
 	namespace   string
 	enforceNS   bool
 	configFlags *genericclioptions.ConfigFlags
@@ -56,7 +58,7 @@ KUBECTL_EXTERNAL_DIFF names another diff program, called with the live and merge
 		RunE:    runE(o),
 	}
 	o.addFlags(cmd, "diff")
-	cmd.Flags().StringVar(&o.FieldManager, "field-manager", o.FieldManager, "Name of the manager the apply would use.")
+	cmd.Flags().StringVar(&o.FieldManager, "field-manager", o.FieldManager, "Name of the manager the apply would use. Default: kubectl-fluxinstance, or flux-operator where the Flux Operator reconciles the instance.")
 	addStrictFlag(cmd, &o.Strict)
 	return cmd
 }
@@ -64,6 +66,7 @@ KUBECTL_EXTERNAL_DIFF names another diff program, called with the live and merge
 // Complete reads the namespace override.
 func (o *DiffOptions) Complete(cmd *cobra.Command) error {
 	o.namespace, o.enforceNS = explicitNamespace(cmd)
+	o.fieldManagerSet = cmd.Flags().Changed("field-manager")
 	return nil
 }
 
@@ -117,7 +120,19 @@ func (o *DiffOptions) diff(ctx context.Context) ([]cluster.DiffEntry, error) {
 	if err != nil {
 		return nil, cluster.ExplainError(err, conn.Config.Host)
 	}
-	entries, err := m.Diff(ctx, r.Objects, prunable, cluster.DiffOptions{FieldManager: o.FieldManager})
+	fieldManager := o.FieldManager
+	if !o.fieldManagerSet {
+		// Where the Flux Operator reconciles the instance, dry-run as the operator: fields it owns
+		// and the new rendering drops then show as removed, as its next reconcile will remove them.
+		mg, err := detectManagement(ctx, m)
+		if err != nil {
+			return nil, cluster.ExplainError(err, conn.Config.Host)
+		}
+		if mg.ByOperator {
+			fieldManager = cluster.OperatorFieldManager
+		}
+	}
+	entries, err := m.Diff(ctx, r.Objects, prunable, cluster.DiffOptions{FieldManager: fieldManager})
 	return entries, cluster.ExplainError(err, conn.Config.Host)
 }
 

@@ -47,6 +47,9 @@ type rendering struct {
 	// in the inventory record so that `status` can render the same instance again.
 	DistributionRef string
 	Objects         []*unstructured.Unstructured
+	// Object is the FluxInstance as the user wrote it (before defaults, namespace set): what the
+	// operator mode applies for the Flux Operator to reconcile.
+	Object *unstructured.Unstructured
 }
 
 // readInstance reads exactly one FluxInstance with kubectl's local resource builder (files,
@@ -117,12 +120,43 @@ func (f *instanceFlags) render(ctx context.Context, stdin io.Reader, namespace s
 	if err != nil {
 		return nil, err
 	}
+	obj, err := instanceObject(inst)
+	if err != nil {
+		return nil, err
+	}
 	source := f.Distribution
 	if source == "" {
 		source = inst.Spec.Distribution.Artifact
 	}
 	opts := distribution.Options{Insecure: f.InsecureRegistry, CAFile: f.CAFile, Warn: warn}
-	return renderInstance(ctx, inst, file, source, opts)
+	r, err := renderInstance(ctx, inst, file, source, opts)
+	if err != nil {
+		return nil, err
+	}
+	r.Object = obj
+	return r, nil
+}
+
+// instanceObject is the FluxInstance as an API object: only what the user gives (name, namespace,
+// labels, annotations, spec), never status or server-set metadata. Call it before Default, so the
+// operator's CRD applies its own defaults.
+func instanceObject(inst *fluxinstance.FluxInstance) (*unstructured.Unstructured, error) {
+	spec, err := json.Marshal(inst.Spec)
+	if err != nil {
+		return nil, err
+	}
+	var specMap map[string]any
+	if err := json.Unmarshal(spec, &specMap); err != nil {
+		return nil, err
+	}
+	obj := &unstructured.Unstructured{Object: map[string]any{"spec": specMap}}
+	obj.SetAPIVersion(fluxinstance.APIVersion)
+	obj.SetKind(fluxinstance.Kind)
+	obj.SetName(inst.Name)
+	obj.SetNamespace(inst.Namespace)
+	obj.SetLabels(inst.Labels)
+	obj.SetAnnotations(inst.Annotations)
+	return obj, nil
 }
 
 // renderInstance defaults, validates and renders a decoded FluxInstance read from file, against

@@ -60,6 +60,7 @@ func NewRootCommand(streams genericiooptions.IOStreams, info BuildInfo) *cobra.C
 		NewCmdStatus(configFlags, streams),
 		NewCmdDelete(configFlags, streams),
 		NewCmdMigrate(configFlags, streams, info),
+		NewCmdHandoff(configFlags, streams),
 		NewCmdCreate(configFlags, streams),
 	)
 	for _, c := range cmd.Commands() {

@@ -48,8 +48,18 @@ type StatusReport struct {
 	Applied    *AppliedRecord    `json:"applied,omitempty"`
 	Components []ComponentStatus `json:"components"`
 	Sync       []SyncStatus      `json:"sync,omitempty"`
+	// Operator is the Flux Operator's view, when its FluxInstance CRD is installed.
+	Operator *OperatorStatus `json:"operator,omitempty"`
 	// Drift is nil when there is no record to compare with.
 	Drift *DriftReport `json:"drift,omitempty"`
+}
+
+// OperatorStatus says whether the Flux Operator runs and what it reports of the FluxInstance.
+type OperatorStatus struct {
+	cluster.OperatorPresence
+	// ManagesInstance is true when the operator reconciles the instance of this namespace.
+	ManagesInstance bool                       `json:"managesInstance"`
+	Instance        *cluster.FluxInstanceState `json:"instance,omitempty"`
 }
 
 // AppliedRecord is the inventory record of the last apply.
@@ -193,10 +203,49 @@ func (o *StatusOptions) gather(ctx context.Context, conn *cluster.Connection) (*
 	if report.Sync, err = syncStatus(ctx, conn.Client, ns, syncName); err != nil {
 		return nil, err
 	}
-	if report.Applied != nil {
+	mg, err := detectManagement(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	if mg.Operator.CRD {
+		report.Operator = &OperatorStatus{OperatorPresence: mg.Operator, ManagesInstance: mg.ByOperator, Instance: mg.Instance}
+	}
+	switch {
+	case mg.ByOperator:
+		// The operator's record wins over a leftover of the plugin's: what it applied is what the
+		// cluster should look like, rendered at the version it resolved.
+		report.Installation.ManagedBy = cluster.ManagedByOperator
+		report.Drift = operatorDrift(ctx, m, mg.Instance)
+	case report.Applied != nil:
 		report.Drift = drift(ctx, m, recorded, inv.Distribution, inv.FieldManager)
 	}
 	return report, nil
+}
+
+// operatorDrift re-renders the operator's FluxInstance at the version it last applied and
+// dry-runs it as the operator would (its field manager).
+func operatorDrift(ctx context.Context, m *cluster.Manager, state *cluster.FluxInstanceState) *DriftReport {
+	rev := state.LastAppliedRevision
+	if rev == "" {
+		return &DriftReport{Reason: "the Flux Operator has not applied the FluxInstance yet"}
+	}
+	// Only the spec: the live object's metadata and status are the server's and the operator's.
+	data, err := json.Marshal(map[string]any{
+		"apiVersion": fluxinstance.APIVersion, "kind": fluxinstance.Kind,
+		"metadata": map[string]any{"name": m.Name, "namespace": m.Namespace},
+		"spec":     state.Object.Object["spec"],
+	})
+	if err != nil {
+		return &DriftReport{Reason: err.Error()}
+	}
+	inst, err := fluxinstance.Decode(data, "FluxInstance/"+m.Namespace+"/"+m.Name)
+	if err != nil {
+		return &DriftReport{Reason: err.Error()}
+	}
+	version, _, _ := strings.Cut(rev, "@")
+	inst.Spec.Distribution.Version = version
+	source := inst.Spec.Distribution.Artifact
+	return drift(ctx, m, inst, source, cluster.OperatorFieldManager)
 }
 
 // components lists the Flux controller Deployments of the namespace.
@@ -331,6 +380,22 @@ func printStatus(out io.Writer, r *StatusReport) error {
 		fmt.Fprintf(w, "Distribution:\t%s\n", a.Distribution)
 		fmt.Fprintf(w, "Revision:\t%s\n", a.Revision)
 		fmt.Fprintf(w, "Inventory:\t%d objects (%s)\n", a.Objects, a.Record)
+	}
+	if op := r.Operator; op != nil {
+		state := "not running"
+		if op.Running {
+			state = "running"
+		}
+		fmt.Fprintf(w, "Flux Operator:\t%s (%s)\n", state, op.Evidence)
+		if fi := op.Instance; fi != nil {
+			manages := "reconciled by the operator"
+			if fi.Disabled {
+				manages = "reconciliation disabled"
+			} else if !op.ManagesInstance {
+				manages = "not reconciled"
+			}
+			fmt.Fprintf(w, "FluxInstance:\t%s/flux, %s: %s\n", r.Namespace, manages, fi.Summary())
+		}
 	}
 	if d := r.Drift; d != nil {
 		switch {

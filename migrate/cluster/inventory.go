@@ -187,20 +187,7 @@ func (m *Manager) ReadInventory(ctx context.Context) (*Inventory, error) {
 	case !apierrors.IsNotFound(err):
 		return nil, m.explain(fmt.Errorf("ConfigMap/%s/%s: reading the inventory: %w", m.Namespace, InventoryConfigMap, err))
 	}
-	fi, err := m.getFluxInstance(ctx)
-	if err != nil || fi == nil {
-		return nil, err
-	}
-	entries, found, err := unstructured.NestedSlice(fi.Object, "status", "inventory", "entries")
-	if err != nil || !found {
-		return nil, nil
-	}
-	inv := &Inventory{Source: "FluxInstance/" + m.Namespace + "/" + m.Name}
-	raw, _ := json.Marshal(entries)
-	if err := json.Unmarshal(raw, &inv.Entries); err != nil {
-		return nil, fmt.Errorf("FluxInstance/%s/%s: status.inventory: %w", m.Namespace, m.Name, err)
-	}
-	return inv, nil
+	return m.ReadFluxInstanceInventory(ctx)
 }
 
 // getFluxInstance returns the FluxInstance object when its CRD and the object exist, else nil.

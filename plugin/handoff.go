@@ -1,0 +1,225 @@
+package plugin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"sigs.k8s.io/yaml"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/handoff"
+	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
+	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
+)
+
+const handoffExample = `  # See what handing the instance in flux-system to the Flux Operator would do
+  kubectl fluxinstance handoff --dry-run
+
+  # Hand it over and wait up to 10 minutes for the operator's first reconcile
+  kubectl fluxinstance handoff -n flux-system --timeout 10m`
+
+// HandoffOptions holds the flags of `kubectl fluxinstance handoff`.
+type HandoffOptions struct {
+	DryRun           bool
+	Timeout          time.Duration
+	Output           string
+	Distribution     string
+	InsecureRegistry bool
+	CAFile           string
+
+	namespace   string
+	configFlags *genericclioptions.ConfigFlags
+	genericiooptions.IOStreams
+}
+
+// HandoffReport is what `handoff -o json|yaml` prints.
+type HandoffReport struct {
+	Namespace string                   `json:"namespace"`
+	Operator  cluster.OperatorPresence `json:"operator"`
+	// Resuming says where an interrupted hand-off stopped.
+	Resuming string          `json:"resuming,omitempty"`
+	Objects  int             `json:"objects"`
+	Create   []string        `json:"create"`
+	Delete   []string        `json:"delete"`
+	DryRun   bool            `json:"dryRun,omitempty"`
+	Result   *handoff.Result `json:"result,omitempty"`
+}
+
+// NewCmdHandoff returns the `handoff` command.
+func NewCmdHandoff(configFlags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams) *cobra.Command {
+	o := &HandoffOptions{configFlags: configFlags, IOStreams: streams, Timeout: 5 * time.Minute}
+	cmd := &cobra.Command{
+		Use:   "handoff",
+		Short: "Hand an instance applied by this plugin to the Flux Operator, restarting and deleting nothing",
+		Long: `Hand the instance this plugin applied in a namespace to the Flux Operator running in the cluster:
+create the FluxInstance the plugin last applied with reconciliation disabled, give it the plugin's
+inventory as its status.inventory (so the operator garbage-collects exactly what the plugin would
+have), move every object's fields from the plugin's field manager to flux-operator, then enable
+reconciliation and wait for the operator's first reconcile. The plan lists what that reconcile may
+create or delete (nothing, when the cluster is as the last apply left it); anything else it did, or an
+object recreated or a controller restarted, fails the command. The plugin's inventory ConfigMap is
+removed last. Safe to re-run: an interrupted hand-off continues where it stopped.
+
+Afterwards 'kubectl fluxinstance apply' applies the FluxInstance for the operator (--mode=auto).`,
+		Example: handoffExample,
+		Args:    cobra.NoArgs,
+		RunE:    runE(o),
+	}
+	f := cmd.Flags()
+	f.BoolVar(&o.DryRun, "dry-run", false, "Only print the plan; change nothing.")
+	f.DurationVar(&o.Timeout, "timeout", o.Timeout, "How long to wait for the operator's first reconcile.")
+	f.StringVarP(&o.Output, "output", "o", "", "Output format. One of: (json, yaml). Default: a plan and a result in words.")
+	f.StringVar(&o.Distribution, "distribution", "", "The Flux distribution to render the plan from (as for build); default: the one the last apply used.")
+	f.BoolVar(&o.InsecureRegistry, "insecure-registry", false, "Allow plain HTTP for the OCI registry of --distribution.")
+	f.StringVar(&o.CAFile, "ca-file", "", "A PEM file of certificate authorities to trust for the OCI registry of --distribution.")
+	return cmd
+}
+
+// Complete reads -n.
+func (o *HandoffOptions) Complete(cmd *cobra.Command) error {
+	o.namespace, _ = explicitNamespace(cmd)
+	return nil
+}
+
+// Validate checks the flags.
+func (o *HandoffOptions) Validate(cmd *cobra.Command) error {
+	if o.Output != "" && o.Output != "json" && o.Output != "yaml" {
+		return usageError(cmd, "--output must be 'json' or 'yaml', got %q", o.Output)
+	}
+	if o.Timeout <= 0 {
+		return usageError(cmd, "--timeout must be positive")
+	}
+	return nil
+}
+
+// Run plans, then (unless --dry-run) hands off and checks the operator's first reconcile.
+func (o *HandoffOptions) Run(ctx context.Context) error {
+	conn, err := cluster.Connect(o.configFlags)
+	if err != nil {
+		return err
+	}
+	ns := o.namespace
+	if ns == "" {
+		inst, err := cluster.DetectInstallation(ctx, conn.Client)
+		if err != nil {
+			return cluster.ExplainError(err, conn.Config.Host)
+		}
+		ns = inst.Namespace
+	}
+	if ns == "" {
+		ns = fluxinstance.DefaultNamespace
+	}
+	m := cluster.NewManager(conn, fluxinstance.RequiredName, ns)
+	plan, err := handoff.NewPlan(ctx, m, o.renderRecord)
+	if err != nil {
+		return cluster.ExplainError(err, conn.Config.Host)
+	}
+	report := &HandoffReport{
+		Namespace: ns, Operator: plan.Operator, Resuming: plan.Stage, Objects: len(plan.Inventory.Entries),
+		Create: nonNil(plan.Create), Delete: nonNil(plan.Delete), DryRun: o.DryRun,
+	}
+	if o.Output == "" {
+		o.printPlan(report)
+	}
+	if o.DryRun {
+		return o.print(report)
+	}
+	res, err := handoff.Run(ctx, m, plan, handoff.Options{
+		Timeout:  o.Timeout,
+		Progress: func(line string) { fmt.Fprintln(o.ErrOut, line) },
+	})
+	report.Result = res
+	if perr := o.print(report); perr != nil && err == nil {
+		err = perr
+	}
+	if err != nil {
+		return cluster.ExplainError(err, conn.Config.Host)
+	}
+	return nil
+}
+
+// renderRecord is the hand-off's Renderer: the FluxInstance of the plugin's record, and a fresh
+// rendering of it from the distribution the record names (or --distribution).
+func (o *HandoffOptions) renderRecord(ctx context.Context, inv *cluster.Inventory) (*unstructured.Unstructured, []*unstructured.Unstructured, error) {
+	if inv.Instance == "" {
+		return nil, nil, fmt.Errorf("%s holds no FluxInstance (it was written by an older plugin): re-run `kubectl fluxinstance apply` once, then handoff", inv.Source)
+	}
+	obj := &unstructured.Unstructured{}
+	if err := yaml.Unmarshal([]byte(inv.Instance), &obj.Object); err != nil {
+		return nil, nil, fmt.Errorf("%s: the recorded FluxInstance: %w", inv.Source, err)
+	}
+	inst, err := fluxinstance.Decode([]byte(inv.Instance), inv.Source)
+	if err != nil {
+		return nil, nil, err
+	}
+	source := o.Distribution
+	if source == "" && inv.Distribution != embeddedDistributionRef {
+		source = inv.Distribution
+	}
+	r, err := renderInstance(ctx, inst, "the FluxInstance recorded in "+inv.Source, source,
+		distribution.Options{Insecure: o.InsecureRegistry, CAFile: o.CAFile, Warn: warnTo(o.ErrOut)})
+	if err != nil {
+		return nil, nil, err
+	}
+	return obj, r.Objects, nil
+}
+
+func (o *HandoffOptions) printPlan(r *HandoffReport) {
+	fmt.Fprintf(o.ErrOut, "Flux Operator: running (%s)\n", r.Operator.Evidence)
+	if r.Resuming != "" {
+		fmt.Fprintf(o.ErrOut, "Resuming an interrupted hand-off: %s\n", r.Resuming)
+	}
+	fmt.Fprintf(o.ErrOut, "Hand-off plan for namespace %s: %d objects move to the operator; its first reconcile may create %d and delete %d\n",
+		r.Namespace, r.Objects, len(r.Create), len(r.Delete))
+	for _, s := range r.Create {
+		fmt.Fprintf(o.ErrOut, "  create: %s\n", s)
+	}
+	for _, s := range r.Delete {
+		fmt.Fprintf(o.ErrOut, "  delete: %s\n", s)
+	}
+}
+
+func (o *HandoffOptions) print(r *HandoffReport) error {
+	switch o.Output {
+	case "json":
+		data, err := json.MarshalIndent(r, "", "  ")
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(o.Out, string(data))
+		return err
+	case "yaml":
+		data, err := yaml.Marshal(r)
+		if err != nil {
+			return err
+		}
+		_, err = o.Out.Write(data)
+		return err
+	}
+	res := r.Result
+	switch {
+	case r.DryRun:
+		fmt.Fprintf(o.Out, "fluxinstance.fluxcd.controlplane.io/flux would be handed to the Flux Operator (dry run)\n")
+	case res == nil || res.State == nil:
+	case len(res.Unplanned) > 0:
+		fmt.Fprintf(o.Out, "fluxinstance.fluxcd.controlplane.io/flux handed off with surprises: %d objects, created %d, deleted %d, recreated %d, restarted %d\n",
+			res.Objects, len(res.Created), len(res.Deleted), len(res.Recreated), len(res.Restarted))
+	default:
+		fmt.Fprintf(o.Out, "fluxinstance.fluxcd.controlplane.io/flux handed off: the Flux Operator applied %s, %d objects (created %d, deleted %d, none recreated or restarted, as planned)\n",
+			res.State.LastAppliedRevision, res.Objects, len(res.Created), len(res.Deleted))
+	}
+	return nil
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}

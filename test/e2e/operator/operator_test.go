@@ -1,0 +1,258 @@
+// Package operator_test proves the hand-off to the real Flux Operator (v0.59.0, run out of cluster
+// by test/operatorenv) end to end: an instance applied directly by the plugin is handed to the
+// operator with nothing recreated or restarted, the operator upgrades it to a newer minor when
+// the plugin applies the FluxInstance in operator mode, and `status` and `diff` stay right.
+package operator_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/plugin"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/operatorenv"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
+)
+
+func TestMain(m *testing.M) {
+	ctrllog.SetLogger(logr.Discard())
+	klog.SetLogger(logr.Discard())
+	os.Exit(m.Run())
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func runPlugin(t *testing.T, args ...string) result {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	streams := genericiooptions.IOStreams{In: strings.NewReader(""), Out: &out, ErrOut: &errOut}
+	code := plugin.Run(args, streams, plugin.BuildInfo{Version: "v0.0.0-e2e-operator"})
+	return result{stdout: out.String(), stderr: errOut.String(), code: code}
+}
+
+// instance is the FluxInstance of the journey; wait is off because no kubelet runs the
+// controllers' pods here (the operator would wait for them forever).
+func instance(version string, extra ...string) string {
+	return `apiVersion: fluxcd.controlplane.io/v1
+kind: FluxInstance
+metadata:
+  name: flux
+  namespace: flux-system
+spec:
+  distribution:
+    version: "` + version + `"
+    registry: ghcr.io/fluxcd
+  components: [source-controller, kustomize-controller, helm-controller, notification-controller` + strings.Join(append([]string{""}, extra...), ", ") + `]
+  wait: false
+  cluster:
+    networkPolicy: true
+  sync:
+    kind: GitRepository
+    url: https://git.example.com/fleet.git
+    ref: refs/heads/main
+    path: clusters/prod
+`
+}
+
+// facts are what a hand-off must not change about an object.
+type facts struct {
+	uid        string
+	generation int64
+}
+
+// liveFacts reads the objects of the plugin's or the operator's inventory.
+func liveFacts(t *testing.T, c client.Client, ids []operatorenv.InventoryEntry) map[string]facts {
+	t.Helper()
+	out := map[string]facts{}
+	for _, e := range ids {
+		ref, err := operatorenv.ParseInventoryEntry(e)
+		require.NoError(t, err)
+		obj := &metav1.PartialObjectMetadata{}
+		obj.SetGroupVersionKind(ref.GVK)
+		err = c.Get(context.Background(), client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, obj)
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		require.NoError(t, err, e.ID)
+		out[e.ID] = facts{uid: string(obj.UID), generation: obj.Generation}
+	}
+	return out
+}
+
+// pluginInventory reads the plugin's inventory record.
+func pluginInventory(t *testing.T, c client.Client) []operatorenv.InventoryEntry {
+	t.Helper()
+	cm := &corev1.ConfigMap{}
+	require.NoError(t, c.Get(context.Background(), client.ObjectKey{Namespace: "flux-system", Name: "kubectl-fluxinstance-inventory"}, cm))
+	var record struct {
+		Entries []operatorenv.InventoryEntry `json:"entries"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(cm.Data["inventory"]), &record))
+	entries := record.Entries
+	return entries
+}
+
+func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
+	dist := testenv.DistributionDir(t)
+	operatorenv.Require(t)
+	env := testenv.Start(t)
+	c := env.Client(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	v27 := filepath.Join(dir, "flux-2.7.yaml")
+	v28 := filepath.Join(dir, "flux-2.8.yaml")
+	require.NoError(t, os.WriteFile(v27, []byte(instance("2.7.x")), 0o600))
+	require.NoError(t, os.WriteFile(v28, []byte(instance("2.8.x")), 0o600))
+	kc := "--kubeconfig=" + env.Kubeconfig
+	pluginRun := func(args ...string) result { return runPlugin(t, append(args, kc)...) }
+
+	// 1. The plugin applies Flux directly: there is no operator yet. An image component, removed
+	// again without pruning, stays in the plugin's inventory: the operator must garbage-collect it
+	// after the hand-off, which only the inventory handed over tells it to do.
+	withImages := filepath.Join(dir, "flux-2.7-images.yaml")
+	require.NoError(t, os.WriteFile(withImages, []byte(instance("2.7.x", "image-reflector-controller")), 0o600))
+	r := pluginRun("apply", "-f", withImages, "--distribution", dist, "--wait=false")
+	require.Equal(t, 0, r.code, r.stderr)
+
+	// 2. The team installs the Flux Operator; auto mode keeps applying directly (here without
+	// pruning the image component) and points to handoff.
+	op := operatorenv.Start(t, env, operatorenv.Options{Namespace: "flux-system", Distribution: dist})
+	reportCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	_, err := op.WaitReport(reportCtx)
+	require.NoError(t, err)
+	r = pluginRun("apply", "-f", v27, "--distribution", dist, "--wait=false", "--prune=false")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stderr, "kubectl fluxinstance handoff -n flux-system")
+	ours := pluginInventory(t, c)
+	reflector := "flux-system_image-reflector-controller_apps_Deployment"
+	require.Contains(t, ids(ours), reflector)
+	before := liveFacts(t, c, ours)
+	require.NotEmpty(t, before)
+	r = pluginRun("apply", "-f", v27, "--distribution", dist, "--mode=operator")
+	assert.Equal(t, 1, r.code, "operator mode without a hand-off")
+
+	// 3. The hand-off.
+	start := time.Now()
+	r = pluginRun("handoff", "-n", "flux-system", "--distribution", dist, "--timeout=2m")
+	require.Equal(t, 0, r.code, "handoff failed:\nstdout: %s\nstderr: %s\noperator log:\n%s", r.stdout, r.stderr, op.LogTail(40))
+	t.Logf("handoff in %s:\n%s%s", time.Since(start).Round(10*time.Millisecond), r.stderr, r.stdout)
+	assert.Regexp(t, `its first reconcile may create 0 and delete [1-9]\d*\n`, r.stderr)
+	assert.Contains(t, r.stderr, "  delete: Deployment/flux-system/image-reflector-controller\n")
+	assert.Contains(t, r.stdout, "handed off: the Flux Operator applied v2.7.5@sha256:")
+	assert.Regexp(t, `\(created 0, deleted [1-9]\d*, none recreated or restarted, as planned\)`, r.stdout)
+
+	fi := &unstructured.Unstructured{}
+	fi.SetGroupVersionKind(operatorenv.FluxInstanceGVK)
+	require.NoError(t, c.Get(ctx, op.InstanceKey(), fi))
+	theirs, err := operatorenv.InventoryEntries(fi)
+	require.NoError(t, err)
+	assert.NotContains(t, ids(theirs), reflector)
+	assert.Subset(t, ids(ours), ids(theirs), "the operator's inventory is the plugin's, less what the plan deletes")
+	err = c.Get(ctx, client.ObjectKey{Namespace: "flux-system", Name: "image-reflector-controller"}, &appsv1.Deployment{})
+	assert.True(t, apierrors.IsNotFound(err), "the operator garbage-collected the planned deletion: %v", err)
+	kept := map[string]facts{}
+	for _, id := range ids(theirs) {
+		kept[id] = before[id]
+	}
+	assert.Equal(t, kept, liveFacts(t, c, theirs), "no object recreated, no Deployment rolled")
+	before = kept
+	err = c.Get(ctx, client.ObjectKey{Namespace: "flux-system", Name: "kubectl-fluxinstance-inventory"}, &corev1.ConfigMap{})
+	assert.True(t, apierrors.IsNotFound(err), "the plugin's record is gone: %v", err)
+	objs, err := operatorenv.Inventory(ctx, c, fi)
+	require.NoError(t, err)
+	for _, obj := range objs {
+		for _, mf := range obj.GetManagedFields() {
+			if mf.Subresource == "" {
+				assert.NotEqual(t, "kubectl-fluxinstance", mf.Manager, "%s/%s still has fields of the plugin", obj.GetKind(), obj.GetName())
+			}
+		}
+		assert.Equal(t, "flux-operator", obj.GetLabels()["app.kubernetes.io/managed-by"], obj.GetKind()+"/"+obj.GetName())
+	}
+
+	// A second handoff has nothing to do.
+	r = pluginRun("handoff", "-n", "flux-system")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "FluxInstance flux-system/flux is already managed by the Flux Operator (FluxInstance/flux-system/flux): there is nothing to hand off")
+
+	// 4. status and diff after the hand-off.
+	r = pluginRun("status", "-n", "flux-system")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Regexp(t, `Flux Version: +v2\.7\.5\n`, r.stdout)
+	assert.Regexp(t, `Managed By: +flux-operator\n`, r.stdout)
+	assert.Regexp(t, `Flux Operator: +running \(FluxReport flux-system/flux updated \d+s ago\)`, r.stdout)
+	assert.Regexp(t, `FluxInstance: +flux-system/flux, reconciled by the operator: Ready=True`, r.stdout)
+	assert.Regexp(t, `Drift: +none\n`, r.stdout)
+	r = pluginRun("diff", "-f", v27, "--distribution", dist)
+	assert.Equal(t, 0, r.code, "no difference after the hand-off:\n%s%s", r.stdout, r.stderr)
+	r = pluginRun("apply", "-f", v27, "--distribution", dist, "--mode=direct", "--wait=false")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "would start a fight")
+
+	// 5. Upgrade to the next minor through the operator.
+	r = pluginRun("diff", "-f", v28, "--distribution", dist)
+	assert.Equal(t, 1, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "ghcr.io/fluxcd/source-controller:v1.8")
+	start = time.Now()
+	r = pluginRun("apply", "-f", v28, "--distribution", dist, "--timeout=2m")
+	t.Logf("upgrade through the operator: %s\n%s", time.Since(start).Round(10*time.Millisecond), r.stderr)
+	require.Equal(t, 0, r.code, "upgrade failed:\nstdout: %s\nstderr: %s\noperator log:\n%s", r.stdout, r.stderr, op.LogTail(40))
+	assert.Equal(t, "fluxinstance.fluxcd.controlplane.io/flux configured\n", r.stdout)
+	assert.Regexp(t, `FluxInstance flux-system/flux ready after \d+s: applied v2\.8\.\d+@sha256:[0-9a-f]{64}, \d+ objects in its inventory`, r.stderr)
+
+	require.NoError(t, c.Get(ctx, op.InstanceKey(), fi))
+	upgraded, err := operatorenv.InventoryEntries(fi)
+	require.NoError(t, err)
+	after := liveFacts(t, c, theirs)
+	stays := map[string]bool{}
+	for _, id := range ids(upgraded) {
+		stays[id] = true
+	}
+	for id, was := range before {
+		if !stays[id] {
+			continue // the new version dropped it: the operator's garbage collection
+		}
+		now, ok := after[id]
+		if assert.True(t, ok, "%s was deleted by the upgrade", id) {
+			assert.Equal(t, was.uid, now.uid, "%s was recreated", id)
+		}
+	}
+
+	r = pluginRun("status", "-n", "flux-system", "-o", "json")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, `"version": "v2.8.`)
+	assert.Contains(t, r.stdout, `"managedBy": "flux-operator"`)
+	r = pluginRun("status", "-n", "flux-system")
+	assert.Regexp(t, `Drift: +none\n`, r.stdout)
+	r = pluginRun("diff", "-f", v28, "--distribution", dist)
+	assert.Equal(t, 0, r.code, "no difference after the upgrade:\n%s%s", r.stdout, r.stderr)
+}
+
+func ids(entries []operatorenv.InventoryEntry) []string {
+	out := make([]string, 0, len(entries))
+	for _, e := range entries {
+		out = append(out, e.ID)
+	}
+	return out
+}
