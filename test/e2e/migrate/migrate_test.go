@@ -121,6 +121,9 @@ func TestMigrateCLIBootstrap(t *testing.T) {
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.Contains(t, r.stderr, "Nothing to do")
 	assert.Contains(t, r.stderr, "the bootstrap files are already replaced")
+
+	// Then the Flux Operator takes the migrated instance over.
+	s.handoff(t)
 }
 
 // TestMigrateOtherNamespaceOnTag: Flux in another namespace, at another path, following a tag.
