@@ -99,6 +99,12 @@ func (o *DeleteOptions) Run(ctx context.Context) error {
 		if inst.Installed {
 			how = fmt.Sprintf("Flux %s there is managed by %s", inst.Version, inst.ManagedBy)
 		}
+		if inst.ManagedBy == cluster.ManagedByOperator {
+			// The operator's finalizer uninstalls what the FluxInstance applied; deleting the objects
+			// here instead would only have the operator apply them again.
+			return fmt.Errorf("nothing to delete by this plugin in namespace %q: %s; to uninstall, delete the FluxInstance and let the operator remove what it applied: kubectl delete fluxinstance -n %s %s",
+				o.namespace, how, o.namespace, fluxinstance.RequiredName)
+		}
 		return fmt.Errorf("nothing to delete: this plugin never applied Flux in namespace %q (%s); pass -n for another namespace", o.namespace, how)
 	}
 	cs, err := m.Delete(ctx, inv, cluster.DeleteOptions{WithCRDs: o.WithCRDs, RemoveFinalizers: o.RemoveFinalizers, DryRun: o.DryRun})

@@ -153,11 +153,19 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 	r = pluginRun("apply", "-f", v27, "--distribution", dist, "--mode=operator")
 	assert.Equal(t, 1, r.code, "operator mode without a hand-off")
 
-	// 3. The hand-off.
+	// 3. The hand-off, as re-run after a first attempt was interrupted right after it created the
+	// FluxInstance with reconciliation disabled (the operator must not have touched anything).
+	interrupted, err := testenv.DecodeYAML([]byte(instance("2.7.x")))
+	require.NoError(t, err)
+	interrupted[0].SetAnnotations(map[string]string{"fluxcd.controlplane.io/reconcile": "disabled"})
+	require.NoError(t, operatorenv.ApplyInstance(ctx, c, interrupted[0], "kubectl-fluxinstance"))
+	time.Sleep(2 * time.Second) // time for the operator to (not) act on it
+	assert.Equal(t, before, liveFacts(t, c, ours), "a disabled FluxInstance changes nothing")
 	start := time.Now()
 	r = pluginRun("handoff", "-n", "flux-system", "--distribution", dist, "--timeout=2m")
 	require.Equal(t, 0, r.code, "handoff failed:\nstdout: %s\nstderr: %s\noperator log:\n%s", r.stdout, r.stderr, op.LogTail(40))
 	t.Logf("handoff in %s:\n%s%s", time.Since(start).Round(10*time.Millisecond), r.stderr, r.stdout)
+	assert.Contains(t, r.stderr, "Resuming an interrupted hand-off: the FluxInstance exists with reconciliation disabled\n")
 	assert.Regexp(t, `its first reconcile may create 0 and delete [1-9]\d*\n`, r.stderr)
 	assert.Contains(t, r.stderr, "  delete: Deployment/flux-system/image-reflector-controller\n")
 	assert.Contains(t, r.stdout, "handed off: the Flux Operator applied v2.7.5@sha256:")
@@ -209,6 +217,9 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 	r = pluginRun("apply", "-f", v27, "--distribution", dist, "--mode=direct", "--wait=false")
 	assert.Equal(t, 1, r.code)
 	assert.Contains(t, r.stderr, "would start a fight")
+	r = pluginRun("delete", "-n", "flux-system")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "to uninstall, delete the FluxInstance and let the operator remove what it applied: kubectl delete fluxinstance -n flux-system flux")
 
 	// 5. Upgrade to the next minor through the operator.
 	r = pluginRun("diff", "-f", v28, "--distribution", dist)
