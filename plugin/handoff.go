@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -117,6 +118,13 @@ func (o *HandoffOptions) Run(ctx context.Context) error {
 	}
 	m := cluster.NewManager(conn, fluxinstance.RequiredName, ns)
 	plan, err := handoff.NewPlan(ctx, m, o.renderRecord)
+	var done *handoff.HandedOffError
+	if errors.As(err, &done) {
+		// The state the command is for: a re-run after a complete (or interrupted at its very
+		// end) hand-off succeeds, like an apply with nothing to change.
+		fmt.Fprintf(o.ErrOut, "Nothing to do: %v\n", err)
+		return nil
+	}
 	if err != nil {
 		return cluster.ExplainError(err, conn.Config.Host)
 	}

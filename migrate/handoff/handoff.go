@@ -46,6 +46,14 @@ const (
 	StageEnabled  = "the FluxInstance was handed to the operator; the check and the clean-up remain"
 )
 
+// HandedOffError says the hand-off is done already: the operator's FluxInstance holds the record
+// and the plugin's is gone (a re-run after a complete hand-off ends here).
+type HandedOffError struct{ Namespace, Name, Record string }
+
+func (e *HandedOffError) Error() string {
+	return fmt.Sprintf("FluxInstance %s/%s is already managed by the Flux Operator (its inventory is in %s): there is nothing to hand off", e.Namespace, e.Name, e.Record)
+}
+
 // NotReadyError says why a hand-off cannot start; nothing was changed.
 type NotReadyError struct{ Reason string }
 
@@ -66,7 +74,7 @@ func NewPlan(ctx context.Context, m *cluster.Manager, render Renderer) (*Plan, e
 		return nil, &NotReadyError{fmt.Sprintf("no instance applied by kubectl-fluxinstance in namespace %s (ConfigMap %s not found): "+
 			"apply one first, or migrate a flux bootstrap installation with `kubectl fluxinstance migrate`", m.Namespace, ref)}
 	case inv.Source != "ConfigMap/"+ref:
-		return nil, &NotReadyError{fmt.Sprintf("FluxInstance %s/%s is already managed by the Flux Operator (%s): there is nothing to hand off", m.Namespace, m.Name, inv.Source)}
+		return nil, &HandedOffError{Namespace: m.Namespace, Name: m.Name, Record: inv.Source}
 	case inv.State == cluster.StatePending:
 		return nil, &NotReadyError{fmt.Sprintf("the last apply to namespace %s did not finish (ConfigMap %s says Pending): re-run `kubectl fluxinstance apply` first", m.Namespace, ref)}
 	case inv.State == cluster.StateDeleted:

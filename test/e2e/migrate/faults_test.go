@@ -2,15 +2,8 @@ package migrate_test
 
 import (
 	"context"
-	"io"
-	"log"
-	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,125 +12,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/test/faultproxy"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/fluxenv"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
-
-// killProxy stands between the plugin and the API server (with the admin's credentials) and
-// plays a migrate killed after its Nth API call: calls 1..N pass; call N+1, if it writes, reaches
-// the API server but its answer is lost (the connection is cut: the process died with the write
-// in flight), and if it reads it fails; every later call fails with a 503 (which client-go does
-// not retry, so the run ends at once instead of backing off). It counts the calls and records
-// every DELETE that passes through.
-type killProxy struct {
-	mu      sync.Mutex
-	calls   int
-	killAt  int // N; < 0: never
-	deletes []string
-}
-
-func (p *killProxy) reset(killAt int) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.calls, p.killAt = 0, killAt
-}
-
-func (p *killProxy) count() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.calls
-}
-
-func (p *killProxy) deleted() []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]string(nil), p.deletes...)
-}
-
-// next numbers a call and tells its fate.
-func (p *killProxy) next(r *http.Request) (n int, pass, inFlight bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.calls++
-	if r.Method == http.MethodDelete || r.URL.Query().Has("deletecollection") {
-		p.deletes = append(p.deletes, r.Method+" "+r.URL.String())
-	}
-	switch {
-	case p.killAt < 0 || p.calls <= p.killAt:
-		return p.calls, true, false
-	case p.calls == p.killAt+1 && r.Method != http.MethodGet:
-		return p.calls, false, true
-	}
-	return p.calls, false, false
-}
-
-// startKillProxy starts the proxy and writes a kubeconfig for it.
-func startKillProxy(t *testing.T, env *testenv.Env) (*killProxy, string) {
-	t.Helper()
-	target, err := url.Parse(env.Host)
-	require.NoError(t, err)
-	transport, err := rest.TransportFor(env.Config)
-	require.NoError(t, err)
-	rp := httputil.NewSingleHostReverseProxy(target)
-	rp.Transport = transport
-	rp.ErrorLog = log.New(io.Discard, "", 0)
-	p := &killProxy{killAt: -1}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, pass, inFlight := p.next(r)
-		switch {
-		case pass:
-			rp.ServeHTTP(w, r)
-		case inFlight:
-			out := r.Clone(r.Context())
-			out.URL.Scheme, out.URL.Host, out.Host, out.RequestURI = target.Scheme, target.Host, target.Host, ""
-			if resp, err := transport.RoundTrip(out); err == nil {
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-			}
-			if hj, ok := w.(http.Hijacker); ok {
-				if conn, _, err := hj.Hijack(); err == nil {
-					conn.Close()
-					return
-				}
-			}
-			http.Error(w, "killed", http.StatusServiceUnavailable)
-		default:
-			http.Error(w, "killed", http.StatusServiceUnavailable)
-		}
-	}))
-	t.Cleanup(srv.Close)
-
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["proxy"] = &clientcmdapi.Cluster{Server: srv.URL}
-	cfg.AuthInfos["proxy"] = &clientcmdapi.AuthInfo{}
-	cfg.Contexts["proxy"] = &clientcmdapi.Context{Cluster: "proxy", AuthInfo: "proxy", Namespace: "default"}
-	cfg.CurrentContext = "proxy"
-	kubeconfig := filepath.Join(t.TempDir(), "proxy.kubeconfig")
-	require.NoError(t, clientcmd.WriteToFile(*cfg, kubeconfig))
-	return p, kubeconfig
-}
-
-// killPoints are the N to kill at: each of the first and last ten calls of a complete run of
-// total calls, and a stride in between that keeps the number of points near budget.
-func killPoints(total, budget int) []int {
-	var out []int
-	for n := 1; n <= min(10, total); n++ {
-		out = append(out, n)
-	}
-	stride := max(1, (total-20)/max(1, budget-20))
-	for n := 11; n <= total-10; n += stride {
-		out = append(out, n)
-	}
-	for n := max(11, total-9); n <= total; n++ {
-		out = append(out, n)
-	}
-	return out
-}
 
 // TestMigrateKilledAtEveryStep interrupts migrate after its Nth API call, for N over a complete
 // run, with the real controllers syncing the fleet repository, and re-runs it without faults:
@@ -156,20 +36,20 @@ func TestMigrateKilledAtEveryStep(t *testing.T) {
 	c := s.c
 	before := takeSnapshot(t, c, f.Kustomization(t), secretKey(f))
 	head := repo.Head(t)
-	proxy, proxyConfig := startKillProxy(t, env)
+	proxy, proxyConfig := faultproxy.Start(t, env)
 	migrateArgs := func(kubeconfig string) []string {
 		return []string{"migrate", "--kubeconfig=" + kubeconfig, "--distribution", s.dist, "--yes", "--output-file", filepath.Join(t.TempDir(), "fi.yaml")}
 	}
 	converged := func(t *testing.T, what string) {
 		t.Helper()
-		proxy.reset(-1)
+		proxy.Reset(-1)
 		r := runPlugin(t, migrateArgs(proxyConfig)...)
 		require.Equal(t, 0, r.code, "%s: the re-run failed:\n%s", what, r.stderr)
 		// Either it finished the takeover, or the interrupted run had (but for its output).
 		if !assert.Regexp(t, "Verified: kustomize-controller's garbage collection would delete none|Nothing to do", r.stderr, what) {
 			t.Log(r.stderr)
 		}
-		assert.Empty(t, proxy.deleted(), "%s: no DELETE reached the API server", what)
+		assert.Empty(t, proxy.Deleted(), "%s: no DELETE reached the API server", what)
 		before.assertSurvived(t, c)
 		before.assertTemplates(t, c, nil)
 		// kustomize-controller reconciles the migrated objects (skipping them) and is Ready.
@@ -188,22 +68,22 @@ func TestMigrateKilledAtEveryStep(t *testing.T) {
 
 	// A complete run through the proxy counts the calls.
 	start := time.Now()
-	proxy.reset(-1)
+	proxy.Reset(-1)
 	r := runPlugin(t, migrateArgs(proxyConfig)...)
 	require.Equal(t, 0, r.code, r.stderr)
-	total := proxy.count()
+	total := proxy.Count()
 	require.Greater(t, total, 20)
-	assert.Empty(t, proxy.deleted())
+	assert.Empty(t, proxy.Deleted())
 	rollback(t)
 	t.Logf("a complete migrate makes %d API calls; run and rollback: %s", total, time.Since(start).Round(10*time.Millisecond))
 
 	// 3.5-6 s per point (kill, re-run, reconcile, rollback, reconcile): about 30 points.
-	points := killPoints(total, 30)
+	points := faultproxy.KillPoints(total, 30)
 	failed := 0
 	states := map[string]int{} // the migration record's state after each kill
 	start = time.Now()
 	for i, n := range points {
-		proxy.reset(n)
+		proxy.Reset(n)
 		r := runPlugin(t, migrateArgs(proxyConfig)...)
 		if r.code != 0 {
 			failed++

@@ -201,8 +201,8 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 
 	// A second handoff has nothing to do.
 	r = pluginRun("handoff", "-n", "flux-system")
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, "FluxInstance flux-system/flux is already managed by the Flux Operator (FluxInstance/flux-system/flux): there is nothing to hand off")
+	assert.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, "Nothing to do: FluxInstance flux-system/flux is already managed by the Flux Operator (its inventory is in FluxInstance/flux-system/flux): there is nothing to hand off\n", r.stderr)
 
 	// 4. status and diff after the hand-off.
 	r = pluginRun("status", "-n", "flux-system")

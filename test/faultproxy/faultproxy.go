@@ -1,0 +1,139 @@
+// Package faultproxy plays a client killed in the middle of its work: a reverse proxy in front of a
+// test API server that lets the first N calls through and fails every later one, cutting the
+// connection of the call in flight as a dying process would. The fault tests of migrate and
+// handoff run a command through it at many N and check that a re-run converges.
+package faultproxy
+
+import (
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
+)
+
+// Proxy stands between the plugin and the API server (with the admin's credentials) and
+// plays a migrate killed after its Nth API call: calls 1..N pass; call N+1, if it writes, reaches
+// the API server but its answer is lost (the connection is cut: the process died with the write
+// in flight), and if it reads it fails; every later call fails with a 503 (which client-go does
+// not retry, so the run ends at once instead of backing off). It counts the calls and records
+// every DELETE that passes through.
+type Proxy struct {
+	mu      sync.Mutex
+	calls   int
+	killAt  int // N; < 0: never
+	deletes []string
+}
+
+// Reset makes calls 1..killAt pass (all of them when killAt < 0) and clears the counters.
+func (p *Proxy) Reset(killAt int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.calls, p.killAt = 0, killAt
+}
+
+// Count is the number of calls since the last Reset.
+func (p *Proxy) Count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.calls
+}
+
+// Deleted lists the DELETE requests (and deletecollections) that reached the API server.
+func (p *Proxy) Deleted() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.deletes...)
+}
+
+// next numbers a call and tells its fate.
+func (p *Proxy) next(r *http.Request) (n int, pass, inFlight bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.calls++
+	if r.Method == http.MethodDelete || r.URL.Query().Has("deletecollection") {
+		p.deletes = append(p.deletes, r.Method+" "+r.URL.String())
+	}
+	switch {
+	case p.killAt < 0 || p.calls <= p.killAt:
+		return p.calls, true, false
+	case p.calls == p.killAt+1 && r.Method != http.MethodGet:
+		return p.calls, false, true
+	}
+	return p.calls, false, false
+}
+
+// Start starts a proxy in front of env (with the admin's credentials) and writes a kubeconfig for
+// it; both end with the test.
+func Start(t *testing.T, env *testenv.Env) (*Proxy, string) {
+	t.Helper()
+	target, err := url.Parse(env.Host)
+	require.NoError(t, err)
+	transport, err := rest.TransportFor(env.Config)
+	require.NoError(t, err)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.Transport = transport
+	rp.ErrorLog = log.New(io.Discard, "", 0)
+	p := &Proxy{killAt: -1}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, pass, inFlight := p.next(r)
+		switch {
+		case pass:
+			rp.ServeHTTP(w, r)
+		case inFlight:
+			out := r.Clone(r.Context())
+			out.URL.Scheme, out.URL.Host, out.Host, out.RequestURI = target.Scheme, target.Host, target.Host, ""
+			if resp, err := transport.RoundTrip(out); err == nil {
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			if hj, ok := w.(http.Hijacker); ok {
+				if conn, _, err := hj.Hijack(); err == nil {
+					conn.Close()
+					return
+				}
+			}
+			http.Error(w, "killed", http.StatusServiceUnavailable)
+		default:
+			http.Error(w, "killed", http.StatusServiceUnavailable)
+		}
+	}))
+	t.Cleanup(srv.Close)
+
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["proxy"] = &clientcmdapi.Cluster{Server: srv.URL}
+	cfg.AuthInfos["proxy"] = &clientcmdapi.AuthInfo{}
+	cfg.Contexts["proxy"] = &clientcmdapi.Context{Cluster: "proxy", AuthInfo: "proxy", Namespace: "default"}
+	cfg.CurrentContext = "proxy"
+	kubeconfig := filepath.Join(t.TempDir(), "proxy.kubeconfig")
+	require.NoError(t, clientcmd.WriteToFile(*cfg, kubeconfig))
+	return p, kubeconfig
+}
+
+// KillPoints are the N to kill at: each of the first and last ten calls of a complete run of
+// total calls, and a stride in between that keeps the number of points near budget.
+func KillPoints(total, budget int) []int {
+	var out []int
+	for n := 1; n <= min(10, total); n++ {
+		out = append(out, n)
+	}
+	stride := max(1, (total-20)/max(1, budget-20))
+	for n := 11; n <= total-10; n += stride {
+		out = append(out, n)
+	}
+	for n := max(11, total-9); n <= total; n++ {
+		out = append(out, n)
+	}
+	return out
+}
