@@ -134,20 +134,30 @@ func (o *ApplyOptions) Validate(cmd *cobra.Command) error {
 // Run renders first (bad input changes nothing), then connects, reconciles and waits.
 func (o *ApplyOptions) Run(ctx context.Context) error {
 	r, err := o.render(ctx, o.In, o.namespace, o.enforceNS, warnTo(o.ErrOut))
-	if err != nil {
+	// A version the plugin's distribution lacks may still be the operator's to resolve: the
+	// mode decides, once connected.
+	var unresolved *unresolvedVersionError
+	if errors.As(err, &unresolved) && o.Mode != modeDirect {
+		r = unresolved.partial
+	} else if err != nil {
 		return err
 	}
 	conn, err := cluster.Connect(o.configFlags)
 	if err != nil {
 		return err
 	}
-	if err := preflightSync(ctx, conn, r.Instance, r.Objects, o.Strict, o.ErrOut); err != nil {
-		return err
-	}
 	m := cluster.NewManager(conn, r.Instance.Name, r.Instance.Namespace)
 	mode, err := chooseMode(ctx, m, o.Mode, o.Force, o.ErrOut)
 	if err != nil {
 		return cluster.ExplainError(err, conn.Config.Host)
+	}
+	if unresolved != nil {
+		if mode != modeOperator {
+			return unresolved
+		}
+		fmt.Fprintf(o.ErrOut, "Note: %v; the Flux Operator resolves it from its own distribution (the sync preflight needs a rendering and was skipped)\n", unresolved)
+	} else if err := preflightSync(ctx, conn, r.Instance, r.Objects, o.Strict, o.ErrOut); err != nil {
+		return err
 	}
 	if mode == modeOperator {
 		return o.runOperator(ctx, m, r, conn.Config.Host)

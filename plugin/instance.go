@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -130,12 +131,27 @@ func (f *instanceFlags) render(ctx context.Context, stdin io.Reader, namespace s
 	}
 	opts := distribution.Options{Insecure: f.InsecureRegistry, CAFile: f.CAFile, Warn: warn}
 	r, err := renderInstance(ctx, inst, file, source, opts)
+	var unresolved *unresolvedVersionError
+	if errors.As(err, &unresolved) {
+		unresolved.partial.Object = obj
+	}
 	if err != nil {
 		return nil, err
 	}
 	r.Object = obj
 	return r, nil
 }
+
+// unresolvedVersionError is renderInstance's error when the distribution has no version matching
+// the instance: it carries the instance, read, defaulted and validated but not rendered, for the
+// operator mode of apply, which lets the Flux Operator resolve the version from its own distribution.
+type unresolvedVersionError struct {
+	partial *rendering
+	err     error
+}
+
+func (e *unresolvedVersionError) Error() string { return e.err.Error() }
+func (e *unresolvedVersionError) Unwrap() error { return e.err }
 
 // instanceObject is the FluxInstance as an API object: only what the user gives (name, namespace,
 // labels, annotations, spec), never status or server-set metadata. Call it before Default, so the
@@ -172,7 +188,12 @@ func renderInstance(ctx context.Context, inst *fluxinstance.FluxInstance, file, 
 	}
 	version, err := dist.Resolve(inst.Spec.Distribution.Version)
 	if err != nil {
-		return nil, fmt.Errorf("%s: spec.distribution.version: %w", file, err)
+		err = fmt.Errorf("%s: spec.distribution.version: %w", file, err)
+		var none *distribution.NoMatchingVersionError
+		if errors.As(err, &none) {
+			err = &unresolvedVersionError{partial: &rendering{Instance: inst, File: file, DistributionSource: dist.Source(), DistributionRef: source}, err: err}
+		}
+		return nil, err
 	}
 	if err := inst.ValidateForVersion(version); err != nil {
 		return nil, fmt.Errorf("%s: %w", file, err)

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -249,7 +250,9 @@ func (e *OperatorNotReadyError) Error() string {
 	}
 	msg := head + ": " + e.State.Summary()
 	for _, f := range e.State.Failing {
-		msg += "; " + f
+		if !strings.HasPrefix(f, "Ready: ") { // the summary has it already
+			msg += "; " + f
+		}
 	}
 	return msg
 }

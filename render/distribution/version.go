@@ -54,6 +54,19 @@ func resolve(constraint string, versions []string, source string) (string, error
 			return versions[i], nil
 		}
 	}
-	return "", fmt.Errorf("no Flux version in %s matches distribution.version %q; available: %s",
-		source, constraint, strings.Join(versions, ", "))
+	return "", &NoMatchingVersionError{Constraint: constraint, Source: source, Available: versions}
+}
+
+// NoMatchingVersionError says that a distribution has no Flux version matching the constraint.
+// Callers that can let another party resolve it (the Flux Operator, from its own distribution)
+// tell it from the other errors.
+type NoMatchingVersionError struct {
+	Constraint string
+	Source     string
+	Available  []string
+}
+
+func (e *NoMatchingVersionError) Error() string {
+	return fmt.Sprintf("no Flux version in %s matches distribution.version %q; available: %s",
+		e.Source, e.Constraint, strings.Join(e.Available, ", "))
 }

@@ -225,11 +225,16 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 	r = pluginRun("diff", "-f", v28, "--distribution", dist)
 	assert.Equal(t, 1, r.code, r.stderr)
 	assert.Contains(t, r.stdout, "ghcr.io/fluxcd/source-controller:v1.8")
+	// The plugin's own distribution need not have the version: here it knows only 2.7.5, and
+	// the operator resolves 2.8.x from its distribution.
+	only275 := distributionWith(t, dist, "v2.7.5")
 	start = time.Now()
-	r = pluginRun("apply", "-f", v28, "--distribution", dist, "--timeout=2m")
+	r = pluginRun("apply", "-f", v28, "--distribution", only275, "--timeout=2m")
 	t.Logf("upgrade through the operator: %s\n%s", time.Since(start).Round(10*time.Millisecond), r.stderr)
 	require.Equal(t, 0, r.code, "upgrade failed:\nstdout: %s\nstderr: %s\noperator log:\n%s", r.stdout, r.stderr, op.LogTail(40))
 	assert.Equal(t, "fluxinstance.fluxcd.controlplane.io/flux configured\n", r.stdout)
+	assert.Contains(t, r.stderr, `Note: `+v28+`: spec.distribution.version: no Flux version in `)
+	assert.Contains(t, r.stderr, `the Flux Operator resolves it from its own distribution`)
 	assert.Regexp(t, `FluxInstance flux-system/flux ready after \d+s: applied v2\.8\.\d+@sha256:[0-9a-f]{64}, \d+ objects in its inventory`, r.stderr)
 
 	require.NoError(t, c.Get(ctx, op.InstanceKey(), fi))
@@ -258,6 +263,37 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 	assert.Regexp(t, `Drift: +none\n`, r.stdout)
 	r = pluginRun("diff", "-f", v28, "--distribution", dist)
 	assert.Equal(t, 0, r.code, "no difference after the upgrade:\n%s%s", r.stdout, r.stderr)
+
+	// A version nobody has: the plugin hands it to the operator, whose failure ends the wait at
+	// once with its message; direct mode refuses before connecting to anything.
+	v299 := filepath.Join(dir, "flux-2.99.yaml")
+	require.NoError(t, os.WriteFile(v299, []byte(instance("2.99.x")), 0o600))
+	start = time.Now()
+	r = pluginRun("apply", "-f", v299, "--distribution", dist, "--timeout=2m")
+	assert.Equal(t, 1, r.code, r.stderr)
+	assert.Less(t, time.Since(start), time.Minute, "a failed reconcile ends the wait")
+	assert.Contains(t, r.stderr, "error: the Flux Operator failed to reconcile FluxInstance/flux-system/flux: Ready=False")
+	t.Logf("a version the operator lacks:\n%s", r.stderr)
+}
+
+// distributionWith copies the given versions of the distribution data into a new directory.
+func distributionWith(t *testing.T, dist string, versions ...string) string {
+	t.Helper()
+	out := t.TempDir()
+	for _, v := range versions {
+		for _, sub := range []string{"flux", "flux-images"} {
+			from, to := filepath.Join(dist, sub, v), filepath.Join(out, sub, v)
+			require.NoError(t, os.MkdirAll(to, 0o755))
+			entries, err := os.ReadDir(from)
+			require.NoError(t, err)
+			for _, e := range entries {
+				data, err := os.ReadFile(filepath.Join(from, e.Name()))
+				require.NoError(t, err)
+				require.NoError(t, os.WriteFile(filepath.Join(to, e.Name()), data, 0o644))
+			}
+		}
+	}
+	return out
 }
 
 func ids(entries []operatorenv.InventoryEntry) []string {
