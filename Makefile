@@ -48,6 +48,10 @@ testenv: ## Build (or reuse) kube-apiserver, etcd, kubectl and kube-controller-m
 flux-testenv: ## Build (or reuse) source-controller, kustomize-controller, the bootstrap generator and the flux CLI
 	test/binaries/flux-controllers/build.sh >/dev/null
 
+.PHONY: flux-operator
+flux-operator: ## Build (or reuse) the Flux Operator v0.59.0 (AGPL: built and run only) for the operator tests
+	test/binaries/flux-operator/build.sh >/dev/null
+
 .PHONY: fmt-check
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); \
@@ -60,7 +64,7 @@ vet: embed
 # go test -v goes to $(TEST_LOG); the console gets every package result, failures and skips, and a
 # closing count. test/run-tests.sh exits non-zero on failure (and, with CI=true, on any skip).
 .PHONY: test
-test: testenv flux-testenv embed fmt-check vet ## Vet, gofmt check, unit and real-cluster tests, a short fuzz run
+test: testenv flux-testenv flux-operator embed fmt-check vet ## Vet, gofmt check, unit and real-cluster tests, a short fuzz run
 	KUBEBUILDER_ASSETS=$$(readlink -f $(TESTENV)) test/run-tests.sh $(TEST_LOG) $(GO_TEST_FLAGS) ./...
 	$(MAKE) fuzz
 

@@ -1,13 +1,11 @@
 package plugin
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
 
 	"github.com/fluxcd/pkg/ssa"
-	"sigs.k8s.io/yaml"
 )
 
 // Change is one line of what apply or delete did, in the machine-readable outputs.
@@ -53,20 +51,7 @@ func resourceName(kind, group, name string) string {
 // printChanges prints one line per object like kubectl apply ("deployment.apps/x configured"),
 // with kubectl's dry-run suffix, or the whole report as JSON or YAML.
 func printChanges(out io.Writer, output string, r ChangeReport) error {
-	switch output {
-	case "json":
-		data, err := json.MarshalIndent(r, "", "  ")
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintln(out, string(data))
-		return err
-	case "yaml":
-		data, err := yaml.Marshal(r)
-		if err != nil {
-			return err
-		}
-		_, err = out.Write(data)
+	if ok, err := printStructured(out, output, r); ok {
 		return err
 	}
 	suffix := ""

@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -194,20 +193,7 @@ func (o *HandoffOptions) printPlan(r *HandoffReport) {
 }
 
 func (o *HandoffOptions) print(r *HandoffReport) error {
-	switch o.Output {
-	case "json":
-		data, err := json.MarshalIndent(r, "", "  ")
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintln(o.Out, string(data))
-		return err
-	case "yaml":
-		data, err := yaml.Marshal(r)
-		if err != nil {
-			return err
-		}
-		_, err = o.Out.Write(data)
+	if ok, err := printStructured(o.Out, o.Output, r); ok {
 		return err
 	}
 	res := r.Result

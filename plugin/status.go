@@ -18,7 +18,6 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/cli-runtime/pkg/printers"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/yaml"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
@@ -143,20 +142,7 @@ func (o *StatusOptions) Run(ctx context.Context) error {
 	if err != nil {
 		return cluster.ExplainError(err, conn.Config.Host)
 	}
-	switch o.Output {
-	case "json":
-		data, err := json.MarshalIndent(report, "", "  ")
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintln(o.Out, string(data))
-		return err
-	case "yaml":
-		data, err := yaml.Marshal(report)
-		if err != nil {
-			return err
-		}
-		_, err = o.Out.Write(data)
+	if ok, err := printStructured(o.Out, o.Output, report); ok {
 		return err
 	}
 	return printStatus(o.Out, report)

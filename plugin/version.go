@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"runtime"
 	"time"
@@ -10,7 +9,6 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
-	"sigs.k8s.io/yaml"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
 )
@@ -114,20 +112,7 @@ func (o *VersionOptions) detect(ctx context.Context) (cluster.Installation, erro
 }
 
 func (o *VersionOptions) print(r VersionReport) error {
-	switch o.Output {
-	case "json":
-		data, err := json.MarshalIndent(r, "", "  ")
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintln(o.Out, string(data))
-		return err
-	case "yaml":
-		data, err := yaml.Marshal(r)
-		if err != nil {
-			return err
-		}
-		_, err = o.Out.Write(data)
+	if ok, err := printStructured(o.Out, o.Output, r); ok {
 		return err
 	}
 	fmt.Fprintf(o.Out, "Client Version: %s\n", r.ClientVersion.Version)
