@@ -194,13 +194,16 @@ func Run(ctx context.Context, m *cluster.Manager, p *Plan, o Options) (*Result, 
 		if err := m.WriteFluxInstanceInventory(ctx, p.Inventory.Entries, fieldManager); err != nil {
 			return nil, err
 		}
-		progress(fmt.Sprintf("moving the fields of %s to %s", fieldManager, cluster.OperatorFieldManager))
-		moved, err := m.MoveFieldManager(ctx, p.Inventory, fieldManager, cluster.OperatorFieldManager)
-		if err != nil {
-			return nil, err
-		}
-		progress(fmt.Sprintf("moved %d objects", moved))
 	}
+	// Also when the FluxInstance is enabled already (a hand-off interrupted later, or a FluxInstance
+	// created by hand over the plugin's objects): fields the plugin still co-owns would outlive
+	// their removal from the operator's rendering. A no-op where they moved.
+	progress(fmt.Sprintf("moving the fields of %s to %s", fieldManager, cluster.OperatorFieldManager))
+	moved, err := m.MoveFieldManager(ctx, p.Inventory, fieldManager, cluster.OperatorFieldManager)
+	if err != nil {
+		return nil, err
+	}
+	progress(fmt.Sprintf("moved %d objects", moved))
 	token := strconv.FormatInt(now().UnixNano(), 10)
 	progress("enabling reconciliation: the Flux Operator takes over")
 	if _, err := m.ApplyFluxInstance(ctx, p.Instance, fieldManager, cluster.DryRunNone, token); err != nil {
