@@ -303,23 +303,37 @@ func (p *plan) configureDeployment(o *unstructured.Unstructured) error {
 		}
 	}
 
-	// Persistent storage for source-controller (and its shards when asked).
-	if component == fluxinstance.SourceController && p.inst.Spec.Storage != nil && (shard == "" || p.persistentShards()) {
-		claim := component
-		if shard != "" {
-			claim = component + "-" + shard
-		}
+	// Persistent storage for source-controller (and its shards when asked). The
+	// main controller keeps its volumes, gets "persistent-data" on the claim
+	// source-controller appended and mounts it at /data. A shard's first volume
+	// (the emptyDir "data") and its first mount are replaced instead, by
+	// "persistent-data-<shard>" on the claim source-controller-<shard>, as the
+	// operator's shard kustomization does.
+	if component == fluxinstance.SourceController && p.inst.Spec.Storage != nil {
 		mounts, _ := manager["volumeMounts"].([]interface{})
-		for _, mi := range mounts {
-			if m, ok := mi.(map[string]interface{}); ok && m["mountPath"] == "/data" {
-				m["name"] = "persistent-data"
-			}
-		}
 		vols, _ := podSpec["volumes"].([]interface{})
-		podSpec["volumes"] = append(vols, map[string]interface{}{
-			"name":                  "persistent-data",
-			"persistentVolumeClaim": map[string]interface{}{"claimName": claim},
-		})
+		switch {
+		case shard == "":
+			for _, mi := range mounts {
+				if m, ok := mi.(map[string]interface{}); ok && m["mountPath"] == "/data" {
+					m["name"] = "persistent-data"
+				}
+			}
+			podSpec["volumes"] = append(vols, map[string]interface{}{
+				"name":                  "persistent-data",
+				"persistentVolumeClaim": map[string]interface{}{"claimName": component},
+			})
+		case p.persistentShards():
+			if len(vols) == 0 || len(mounts) == 0 {
+				return fmt.Errorf("distribution: Deployment %s has no volume or mount to put the shard's persistent storage in", o.GetName())
+			}
+			name := "persistent-data-" + shard
+			vols[0] = map[string]interface{}{
+				"name":                  name,
+				"persistentVolumeClaim": map[string]interface{}{"claimName": component + "-" + shard},
+			}
+			mounts[0] = map[string]interface{}{"name": name, "mountPath": "/data"}
+		}
 	}
 	return nil
 }

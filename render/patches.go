@@ -65,12 +65,13 @@ func effectiveNamespace(kind, ns string) string {
 //
 // A strategic merge patch without a target selects the objects kustomize
 // would: those whose original or current kind, name and namespace are the
-// patch's (no metadata.namespace is "default"). Deliberate choice: it applies
-// to all of them, including the per-shard copies of a controller, as a
-// targeted patch naming the controller does; the reference CLI instead fails
-// with "multiple matches". To patch the main controller only, add a target
-// with annotationSelector "!sharding.fluxcd.io/role"; to patch one shard, a
-// target with its name (source-controller-<shard>).
+// patch's (no metadata.namespace is "default"). Like kustomize (and so the
+// Flux Operator, whose reconcile fails with "multiple matches"), it must
+// select exactly one: with sharding, a patch naming a sharded controller also
+// selects its shard copies and is an error. To patch the controller and its
+// shards, add a target naming it; the main controller only, a target with
+// annotationSelector "!sharding.fluxcd.io/role"; one shard, a target with its
+// name (source-controller-<shard>).
 // A JSON6902 patch requires a target.
 func applyPatches(objs []*unstructured.Unstructured, patches []fluxinstance.Patch, ids map[*unstructured.Unstructured]patchID) ([]*unstructured.Unstructured, error) {
 	for i, p := range patches {
@@ -127,6 +128,20 @@ func applyPatches(objs []*unstructured.Unstructured, patches []fluxinstance.Patc
 					return nil, fmt.Errorf("%s.target: %w", path, err)
 				}
 				match = sel.matcher(ids)
+			}
+			if implicit {
+				var selected []string
+				for _, o := range objs {
+					if match(o) {
+						selected = append(selected, o.GetKind()+"/"+o.GetName())
+					}
+				}
+				if len(selected) > 1 {
+					return nil, fmt.Errorf("%s: the strategic merge patch for %s %s has no target and matches %d objects (%s); "+
+						"the Flux Operator refuses that (kustomize: multiple matches): add a target, e.g. {kind: %s, name: %s} for all of them "+
+						"or with annotationSelector: \"!%s\" for the main one only",
+						path, meta.Kind, meta.Name, len(selected), strings.Join(selected, ", "), meta.Kind, meta.Name, AnnotationShardRole)
+				}
 			}
 			matched := 0
 			objs, err = patchSelected(objs, ids, path, match, func(n *kyaml.RNode) (*kyaml.RNode, error) {

@@ -73,10 +73,7 @@ var storageServers = []string{fluxinstance.SourceController, fluxinstance.Source
 // Differences from the reference CLI (flux-operator build instance), where
 // Build follows the operator: images are pinned by digest from the variant's
 // image list; distribution.variant and sharding.storage are honoured; a
-// cluster block without networkPolicy renders NetworkPolicies; a strategic
-// merge patch without a target applies to every object with the patch's kind
-// and name, including the shard copies of a controller (the CLI fails with
-// "multiple matches").
+// cluster block without networkPolicy renders NetworkPolicies.
 func Build(inst *fluxinstance.FluxInstance, rel *distribution.Release) ([]*unstructured.Unstructured, error) {
 	if inst == nil {
 		return nil, errors.New("no FluxInstance to render")
@@ -168,11 +165,7 @@ func Build(inst *fluxinstance.FluxInstance, rel *distribution.Release) ([]*unstr
 	}
 
 	objs = append(objs, p.namespaceObject())
-	for _, o := range p.storageObjects() {
-		// Rendered without namespace, like the distribution's objects.
-		p.ids[o] = patchID{orgName: o.GetName()}
-		objs = append(objs, o)
-	}
+	objs = append(objs, p.storageObjects()...)
 	syncObjs, err := p.syncObjects()
 	if err != nil {
 		return nil, err
@@ -368,16 +361,25 @@ func pvc(name, ns string, st *fluxinstance.Storage) *unstructured.Unstructured {
 }
 
 // storageObjects renders the source-controller PVC, and one per shard when
-// sharding.storage is persistent.
+// sharding.storage is persistent. Like the shard copies of the Deployments,
+// a shard's PVC carries the shard role annotation and is known to patch
+// targets by the original's name too (the operator renders it in the shard's
+// kustomization, with a name suffix).
 func (p *plan) storageObjects() []*unstructured.Unstructured {
 	st := p.inst.Spec.Storage
 	if st == nil || !p.has[fluxinstance.SourceController] {
 		return nil
 	}
-	out := []*unstructured.Unstructured{pvc(fluxinstance.SourceController, p.ns, st)}
+	// Patch targets see it without namespace, like the distribution's objects.
+	main := pvc(fluxinstance.SourceController, p.ns, st)
+	p.ids[main] = patchID{orgName: fluxinstance.SourceController}
+	out := []*unstructured.Unstructured{main}
 	if p.persistentShards() {
 		for _, s := range p.sharding.Shards {
-			out = append(out, pvc(fluxinstance.SourceController+"-"+s, p.ns, st))
+			c := pvc(fluxinstance.SourceController+"-"+s, p.ns, st)
+			setAnnotation(c, AnnotationShardRole, ShardRoleValue)
+			p.ids[c] = patchID{orgName: fluxinstance.SourceController, curNS: p.ns}
+			out = append(out, c)
 		}
 	}
 	return out

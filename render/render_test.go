@@ -314,7 +314,10 @@ func TestPatches(t *testing.T) {
     shards: [a]
   kustomize:
     patches:
-      - patch: |
+      - target:
+          kind: Deployment
+          name: source-controller
+        patch: |
           apiVersion: apps/v1
           kind: Deployment
           metadata:
@@ -345,7 +348,7 @@ func TestPatches(t *testing.T) {
             name: allow-scraping
 `
 	objs := build(t, "2.7.5", patches)
-	// Without a target, a strategic merge patch applies to the controller and all its shard copies.
+	// A strategic merge patch whose target names a controller applies to it and all its shard copies.
 	for _, name := range []string{"source-controller", "source-controller-a"} {
 		res := podSpec(t, objs, name)["containers"].([]any)[0].(map[string]any)["resources"].(map[string]any)
 		assert.Equal(t, "3Gi", res["limits"].(map[string]any)["memory"], name)
@@ -372,6 +375,16 @@ func TestPatches(t *testing.T) {
 	require.ErrorContains(t, err, "spec.kustomize.patches[0]: no object matches")
 	err = bad("  kustomize:\n    patches:\n      - target:\n          kind: Deployment\n        patch: |\n          - op: replace\n            path: /spec/nothing/here\n            value: 1\n")
 	require.ErrorContains(t, err, "spec.kustomize.patches[0]")
+	// Without a target, a strategic merge patch must select one object, as in kustomize (the
+	// operator's reconcile fails with "multiple matches"): with sharding, naming a sharded
+	// controller selects its copies too. Without sharding the same patch is fine.
+	untargeted := "  kustomize:\n    patches:\n      - patch: |\n          apiVersion: apps/v1\n          kind: Deployment\n" +
+		"          metadata:\n            name: source-controller\n          spec:\n            replicas: 2\n"
+	err = bad("  sharding:\n    shards: [a, b]\n" + untargeted)
+	require.ErrorContains(t, err, "spec.kustomize.patches[0]: the strategic merge patch for Deployment source-controller has no target and matches 3 objects "+
+		"(Deployment/source-controller, Deployment/source-controller-a, Deployment/source-controller-b)")
+	require.ErrorContains(t, err, "add a target")
+	require.NoError(t, bad(untargeted))
 }
 
 // Targets select as kustomize does when the operator runs the user's patches:

@@ -136,6 +136,7 @@ type FluxInstanceState struct {
 	LastAppliedRevision   string `json:"lastAppliedRevision,omitempty"`
 	// Inventory is the number of objects the operator's status.inventory lists.
 	Inventory              int    `json:"inventory"`
+	HasInventory           bool   `json:"-"`
 	Generation             int64  `json:"generation"`
 	ObservedGeneration     int64  `json:"observedGeneration"`
 	LastHandledReconcileAt string `json:"lastHandledReconcileAt,omitempty"`
@@ -160,8 +161,8 @@ func fluxInstanceState(fi *unstructured.Unstructured) *FluxInstanceState {
 	s.LastAppliedRevision, _, _ = unstructured.NestedString(fi.Object, "status", "lastAppliedRevision")
 	s.LastHandledReconcileAt, _, _ = unstructured.NestedString(fi.Object, "status", "lastHandledReconcileAt")
 	s.ObservedGeneration, _, _ = unstructured.NestedInt64(fi.Object, "status", "observedGeneration")
-	entries, _, _ := unstructured.NestedSlice(fi.Object, "status", "inventory", "entries")
-	s.Inventory = len(entries)
+	entries, found, _ := unstructured.NestedSlice(fi.Object, "status", "inventory", "entries")
+	s.Inventory, s.HasInventory = len(entries), found
 	for _, f := range fi.GetFinalizers() {
 		if f == OperatorFinalizer {
 			s.Reconciled = true
@@ -204,6 +205,13 @@ func (s *FluxInstanceState) Current(token string) bool {
 		return false
 	}
 	return token == "" || s.LastHandledReconcileAt == token
+}
+
+// Settled tells whether the operator's last status write is complete: it writes the conditions
+// first and the revisions and inventory in a second request, so Ready=True can be seen with the
+// previous revision and inventory for a moment.
+func (s *FluxInstanceState) Settled() bool {
+	return s.LastAppliedRevision != "" && s.LastAppliedRevision == s.LastAttemptedRevision && s.HasInventory
 }
 
 // Failed tells whether the operator finished a reconcile of the current object with an error
@@ -272,7 +280,7 @@ func (m *Manager) WaitForOperator(ctx context.Context, token string, timeout tim
 			return nil, err
 		}
 		switch {
-		case state != nil && state.Current(token) && state.Ready == "True":
+		case state != nil && state.Current(token) && state.Ready == "True" && state.Settled():
 			return state, nil
 		case state != nil && state.Failed(token):
 			return state, &OperatorNotReadyError{Instance: ref, Failed: true, State: state}

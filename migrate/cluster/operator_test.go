@@ -59,6 +59,7 @@ func TestFluxInstanceStateFollowsTheOperator(t *testing.T) {
 	assert.Equal(t, 2, s.Inventory)
 	assert.Equal(t, int64(2), s.ObservedGeneration, "taken from the Ready condition")
 	assert.False(t, s.Current(""), "generation 3 is not observed yet")
+	assert.False(t, s.Settled(), "the revision applied is not the one attempted yet")
 	assert.False(t, s.Failed(""))
 	assert.Equal(t, "Ready=Unknown Progressing: Reconciliation in progress (lastAttemptedRevision v2.8.8@sha256:bbb, lastAppliedRevision v2.7.5@sha256:aaa, 2 objects in its inventory)", s.Summary())
 
@@ -72,6 +73,16 @@ func TestFluxInstanceStateFollowsTheOperator(t *testing.T) {
 	assert.False(t, s.Current("1800000000"), "a newer reconcile request is not handled yet")
 	assert.False(t, s.Failed("1800000000"))
 	assert.Equal(t, []string{"Ready: ReconciliationFailed: boom"}, s.Failing)
+
+	// Ready for the current generation counts only once the revisions and the inventory are written.
+	conds[0] = map[string]any{"type": "Ready", "status": "True", "reason": "ReconciliationSucceeded", "observedGeneration": int64(3)}
+	_ = unstructured.SetNestedSlice(obj.Object, conds, "status", "conditions")
+	assert.False(t, fluxInstanceState(obj).Settled())
+	_ = unstructured.SetNestedField(obj.Object, "v2.8.8@sha256:bbb", "status", "lastAppliedRevision")
+	assert.True(t, fluxInstanceState(obj).Settled())
+	unstructured.RemoveNestedField(obj.Object, "status", "inventory")
+	assert.False(t, fluxInstanceState(obj).Settled(), "no inventory yet")
+	_ = unstructured.SetNestedField(obj.Object, "v2.8.8@sha256:bbb", "status", "lastAppliedRevision")
 
 	// Retrying is progress, not failure.
 	conds[0] = map[string]any{"type": "Ready", "status": "False", "reason": "ProgressingWithRetry", "observedGeneration": int64(3)}
