@@ -30,17 +30,28 @@ import (
 // not retry, so the run ends at once instead of backing off). It counts the calls and records
 // every DELETE that passes through.
 type Proxy struct {
-	mu      sync.Mutex
-	calls   int
-	killAt  int // N; < 0: never
-	deletes []string
+	mu     sync.Mutex
+	calls  int
+	killAt int // N; < 0: never
+	// killMethod, when set, sets killAt at the first call with this method.
+	killMethod string
+	deletes    []string
 }
 
 // Reset makes calls 1..killAt pass (all of them when killAt < 0) and clears the counters.
 func (p *Proxy) Reset(killAt int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.calls, p.killAt = 0, killAt
+	p.calls, p.killAt, p.killMethod = 0, killAt, ""
+}
+
+// KillAtFirst makes every call pass until the first one with the given HTTP method, which is cut
+// in flight like call N+1 after Reset(N); the calls after it fail. For a kill point defined by
+// what a call does rather than by its number, which varies with the number of status polls.
+func (p *Proxy) KillAtFirst(method string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.calls, p.killAt, p.killMethod = 0, -1, method
 }
 
 // Count is the number of calls since the last Reset.
@@ -62,6 +73,9 @@ func (p *Proxy) next(r *http.Request) (n int, pass, inFlight bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.calls++
+	if p.killMethod != "" && p.killAt < 0 && r.Method == p.killMethod {
+		p.killAt = p.calls - 1
+	}
 	if r.Method == http.MethodDelete || r.URL.Query().Has("deletecollection") {
 		p.deletes = append(p.deletes, r.Method+" "+r.URL.String())
 	}
