@@ -1,12 +1,7 @@
 package cluster
 
 import (
-	"io"
-	"log"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +18,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/test/faultproxy"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
@@ -156,15 +152,20 @@ type flakyProxy struct {
 	failed    int
 }
 
-func (p *flakyProxy) fail() (bool, bool) {
+// fate lets the first dropAfter requests through and then fails each, alternately with a 503
+// and by cutting the connection.
+func (p *flakyProxy) fate(*http.Request) faultproxy.Fate {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.count++
 	if p.dropAfter < 0 || p.count <= p.dropAfter {
-		return false, false
+		return faultproxy.Pass
 	}
 	p.failed++
-	return true, p.failed%2 == 0
+	if p.failed%2 == 0 {
+		return faultproxy.Cut
+	}
+	return faultproxy.Fail
 }
 
 func (p *flakyProxy) reset(dropAfter int) {
@@ -175,31 +176,8 @@ func (p *flakyProxy) reset(dropAfter int) {
 
 func startFlakyProxy(t *testing.T, env *testenv.Env) (*flakyProxy, *rest.Config) {
 	t.Helper()
-	target, err := url.Parse(env.Host)
-	require.NoError(t, err)
-	transport, err := rest.TransportFor(env.Config)
-	require.NoError(t, err)
-	rp := httputil.NewSingleHostReverseProxy(target)
-	rp.Transport = transport
-	rp.ErrorLog = log.New(io.Discard, "", 0)
 	p := &flakyProxy{dropAfter: -1}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if fail, cut := p.fail(); fail {
-			if cut {
-				if hj, ok := w.(http.Hijacker); ok {
-					if conn, _, err := hj.Hijack(); err == nil {
-						conn.Close()
-						return
-					}
-				}
-			}
-			http.Error(w, "injected failure", http.StatusServiceUnavailable)
-			return
-		}
-		rp.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	return p, &rest.Config{Host: srv.URL, QPS: 100, Burst: 200}
+	return p, &rest.Config{Host: faultproxy.Serve(t, env, p.fate), QPS: 100, Burst: 200}
 }
 
 // TestInterruptedApplyCompletes applies a new rendering through a proxy that fails requests

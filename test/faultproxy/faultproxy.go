@@ -1,7 +1,9 @@
-// Package faultproxy plays a client killed in the middle of its work: a reverse proxy in front of a
-// test API server that lets the first N calls through and fails every later one, cutting the
-// connection of the call in flight as a dying process would. The fault tests of migrate and
-// handoff run a command through it at many N and check that a re-run converges.
+// Package faultproxy injects faults between a client and a test API server: Serve is a reverse
+// proxy that passes, fails or cuts each call as a decision function says. Start builds on it the
+// kill proxy, which plays a client killed in the middle of its work: it lets the first N calls
+// through and fails every later one, cutting the connection of the call in flight as a dying
+// process would. The fault tests of migrate and handoff run a command through it at many N and
+// check that a re-run converges; the apply machinery's test drops the network instead.
 package faultproxy
 
 import (
@@ -68,8 +70,9 @@ func (p *Proxy) Deleted() []string {
 	return append([]string(nil), p.deletes...)
 }
 
-// next numbers a call and tells its fate.
-func (p *Proxy) next(r *http.Request) (n int, pass, inFlight bool) {
+// fate numbers a call and decides it: calls 1..N pass, call N+1 is cut in flight when it writes
+// (and fails when it reads), every later call fails.
+func (p *Proxy) fate(r *http.Request) Fate {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.calls++
@@ -81,16 +84,31 @@ func (p *Proxy) next(r *http.Request) (n int, pass, inFlight bool) {
 	}
 	switch {
 	case p.killAt < 0 || p.calls <= p.killAt:
-		return p.calls, true, false
+		return Pass
 	case p.calls == p.killAt+1 && r.Method != http.MethodGet:
-		return p.calls, false, true
+		return CutInFlight
 	}
-	return p.calls, false, false
+	return Fail
 }
 
-// Start starts a proxy in front of env (with the admin's credentials) and writes a kubeconfig for
-// it; both end with the test.
-func Start(t *testing.T, env *testenv.Env) (*Proxy, string) {
+// Fate is what a fault-injecting proxy does with one call.
+type Fate int
+
+const (
+	// Pass forwards the call and its answer.
+	Pass Fate = iota
+	// Fail answers 503 without forwarding (client-go does not retry it).
+	Fail
+	// Cut closes the connection without forwarding or answering: a network drop.
+	Cut
+	// CutInFlight forwards the call, then closes the connection without its answer: the client
+	// died with a write in flight.
+	CutInFlight
+)
+
+// Serve starts a reverse proxy in front of env (with the admin's credentials) that gives each call
+// the fate decide returns, and returns its URL (no authentication needed); it ends with the test.
+func Serve(t testing.TB, env *testenv.Env, decide func(*http.Request) Fate) string {
 	t.Helper()
 	target, err := url.Parse(env.Host)
 	require.NoError(t, err)
@@ -99,34 +117,42 @@ func Start(t *testing.T, env *testenv.Env) (*Proxy, string) {
 	rp := httputil.NewSingleHostReverseProxy(target)
 	rp.Transport = transport
 	rp.ErrorLog = log.New(io.Discard, "", 0)
-	p := &Proxy{killAt: -1}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, pass, inFlight := p.next(r)
-		switch {
-		case pass:
+		fate := decide(r)
+		switch fate {
+		case Pass:
 			rp.ServeHTTP(w, r)
-		case inFlight:
+			return
+		case CutInFlight:
 			out := r.Clone(r.Context())
 			out.URL.Scheme, out.URL.Host, out.Host, out.RequestURI = target.Scheme, target.Host, target.Host, ""
 			if resp, err := transport.RoundTrip(out); err == nil {
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 			}
+		}
+		if fate != Fail {
 			if hj, ok := w.(http.Hijacker); ok {
 				if conn, _, err := hj.Hijack(); err == nil {
 					conn.Close()
 					return
 				}
 			}
-			http.Error(w, "killed", http.StatusServiceUnavailable)
-		default:
-			http.Error(w, "killed", http.StatusServiceUnavailable)
 		}
+		http.Error(w, "injected failure", http.StatusServiceUnavailable)
 	}))
 	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// Start starts a kill proxy in front of env and writes a kubeconfig for it; both end with the test.
+func Start(t *testing.T, env *testenv.Env) (*Proxy, string) {
+	t.Helper()
+	p := &Proxy{killAt: -1}
+	proxyURL := Serve(t, env, p.fate)
 
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["proxy"] = &clientcmdapi.Cluster{Server: srv.URL}
+	cfg.Clusters["proxy"] = &clientcmdapi.Cluster{Server: proxyURL}
 	cfg.AuthInfos["proxy"] = &clientcmdapi.AuthInfo{}
 	cfg.Contexts["proxy"] = &clientcmdapi.Context{Cluster: "proxy", AuthInfo: "proxy", Namespace: "default"}
 	cfg.CurrentContext = "proxy"
