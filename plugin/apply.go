@@ -15,7 +15,12 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"sigs.k8s.io/yaml"
 
-	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/operator"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/wait"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 )
 
@@ -34,18 +39,17 @@ const applyExample = `  # Install or upgrade Flux as described by a FluxInstance
 // ApplyOptions holds the flags of `kubectl fluxinstance apply`.
 type ApplyOptions struct {
 	instanceFlags
-	DryRun         string
+	outputFlag
 	FieldManager   string
 	ForceConflicts bool
 	Prune          bool
 	Wait           bool
 	Timeout        time.Duration
-	Output         string
 	Strict         bool
 	Mode           string
 	Force          bool
 
-	dryRun      cluster.DryRun
+	dryRun      kube.DryRun
 	namespace   string
 	enforceNS   bool
 	configFlags *genericclioptions.ConfigFlags
@@ -57,7 +61,7 @@ type ApplyOptions struct {
 func NewCmdApply(configFlags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams, info BuildInfo) *cobra.Command {
 	o := &ApplyOptions{
 		configFlags: configFlags, IOStreams: streams, version: info.Version,
-		DryRun: "none", FieldManager: cluster.DefaultFieldManager, Prune: true, Wait: true, Timeout: 5 * time.Minute,
+		FieldManager: ownership.PluginFieldManager, Prune: true, Wait: true, Timeout: 5 * time.Minute,
 		Mode: modeAuto,
 	}
 	cmd := &cobra.Command{
@@ -82,14 +86,13 @@ moves to the operator with 'kubectl fluxinstance handoff'.`,
 	}
 	o.addFlags(cmd, "apply")
 	flags := cmd.Flags()
-	flags.StringVar(&o.DryRun, "dry-run", o.DryRun, `Must be "none", "server", or "client". With client, only print what would change; with server, send server-side dry-run requests. Nothing in the cluster changes either way.`)
-	flags.Lookup("dry-run").NoOptDefVal = "client"
+	addDryRunFlag(cmd)
 	flags.StringVar(&o.FieldManager, "field-manager", o.FieldManager, "Name of the manager used to track field ownership.")
 	flags.BoolVar(&o.ForceConflicts, "force-conflicts", false, "Take over fields owned by other managers than the installers of Flux the plugin takes over anyway.")
 	flags.BoolVar(&o.Prune, "prune", o.Prune, "Delete the objects the previous apply created and the new rendering no longer has.")
 	flags.BoolVar(&o.Wait, "wait", o.Wait, "Wait until every applied object is ready.")
 	flags.DurationVar(&o.Timeout, "timeout", o.Timeout, "How long to wait with --wait.")
-	flags.StringVarP(&o.Output, "output", "o", "", "Output format. One of: (json, yaml). Default: one line per object.")
+	o.outputFlag.addFlag(cmd, "one line per object", "json", "yaml")
 	flags.StringVar(&o.Mode, "mode", o.Mode, `How to apply: "auto", "direct" (render and apply the manifests) or "operator" (apply the FluxInstance object for the Flux Operator to reconcile).`)
 	flags.BoolVar(&o.Force, "force", false, "With --mode=direct: apply the manifests even though the Flux Operator manages the instance.")
 	addStrictFlag(cmd, &o.Strict)
@@ -99,8 +102,8 @@ moves to the operator with 'kubectl fluxinstance handoff'.`,
 // Complete derives the dry-run mode and the namespace override.
 func (o *ApplyOptions) Complete(cmd *cobra.Command) error {
 	var err error
-	if o.dryRun, err = cluster.ParseDryRun(o.DryRun); err != nil {
-		return usageError(cmd, "%v", err)
+	if o.dryRun, err = dryRunMode(cmd); err != nil {
+		return err
 	}
 	o.namespace, o.enforceNS = explicitNamespace(cmd)
 	return nil
@@ -111,8 +114,8 @@ func (o *ApplyOptions) Validate(cmd *cobra.Command) error {
 	if len(o.Filenames) == 0 {
 		return usageError(cmd, "-f, --filename is required")
 	}
-	if o.Output != "" && o.Output != "json" && o.Output != "yaml" {
-		return usageError(cmd, "--output must be 'json' or 'yaml', got %q", o.Output)
+	if err := o.outputFlag.validate(cmd); err != nil {
+		return err
 	}
 	if o.FieldManager == "" {
 		return usageError(cmd, "--field-manager must not be empty")
@@ -142,14 +145,14 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 	} else if err != nil {
 		return err
 	}
-	conn, err := cluster.Connect(o.configFlags)
+	conn, err := kube.Connect(o.configFlags)
 	if err != nil {
 		return err
 	}
-	m := cluster.NewManager(conn, r.Instance.Name, r.Instance.Namespace)
+	m := apply.NewManager(kube.Instance{Client: conn.Client, Name: r.Instance.Name, Namespace: r.Instance.Namespace})
 	mode, err := chooseMode(ctx, m, o.Mode, o.Force, o.ErrOut)
 	if err != nil {
-		return cluster.ExplainError(err, conn.Config.Host)
+		return err
 	}
 	if unresolved != nil {
 		if mode != modeOperator {
@@ -160,23 +163,19 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 		return err
 	}
 	if mode == modeOperator {
-		return o.runOperator(ctx, m, r, conn.Config.Host)
+		return o.runOperator(ctx, m, r)
 	}
 	record, err := applyRecord(r, o.version)
 	if err != nil {
 		return err
 	}
-	res, err := m.Reconcile(ctx, r.Objects, cluster.ReconcileOptions{
-		ApplyOptions: cluster.ApplyOptions{FieldManager: o.FieldManager, DryRun: o.dryRun, ForceConflicts: o.ForceConflicts},
-		Prune:        o.Prune,
-		Record:       record,
+	res, err := m.Reconcile(ctx, r.Objects, apply.ReconcileOptions{
+		Options: apply.Options{FieldManager: o.FieldManager, DryRun: o.dryRun, ForceConflicts: o.ForceConflicts},
+		Prune:   o.Prune,
+		Record:  record,
 	})
 	if err != nil {
-		var conflict *cluster.ConflictError
-		if errors.As(err, &conflict) {
-			return err
-		}
-		return cluster.ExplainError(err, conn.Config.Host)
+		return err
 	}
 	report := newChangeReport(res.ChangeSet, string(o.dryRun), res.Warnings())
 	if err := printChanges(o.Out, o.Output, report); err != nil {
@@ -185,16 +184,16 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 	for _, w := range res.Warnings() {
 		fmt.Fprintf(o.ErrOut, "Warning: %s\n", w)
 	}
-	if !o.Wait || o.dryRun != cluster.DryRunNone {
+	if !o.Wait || o.dryRun != kube.DryRunNone {
 		return nil
 	}
 	fmt.Fprintf(o.ErrOut, "waiting up to %s for %d objects to be ready\n", o.Timeout, len(r.Objects))
 	start := time.Now()
-	err = m.Wait(ctx, r.Objects, o.Timeout, func(ready, total int, notReady []string) {
+	err = wait.UntilReady(ctx, m.Client, r.Objects, o.Timeout, func(ready, total int, notReady []string) {
 		fmt.Fprintf(o.ErrOut, "%d/%d ready after %s; waiting for %s\n", ready, total, time.Since(start).Round(time.Second), summarize(notReady, 5))
 	})
 	if err != nil {
-		return cluster.ExplainError(err, conn.Config.Host)
+		return err
 	}
 	fmt.Fprintf(o.ErrOut, "all %d objects ready after %s\n", len(r.Objects), time.Since(start).Round(time.Second))
 	return nil
@@ -202,10 +201,10 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 
 // applyRecord is what the inventory keeps about this apply: the operator's revision form for the
 // rendering, and the instance itself so that `status` can re-render it.
-func applyRecord(r *rendering, pluginVersion string) (cluster.RecordInfo, error) {
+func applyRecord(r *rendering, pluginVersion string) (inventory.RecordInfo, error) {
 	digest, err := renderingDigest(r.Objects)
 	if err != nil {
-		return cluster.RecordInfo{}, err
+		return inventory.RecordInfo{}, err
 	}
 	// Only what defines the rendering: status and server-set metadata are not the user's intent.
 	// The instance as the user wrote it when there is one, so that a hand-off gives the operator
@@ -221,9 +220,9 @@ func applyRecord(r *rendering, pluginVersion string) (cluster.RecordInfo, error)
 	}
 	data, err := yaml.Marshal(instance)
 	if err != nil {
-		return cluster.RecordInfo{}, err
+		return inventory.RecordInfo{}, err
 	}
-	return cluster.RecordInfo{
+	return inventory.RecordInfo{
 		PluginVersion: pluginVersion,
 		Distribution:  recordedDistribution(r.DistributionRef),
 		FluxVersion:   r.Version,
@@ -280,33 +279,33 @@ func summarize(items []string, n int) string {
 
 // runOperator applies the FluxInstance object and waits for the Flux Operator to reconcile it.
 // The rendering is not applied; it validated the instance and fed the preflight checks.
-func (o *ApplyOptions) runOperator(ctx context.Context, m *cluster.Manager, r *rendering, host string) error {
-	action, err := m.ApplyFluxInstance(ctx, r.Object, o.FieldManager, o.dryRun, "")
+func (o *ApplyOptions) runOperator(ctx context.Context, m *apply.Manager, r *rendering) error {
+	action, err := operator.ApplyFluxInstance(ctx, m.Instance, r.Object, o.FieldManager, o.dryRun, "")
 	if err != nil {
-		return cluster.ExplainError(err, host)
+		return err
 	}
 	gvk := r.Object.GroupVersionKind()
 	report := ChangeReport{DryRun: string(o.dryRun), Changes: []Change{{
 		Kind: gvk.Kind, Group: gvk.Group, APIVersion: gvk.GroupVersion().String(),
 		Namespace: m.Namespace, Name: m.Name, Action: action,
 	}}}
-	if o.dryRun == cluster.DryRunNone {
+	if o.dryRun == kube.DryRunNone {
 		report.DryRun = ""
 	}
 	if err := printChanges(o.Out, o.Output, report); err != nil {
 		return err
 	}
-	if !o.Wait || o.dryRun != cluster.DryRunNone {
+	if !o.Wait || o.dryRun != kube.DryRunNone {
 		return nil
 	}
 	ref := fmt.Sprintf("FluxInstance %s/%s", m.Namespace, m.Name)
 	fmt.Fprintf(o.ErrOut, "waiting up to %s for the Flux Operator to reconcile %s\n", o.Timeout, ref)
 	start := time.Now()
-	state, err := m.WaitForOperator(ctx, "", o.Timeout, func(s *cluster.FluxInstanceState) {
+	state, err := operator.WaitForOperator(ctx, m.Instance, "", o.Timeout, func(s *operator.State) {
 		fmt.Fprintf(o.ErrOut, "%s after %s: %s\n", ref, time.Since(start).Round(time.Second), s.Summary())
 	})
 	if err != nil {
-		return cluster.ExplainError(err, host)
+		return err
 	}
 	fmt.Fprintf(o.ErrOut, "%s ready after %s: applied %s, %d objects in its inventory\n", ref, time.Since(start).Round(time.Second), state.LastAppliedRevision, state.Inventory)
 	return nil

@@ -23,7 +23,7 @@ const buildExample = `  # Print the manifests the Flux Operator would apply for 
 // BuildOptions holds the flags of `kubectl fluxinstance build`.
 type BuildOptions struct {
 	instanceFlags
-	Output string
+	outputFlag
 
 	configFlags *genericclioptions.ConfigFlags
 	namespace   string
@@ -34,7 +34,7 @@ type BuildOptions struct {
 
 // NewCmdBuild returns the `build` command.
 func NewCmdBuild(configFlags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams) *cobra.Command {
-	o := &BuildOptions{configFlags: configFlags, Output: "yaml", IOStreams: streams}
+	o := &BuildOptions{configFlags: configFlags, outputFlag: outputFlag{Output: "yaml"}, IOStreams: streams}
 	cmd := &cobra.Command{
 		Use:     "build -f FILENAME",
 		Short:   "Print the objects a FluxInstance renders to, without contacting a cluster",
@@ -44,7 +44,7 @@ func NewCmdBuild(configFlags *genericclioptions.ConfigFlags, streams genericioop
 		RunE:    runE(o),
 	}
 	o.addFlags(cmd, "render")
-	cmd.Flags().StringVarP(&o.Output, "output", "o", o.Output, "Output format. One of: (yaml, json, name).")
+	o.outputFlag.addFlag(cmd, "", "yaml", "json", "name")
 	return cmd
 }
 
@@ -62,11 +62,7 @@ func (o *BuildOptions) Validate(cmd *cobra.Command) error {
 	if len(o.Filenames) == 0 {
 		return usageError(cmd, "-f, --filename is required")
 	}
-	switch o.Output {
-	case "yaml", "json", "name":
-		return nil
-	}
-	return usageError(cmd, "--output must be one of yaml, json, name; got %q", o.Output)
+	return o.outputFlag.validate(cmd)
 }
 
 // Run renders and prints.

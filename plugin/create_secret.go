@@ -15,7 +15,8 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
-	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/syncsecret"
 )
 
@@ -148,21 +149,22 @@ func (o *createSecretOptions) write(ctx context.Context, secret *corev1.Secret) 
 		_, err = o.Out.Write(data)
 		return err
 	}
-	conn, err := cluster.Connect(o.configFlags)
+	conn, err := kube.Connect(o.configFlags)
 	if err != nil {
 		return err
 	}
-	rm := ssa.NewResourceManager(conn.Client, nil, ssa.Owner{Field: cluster.DefaultFieldManager})
+	rm := ssa.NewResourceManager(conn.Client, nil, ssa.Owner{Field: ownership.PluginFieldManager})
 	obj := syncsecret.Unstructured(secret)
 	entry, err := rm.Apply(ctx, obj, ssa.DefaultApplyOptions())
 	if err != nil {
-		return explainSecretApplyError(err, secret, conn.Config.Host)
+		return secretApplyError(err, secret)
 	}
 	fmt.Fprintf(o.Out, "secret/%s %s\n", secret.Name, entry.Action)
 	return nil
 }
 
-func explainSecretApplyError(err error, secret *corev1.Secret, host string) error {
+// secretApplyError says what to do when the Secret's namespace is missing, the usual mistake.
+func secretApplyError(err error, secret *corev1.Secret) error {
 	var status apierrors.APIStatus
 	if errors.As(err, &status) && apierrors.IsNotFound(err) {
 		if d := status.Status().Details; d != nil && d.Kind == "namespaces" {
@@ -170,10 +172,7 @@ func explainSecretApplyError(err error, secret *corev1.Secret, host string) erro
 				secret.Namespace, secret.Name, secret.Namespace, secret.Namespace)
 		}
 	}
-	if err = cluster.ExplainError(err, host); err != nil {
-		return fmt.Errorf("applying Secret %s/%s: %w", secret.Namespace, secret.Name, err)
-	}
-	return nil
+	return fmt.Errorf("applying Secret %s/%s: %w", secret.Namespace, secret.Name, err)
 }
 
 func runCreateSecret(cmd *cobra.Command, args []string, o *createSecretOptions, validate func(*cobra.Command) error, build func() (*corev1.Secret, error)) error {

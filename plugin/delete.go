@@ -9,7 +9,10 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
-	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/uninstall"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 )
 
@@ -24,12 +27,12 @@ const deleteExample = `  # See what would be removed
 
 // DeleteOptions holds the flags of `kubectl fluxinstance delete`.
 type DeleteOptions struct {
-	DryRun           bool
+	outputFlag
 	WithCRDs         bool
 	YesIKnow         bool
 	RemoveFinalizers bool
-	Output           string
 
+	dryRun      kube.DryRun
 	namespace   string
 	configFlags *genericclioptions.ConfigFlags
 	genericiooptions.IOStreams
@@ -50,11 +53,11 @@ The CRDs, and with them every Flux object of users, stay unless --with-crds is g
 		RunE:    runE(o),
 	}
 	flags := cmd.Flags()
-	flags.BoolVar(&o.DryRun, "dry-run", false, "List what would be deleted, without deleting.")
+	addDryRunFlag(cmd)
 	flags.BoolVar(&o.WithCRDs, "with-crds", false, "Also delete the Flux CRDs, and so every Flux object in the cluster. Needs --yes-i-know.")
 	flags.BoolVar(&o.YesIKnow, "yes-i-know", false, "Confirm --with-crds.")
 	flags.BoolVar(&o.RemoveFinalizers, "remove-finalizers", false, "Clear the finalizers of the Flux objects being deleted, for when the controllers are already gone.")
-	flags.StringVarP(&o.Output, "output", "o", "", "Output format. One of: (json, yaml). Default: one line per object.")
+	o.outputFlag.addFlag(cmd, "one line per object", "json", "yaml")
 	return cmd
 }
 
@@ -65,15 +68,17 @@ func (o *DeleteOptions) Complete(cmd *cobra.Command) error {
 		ns = fluxinstance.DefaultNamespace
 	}
 	o.namespace = ns
-	return nil
+	var err error
+	o.dryRun, err = dryRunMode(cmd)
+	return err
 }
 
 // Validate refuses --with-crds without its confirmation.
 func (o *DeleteOptions) Validate(cmd *cobra.Command) error {
-	if o.Output != "" && o.Output != "json" && o.Output != "yaml" {
-		return usageError(cmd, "--output must be 'json' or 'yaml', got %q", o.Output)
+	if err := o.outputFlag.validate(cmd); err != nil {
+		return err
 	}
-	if o.WithCRDs && !o.YesIKnow && !o.DryRun {
+	if o.WithCRDs && !o.YesIKnow && o.dryRun.Changes() {
 		return usageError(cmd, "--with-crds deletes every Flux object in the cluster (all GitRepositories, Kustomizations, HelmReleases...): add --yes-i-know to confirm, or --dry-run to see the list")
 	}
 	return nil
@@ -81,25 +86,25 @@ func (o *DeleteOptions) Validate(cmd *cobra.Command) error {
 
 // Run deletes what the inventory lists.
 func (o *DeleteOptions) Run(ctx context.Context) error {
-	conn, err := cluster.Connect(o.configFlags)
+	conn, err := kube.Connect(o.configFlags)
 	if err != nil {
 		return err
 	}
-	m := cluster.NewManager(conn, fluxinstance.RequiredName, o.namespace)
-	inv, err := m.ReadInventory(ctx)
+	m := apply.NewManager(kube.Instance{Client: conn.Client, Name: fluxinstance.RequiredName, Namespace: o.namespace})
+	inv, err := m.Store().Read(ctx)
 	if err != nil {
-		return cluster.ExplainError(err, conn.Config.Host)
+		return err
 	}
 	if inv == nil || !strings.HasPrefix(inv.Source, "ConfigMap/") {
-		inst, err := cluster.DetectInstallation(ctx, conn.Client)
+		inst, err := installation.DetectInstallation(ctx, conn.Client)
 		if err != nil {
-			return cluster.ExplainError(err, conn.Config.Host)
+			return err
 		}
 		how := "no Flux is installed"
 		if inst.Installed {
 			how = fmt.Sprintf("Flux %s there is managed by %s", inst.Version, inst.ManagedBy)
 		}
-		if inst.ManagedBy == cluster.ManagedByOperator {
+		if inst.ManagedBy == installation.ManagedByOperator {
 			// The operator's finalizer uninstalls what the FluxInstance applied; deleting the objects
 			// here instead would only have the operator apply them again.
 			return fmt.Errorf("nothing to delete by this plugin in namespace %q: %s; to uninstall, delete the FluxInstance and let the operator remove what it applied: kubectl delete fluxinstance -n %s %s",
@@ -107,17 +112,17 @@ func (o *DeleteOptions) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("nothing to delete: this plugin never applied Flux in namespace %q (%s); pass -n for another namespace", o.namespace, how)
 	}
-	cs, err := m.Delete(ctx, inv, cluster.DeleteOptions{WithCRDs: o.WithCRDs, RemoveFinalizers: o.RemoveFinalizers, DryRun: o.DryRun})
+	cs, err := uninstall.Run(ctx, m, inv, uninstall.Options{WithCRDs: o.WithCRDs, RemoveFinalizers: o.RemoveFinalizers, DryRun: o.dryRun})
 	if err != nil {
-		return cluster.ExplainError(err, conn.Config.Host)
+		return err
 	}
 	dry := ""
-	if o.DryRun {
-		dry = "client"
+	if !o.dryRun.Changes() {
+		dry = string(o.dryRun)
 	}
 	var warnings []string
 	if !o.WithCRDs {
-		if crds, err := cluster.InventoryCRDs(inv); err == nil && len(crds) > 0 {
+		if crds, err := uninstall.CRDs(inv); err == nil && len(crds) > 0 {
 			warnings = append(warnings, fmt.Sprintf("kept %d Flux CRDs and every Flux object of users; delete them with --with-crds --yes-i-know", len(crds)))
 		}
 	}

@@ -8,11 +8,13 @@ import (
 	"os/exec"
 	"strings"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/diff"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
-
-	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
 )
 
 const diffExample = `  # Show what applying a FluxInstance would change, including what would be pruned
@@ -44,7 +46,7 @@ type DiffOptions struct {
 
 // NewCmdDiff returns the `diff` command.
 func NewCmdDiff(configFlags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams) *cobra.Command {
-	o := &DiffOptions{configFlags: configFlags, IOStreams: streams, FieldManager: cluster.DefaultFieldManager}
+	o := &DiffOptions{configFlags: configFlags, IOStreams: streams, FieldManager: ownership.PluginFieldManager}
 	cmd := &cobra.Command{
 		Use:   "diff -f FILENAME",
 		Short: "Show what applying a FluxInstance would change in the cluster",
@@ -85,7 +87,7 @@ func (o *DiffOptions) Run(ctx context.Context) error {
 	if err != nil {
 		return &ExitError{Code: diffExitError, Err: err}
 	}
-	if !cluster.HasChanges(entries) {
+	if !diff.HasChanges(entries) {
 		return nil
 	}
 	if external := os.Getenv("KUBECTL_EXTERNAL_DIFF"); external != "" {
@@ -99,26 +101,26 @@ func (o *DiffOptions) Run(ctx context.Context) error {
 	return &ExitError{Code: diffExitChanges}
 }
 
-func (o *DiffOptions) diff(ctx context.Context) ([]cluster.DiffEntry, error) {
+func (o *DiffOptions) diff(ctx context.Context) ([]diff.Entry, error) {
 	r, err := o.render(ctx, o.In, o.namespace, o.enforceNS, warnTo(o.ErrOut))
 	if err != nil {
 		return nil, err
 	}
-	conn, err := cluster.Connect(o.configFlags)
+	conn, err := kube.Connect(o.configFlags)
 	if err != nil {
 		return nil, err
 	}
 	if err := preflightSync(ctx, conn, r.Instance, r.Objects, o.Strict, o.ErrOut); err != nil {
 		return nil, err
 	}
-	m := cluster.NewManager(conn, r.Instance.Name, r.Instance.Namespace)
-	inv, err := m.ReadInventory(ctx)
+	m := apply.NewManager(kube.Instance{Client: conn.Client, Name: r.Instance.Name, Namespace: r.Instance.Namespace})
+	inv, err := m.Store().Read(ctx)
 	if err != nil {
-		return nil, cluster.ExplainError(err, conn.Config.Host)
+		return nil, err
 	}
 	prunable, _, err := m.PruneCandidates(ctx, inv, r.Objects)
 	if err != nil {
-		return nil, cluster.ExplainError(err, conn.Config.Host)
+		return nil, err
 	}
 	fieldManager := o.FieldManager
 	if !o.fieldManagerSet {
@@ -126,25 +128,25 @@ func (o *DiffOptions) diff(ctx context.Context) ([]cluster.DiffEntry, error) {
 		// and the new rendering drops then show as removed, as its next reconcile will remove them.
 		mg, err := detectManagement(ctx, m)
 		if err != nil {
-			return nil, cluster.ExplainError(err, conn.Config.Host)
+			return nil, err
 		}
 		if mg.ByOperator {
-			fieldManager = cluster.OperatorFieldManager
+			fieldManager = ownership.OperatorFieldManager
 		}
 	}
-	entries, err := m.Diff(ctx, r.Objects, prunable, cluster.DiffOptions{FieldManager: fieldManager})
-	return entries, cluster.ExplainError(err, conn.Config.Host)
+	entries, err := diff.Objects(ctx, m, r.Objects, prunable, diff.Options{FieldManager: fieldManager})
+	return entries, err
 }
 
 // runExternal hands the live and merged directories to KUBECTL_EXTERNAL_DIFF, as kubectl does:
 // the program's exit status 1 means "differences", any other non-zero is an error.
-func (o *DiffOptions) runExternal(ctx context.Context, external string, entries []cluster.DiffEntry) error {
+func (o *DiffOptions) runExternal(ctx context.Context, external string, entries []diff.Entry) error {
 	dir, err := os.MkdirTemp("", "kubectl-fluxinstance-diff-")
 	if err != nil {
 		return &ExitError{Code: diffExitError, Err: err}
 	}
 	defer os.RemoveAll(dir)
-	live, merged, err := cluster.WriteDiffDirs(entries, dir)
+	live, merged, err := diff.WriteDiffDirs(entries, dir)
 	if err != nil {
 		return &ExitError{Code: diffExitError, Err: err}
 	}

@@ -1,8 +1,15 @@
 package plugin
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/spf13/cobra"
 )
@@ -57,4 +64,72 @@ func isCobraUsageError(err error) bool {
 	msg := err.Error()
 	return strings.HasPrefix(msg, "unknown command") || strings.HasPrefix(msg, "unknown flag") ||
 		strings.HasPrefix(msg, "required flag(s)")
+}
+
+// translate turns an error that reached the top into the one line a person can act on, the way
+// kubectl's cmdutil.CheckErr does: the packages below return typed errors wrapped with %w, and
+// this is the only place that rewrites them. host names the cluster (it is read only when needed).
+//
+//   - cancelled by the user (SIGINT/SIGTERM): "interrupted", never a connection error, even when
+//     client-go wrapped the cancellation in a url.Error;
+//   - credentials rejected (401): expired or invalid, refresh the kubeconfig;
+//   - transport failures: the cluster cannot be reached, with the root cause only;
+//   - forbidden (403): the API server's message names the user, verb, resource and namespace: kept,
+//     with the object and action the chain adds;
+//   - an object changed by someone else meanwhile (409 without field-manager causes): re-run.
+//
+// Anything else passes through unchanged.
+func translate(err error, interrupted bool, host func() string) error {
+	var netErr net.Error
+	var urlErr *url.Error
+	var opErr *net.OpError
+	switch {
+	case err == nil:
+		return nil
+	case interrupted && errors.Is(err, context.Canceled):
+		return errors.New("interrupted")
+	case errors.Is(err, context.DeadlineExceeded) && !errors.As(err, &netErr):
+		return err
+	case apierrors.IsUnauthorized(err):
+		return fmt.Errorf("the cluster at %s rejected the credentials (expired or invalid): refresh them in your kubeconfig", host())
+	case apierrors.IsForbidden(err):
+		return err
+	case errors.As(err, &opErr), errors.As(err, &urlErr), errors.As(err, &netErr):
+		return fmt.Errorf("unable to reach the cluster at %s: %s", host(), rootCause(err))
+	case apierrors.IsConflict(err) && !hasFieldManagerConflict(err):
+		return fmt.Errorf("%w: another client changed the object meanwhile; run the command again", err)
+	}
+	return err
+}
+
+// rootCause strips the layers of "Get https://...: dial tcp ...:" that make transport errors span
+// a terminal line twice.
+func rootCause(err error) string {
+	for {
+		next := errors.Unwrap(err)
+		if next == nil {
+			break
+		}
+		err = next
+	}
+	msg := err.Error()
+	if i := strings.LastIndex(msg, ": "); i >= 0 && strings.Contains(msg, "dial tcp") {
+		return msg[i+2:]
+	}
+	return msg
+}
+
+// hasFieldManagerConflict tells a server-side apply conflict (fields owned by another manager,
+// which --force-conflicts resolves) from an optimistic-lock conflict.
+func hasFieldManagerConflict(err error) bool {
+	var status apierrors.APIStatus
+	if !errors.As(err, &status) || status.Status().Details == nil {
+		return false
+	}
+	for _, c := range status.Status().Details.Causes {
+		if c.Type == metav1.CauseTypeFieldManagerConflict {
+			return true
+		}
+	}
+	return false
 }

@@ -12,9 +12,11 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"sigs.k8s.io/yaml"
 
-	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/handoff"
-	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/operator"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 )
 
@@ -26,13 +28,11 @@ const handoffExample = `  # See what handing the instance in flux-system to the 
 
 // HandoffOptions holds the flags of `kubectl fluxinstance handoff`.
 type HandoffOptions struct {
-	DryRun           bool
-	Timeout          time.Duration
-	Output           string
-	Distribution     string
-	InsecureRegistry bool
-	CAFile           string
+	outputFlag
+	distributionFlags
+	Timeout time.Duration
 
+	dryRun      kube.DryRun
 	namespace   string
 	configFlags *genericclioptions.ConfigFlags
 	genericiooptions.IOStreams
@@ -40,8 +40,8 @@ type HandoffOptions struct {
 
 // HandoffReport is what `handoff -o json|yaml` prints.
 type HandoffReport struct {
-	Namespace string                   `json:"namespace"`
-	Operator  cluster.OperatorPresence `json:"operator"`
+	Namespace string                    `json:"namespace"`
+	Operator  operator.OperatorPresence `json:"operator"`
 	// Resuming says where an interrupted hand-off stopped.
 	Resuming string          `json:"resuming,omitempty"`
 	Objects  int             `json:"objects"`
@@ -72,25 +72,25 @@ Afterwards 'kubectl fluxinstance apply' applies the FluxInstance for the operato
 		RunE:    runE(o),
 	}
 	f := cmd.Flags()
-	f.BoolVar(&o.DryRun, "dry-run", false, "Only print the plan; change nothing.")
+	addDryRunFlag(cmd)
 	f.DurationVar(&o.Timeout, "timeout", o.Timeout, "How long to wait for the operator's first reconcile.")
-	f.StringVarP(&o.Output, "output", "o", "", "Output format. One of: (json, yaml). Default: a plan and a result in words.")
-	f.StringVar(&o.Distribution, "distribution", "", "The Flux distribution to render the plan from (as for build); default: the one the last apply used.")
-	f.BoolVar(&o.InsecureRegistry, "insecure-registry", false, "Allow plain HTTP for the OCI registry of --distribution.")
-	f.StringVar(&o.CAFile, "ca-file", "", "A PEM file of certificate authorities to trust for the OCI registry of --distribution.")
+	o.outputFlag.addFlag(cmd, "a plan and a result in words", "json", "yaml")
+	o.distributionFlags.addFlags(cmd, "render the plan from", "the one the last apply used")
 	return cmd
 }
 
 // Complete reads -n.
 func (o *HandoffOptions) Complete(cmd *cobra.Command) error {
 	o.namespace, _ = explicitNamespace(cmd)
-	return nil
+	var err error
+	o.dryRun, err = dryRunMode(cmd)
+	return err
 }
 
 // Validate checks the flags.
 func (o *HandoffOptions) Validate(cmd *cobra.Command) error {
-	if o.Output != "" && o.Output != "json" && o.Output != "yaml" {
-		return usageError(cmd, "--output must be 'json' or 'yaml', got %q", o.Output)
+	if err := o.outputFlag.validate(cmd); err != nil {
+		return err
 	}
 	if o.Timeout <= 0 {
 		return usageError(cmd, "--timeout must be positive")
@@ -100,23 +100,23 @@ func (o *HandoffOptions) Validate(cmd *cobra.Command) error {
 
 // Run plans, then (unless --dry-run) hands off and checks the operator's first reconcile.
 func (o *HandoffOptions) Run(ctx context.Context) error {
-	conn, err := cluster.Connect(o.configFlags)
+	conn, err := kube.Connect(o.configFlags)
 	if err != nil {
 		return err
 	}
 	ns := o.namespace
 	if ns == "" {
-		inst, err := cluster.DetectInstallation(ctx, conn.Client)
+		inst, err := installation.DetectInstallation(ctx, conn.Client)
 		if err != nil {
-			return cluster.ExplainError(err, conn.Config.Host)
+			return err
 		}
 		ns = inst.Namespace
 	}
 	if ns == "" {
 		ns = fluxinstance.DefaultNamespace
 	}
-	m := cluster.NewManager(conn, fluxinstance.RequiredName, ns)
-	plan, err := handoff.NewPlan(ctx, m, o.renderRecord)
+	inst := kube.Instance{Client: conn.Client, Name: fluxinstance.RequiredName, Namespace: ns}
+	plan, err := handoff.NewPlan(ctx, inst, o.renderRecord)
 	var done *handoff.HandedOffError
 	if errors.As(err, &done) {
 		// The state the command is for: a re-run after a complete (or interrupted at its very
@@ -125,19 +125,19 @@ func (o *HandoffOptions) Run(ctx context.Context) error {
 		return nil
 	}
 	if err != nil {
-		return cluster.ExplainError(err, conn.Config.Host)
+		return err
 	}
 	report := &HandoffReport{
 		Namespace: ns, Operator: plan.Operator, Resuming: plan.Stage, Objects: len(plan.Inventory.Entries),
-		Create: nonNil(plan.Create), Delete: nonNil(plan.Delete), DryRun: o.DryRun,
+		Create: nonNil(plan.Create), Delete: nonNil(plan.Delete), DryRun: !o.dryRun.Changes(),
 	}
 	if o.Output == "" {
 		o.printPlan(report)
 	}
-	if o.DryRun {
+	if !o.dryRun.Changes() {
 		return o.print(report)
 	}
-	res, err := handoff.Run(ctx, m, plan, handoff.Options{
+	res, err := handoff.Run(ctx, inst, plan, handoff.Options{
 		Timeout:  o.Timeout,
 		Progress: func(line string) { fmt.Fprintln(o.ErrOut, line) },
 	})
@@ -146,14 +146,14 @@ func (o *HandoffOptions) Run(ctx context.Context) error {
 		err = perr
 	}
 	if err != nil {
-		return cluster.ExplainError(err, conn.Config.Host)
+		return err
 	}
 	return nil
 }
 
 // renderRecord is the hand-off's Renderer: the FluxInstance of the plugin's record, and a fresh
 // rendering of it from the distribution the record names (or --distribution).
-func (o *HandoffOptions) renderRecord(ctx context.Context, inv *cluster.Inventory) (*unstructured.Unstructured, []*unstructured.Unstructured, error) {
+func (o *HandoffOptions) renderRecord(ctx context.Context, inv *inventory.Inventory) (*unstructured.Unstructured, []*unstructured.Unstructured, error) {
 	if inv.Instance == "" {
 		return nil, nil, fmt.Errorf("%s holds no FluxInstance (it was written by an older plugin): re-run `kubectl fluxinstance apply` once, then handoff", inv.Source)
 	}
@@ -170,7 +170,7 @@ func (o *HandoffOptions) renderRecord(ctx context.Context, inv *cluster.Inventor
 		source = inv.Distribution
 	}
 	r, err := renderInstance(ctx, inst, "the FluxInstance recorded in "+inv.Source, source,
-		distribution.Options{Insecure: o.InsecureRegistry, CAFile: o.CAFile, Warn: warnTo(o.ErrOut)})
+		o.distributionFlags.options(warnTo(o.ErrOut)))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -21,17 +21,13 @@ import (
 // FluxInstance comes from and where the Flux distribution comes from.
 type instanceFlags struct {
 	resource.FilenameOptions
-	Distribution     string
-	InsecureRegistry bool
-	CAFile           string
+	distributionFlags
 }
 
 func (f *instanceFlags) addFlags(cmd *cobra.Command, verb string) {
 	cmd.Flags().StringSliceVarP(&f.Filenames, "filename", "f", nil, "The FluxInstance to "+verb+": a file, a directory, a URL or - for stdin.")
 	cmd.Flags().BoolVarP(&f.Recursive, "recursive", "R", false, "Process the directory used in -f, --filename recursively.")
-	cmd.Flags().StringVar(&f.Distribution, "distribution", "", "The Flux distribution to render from, overriding spec.distribution.artifact: oci://REGISTRY/REPO:TAG, a directory in the Flux Operator's layout, a .tar.gz of it, or a Flux release manifests.tar.gz. Default: the distribution built into the plugin.")
-	cmd.Flags().BoolVar(&f.InsecureRegistry, "insecure-registry", false, "Allow plain HTTP for the OCI registry of --distribution.")
-	cmd.Flags().StringVar(&f.CAFile, "ca-file", "", "A PEM file of certificate authorities to trust for the OCI registry of --distribution.")
+	f.distributionFlags.addFlags(cmd, "render from, overriding spec.distribution.artifact", "the distribution built into the plugin")
 	_ = cmd.MarkFlagRequired("filename")
 }
 
@@ -129,7 +125,7 @@ func (f *instanceFlags) render(ctx context.Context, stdin io.Reader, namespace s
 	if source == "" {
 		source = inst.Spec.Distribution.Artifact
 	}
-	opts := distribution.Options{Insecure: f.InsecureRegistry, CAFile: f.CAFile, Warn: warn}
+	opts := f.distributionFlags.options(warn)
 	r, err := renderInstance(ctx, inst, file, source, opts)
 	var unresolved *unresolvedVersionError
 	if errors.As(err, &unresolved) {

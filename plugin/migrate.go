@@ -17,8 +17,10 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"sigs.k8s.io/yaml"
 
-	"github.com/fluxinstance/kubectl-fluxinstance/migrate"
-	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/bootstrap"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/permissions"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
 )
 
@@ -33,18 +35,16 @@ const migrateExample = `  # Show what a migration of the cluster bootstrapped wi
 
 // MigrateOptions holds the flags of `kubectl fluxinstance migrate`.
 type MigrateOptions struct {
-	DryRun           bool
-	Output           string
+	outputFlag
+	distributionFlags
 	OutputFile       string
 	RepoDir          string
 	Yes              bool
 	Rollback         bool
 	CheckPermissions bool
-	Distribution     string
-	InsecureRegistry bool
-	CAFile           string
 	Strict           bool
 
+	dryRun      kube.DryRun
 	configFlags *genericclioptions.ConfigFlags
 	namespace   string
 	version     string
@@ -53,7 +53,7 @@ type MigrateOptions struct {
 
 // NewCmdMigrate returns the `migrate` command.
 func NewCmdMigrate(configFlags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams, info BuildInfo) *cobra.Command {
-	o := &MigrateOptions{configFlags: configFlags, Output: "yaml", IOStreams: streams, version: info.Version}
+	o := &MigrateOptions{configFlags: configFlags, outputFlag: outputFlag{Output: "yaml"}, IOStreams: streams, version: info.Version}
 	cmd := &cobra.Command{
 		Use:   "migrate",
 		Short: "Adopt a Flux installation made by 'flux bootstrap' as a FluxInstance, deleting and restarting nothing",
@@ -73,16 +73,14 @@ next step; safe to re-run; --rollback gives the installation back to 'flux boots
 		},
 	}
 	f := cmd.Flags()
-	f.BoolVar(&o.DryRun, "dry-run", false, "Print the plan on stderr and the FluxInstance on stdout; change nothing.")
-	f.StringVarP(&o.Output, "output", "o", o.Output, "Output format of the FluxInstance. One of: (yaml, json).")
+	addDryRunFlag(cmd)
+	o.outputFlag.addFlag(cmd, "", "yaml", "json")
 	f.StringVar(&o.OutputFile, "output-file", "", "Write the FluxInstance to this file instead of stdout.")
 	f.StringVar(&o.RepoDir, "repo-dir", "", "A local checkout of the fleet repository: replace the bootstrap files with the FluxInstance (no commit).")
 	f.BoolVarP(&o.Yes, "yes", "y", false, "Do not ask for confirmation.")
 	f.BoolVar(&o.Rollback, "rollback", false, "Give the installation back to 'flux bootstrap' (labels, field managers, annotations).")
 	f.BoolVar(&o.CheckPermissions, "check-permissions", false, "Only check, with SelfSubjectAccessReviews, that you have every permission migrate needs, and list the missing ones.")
-	f.StringVar(&o.Distribution, "distribution", "", "The Flux distribution to render from (as for build); default: the one built into the plugin.")
-	f.BoolVar(&o.InsecureRegistry, "insecure-registry", false, "Allow plain HTTP for the OCI registry of --distribution.")
-	f.StringVar(&o.CAFile, "ca-file", "", "A PEM file of certificate authorities to trust for the OCI registry of --distribution.")
+	o.distributionFlags.addFlags(cmd, "render from", "the distribution built into the plugin")
 	addStrictFlag(cmd, &o.Strict)
 	return cmd
 }
@@ -92,15 +90,17 @@ func (o *MigrateOptions) Complete(cmd *cobra.Command) error {
 	if f := cmd.Flags().Lookup("namespace"); f != nil && f.Changed {
 		o.namespace = f.Value.String()
 	}
-	return nil
+	var err error
+	// Migrate's plan already asks the API server (server-side dry runs learn its defaults): client
+	// and server both stop after the plan.
+	o.dryRun, err = dryRunMode(cmd)
+	return err
 }
 
 // Validate checks the flags.
 func (o *MigrateOptions) Validate(cmd *cobra.Command) error {
-	switch o.Output {
-	case "yaml", "json":
-	default:
-		return usageError(cmd, "--output must be one of yaml, json; got %q", o.Output)
+	if err := o.outputFlag.validate(cmd); err != nil {
+		return err
 	}
 	if o.Rollback && (o.RepoDir != "" || o.OutputFile != "") {
 		return usageError(cmd, "--rollback cannot be combined with --repo-dir or --output-file")
@@ -119,7 +119,7 @@ func (o *MigrateOptions) info(format string, args ...any) {
 
 // Run detects, plans, and (unless --dry-run) takes over or rolls back.
 func (o *MigrateOptions) Run(ctx context.Context) error {
-	conn, err := cluster.Connect(o.configFlags)
+	conn, err := kube.Connect(o.configFlags)
 	if err != nil {
 		return err
 	}
@@ -130,11 +130,11 @@ func (o *MigrateOptions) Run(ctx context.Context) error {
 	if o.Rollback {
 		return o.runRollback(ctx, conn)
 	}
-	in, err := migrate.Detect(ctx, c, o.namespace)
+	in, err := bootstrap.Detect(ctx, c, o.namespace)
 	if err != nil {
-		return cluster.ExplainError(err, conn.Config.Host)
+		return err
 	}
-	dist, err := distribution.Open(ctx, o.Distribution, distribution.Options{Insecure: o.InsecureRegistry, CAFile: o.CAFile, Warn: func(m string) { o.info("Warning: %s", m) }})
+	dist, err := distribution.Open(ctx, o.Distribution, o.distributionFlags.options(func(m string) { o.info("Warning: %s", m) }))
 	if err != nil {
 		return fmt.Errorf("opening the Flux distribution: %w", err)
 	}
@@ -143,9 +143,9 @@ func (o *MigrateOptions) Run(ctx context.Context) error {
 		return fmt.Errorf("the cluster runs Flux %s, which the distribution %s does not have (the FluxInstance must render the exact running version): %w; pass --distribution with a distribution that has it",
 			in.Version, dist.Source(), err)
 	}
-	p, err := migrate.BuildPlan(ctx, c, in, rel)
+	p, err := bootstrap.BuildPlan(ctx, c, in, rel)
 	if err != nil {
-		return cluster.ExplainError(err, conn.Config.Host)
+		return err
 	}
 	for _, line := range p.Summary() {
 		o.info("%s", line)
@@ -157,9 +157,9 @@ func (o *MigrateOptions) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if o.DryRun {
+	if !o.dryRun.Changes() {
 		if o.RepoDir != "" {
-			changes, err := migrate.UpdateRepo(o.RepoDir, p, mustYAML(p), true)
+			changes, err := bootstrap.UpdateRepo(o.RepoDir, p, mustYAML(p), true)
 			if err != nil {
 				return err
 			}
@@ -171,9 +171,9 @@ func (o *MigrateOptions) Run(ctx context.Context) error {
 		return o.writeInstance(instance)
 	}
 
-	m := cluster.NewManager(conn, "flux", in.Namespace)
-	if ok, err := migrate.UpToDate(ctx, m, p); err != nil {
-		return cluster.ExplainError(err, conn.Config.Host)
+	m := apply.NewManager(kube.Instance{Client: conn.Client, Name: "flux", Namespace: in.Namespace})
+	if ok, err := bootstrap.UpToDate(ctx, m, p); err != nil {
+		return err
 	} else if ok {
 		o.info("Nothing to do: Flux in namespace %q is already migrated and verified.", in.Namespace)
 		if err := o.writeInstance(instance); err != nil {
@@ -189,7 +189,7 @@ func (o *MigrateOptions) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := migrate.Takeover(ctx, m, p, migrate.TakeoverOptions{
+	res, err := bootstrap.Takeover(ctx, m, p, bootstrap.TakeoverOptions{
 		Record: record,
 		Progress: func(e ssa.ChangeSetEntry) {
 			if e.Action != ssa.UnchangedAction {
@@ -198,11 +198,11 @@ func (o *MigrateOptions) Run(ctx context.Context) error {
 		},
 	})
 	if err != nil {
-		var np *migrate.NotProtectedError
+		var np *bootstrap.NotProtectedError
 		if errors.As(err, &np) {
 			return err
 		}
-		return cluster.ExplainError(err, conn.Config.Host)
+		return err
 	}
 	for _, ref := range res.Protected {
 		o.info("%s protected (kept, not managed by the FluxInstance)", ref)
@@ -214,20 +214,20 @@ func (o *MigrateOptions) Run(ctx context.Context) error {
 	if err := o.updateRepo(p); err != nil {
 		return err
 	}
-	o.info("%s", migrate.NextStep(p))
+	o.info("%s", bootstrap.NextStep(p))
 	return nil
 }
 
-func mustYAML(p *migrate.Plan) []byte {
-	data, _ := migrate.InstanceYAML(p.Instance)
+func mustYAML(p *bootstrap.Plan) []byte {
+	data, _ := bootstrap.InstanceYAML(p.Instance)
 	return data
 }
 
-func (o *MigrateOptions) updateRepo(p *migrate.Plan) error {
+func (o *MigrateOptions) updateRepo(p *bootstrap.Plan) error {
 	if o.RepoDir == "" {
 		return nil
 	}
-	changes, err := migrate.UpdateRepo(o.RepoDir, p, mustYAML(p), false)
+	changes, err := bootstrap.UpdateRepo(o.RepoDir, p, mustYAML(p), false)
 	if err != nil {
 		return err
 	}
@@ -240,8 +240,8 @@ func (o *MigrateOptions) updateRepo(p *migrate.Plan) error {
 	return nil
 }
 
-func (o *MigrateOptions) encodeInstance(p *migrate.Plan) ([]byte, error) {
-	data, err := migrate.InstanceYAML(p.Instance)
+func (o *MigrateOptions) encodeInstance(p *bootstrap.Plan) ([]byte, error) {
+	data, err := bootstrap.InstanceYAML(p.Instance)
 	if err != nil {
 		return nil, err
 	}
@@ -293,41 +293,41 @@ func (o *MigrateOptions) confirm(question string) error {
 }
 
 // runCheckPermissions lists what the user lacks; exit 1 when anything is missing.
-func (o *MigrateOptions) runCheckPermissions(ctx context.Context, conn *cluster.Connection) error {
+func (o *MigrateOptions) runCheckPermissions(ctx context.Context, conn *kube.Connection) error {
 	ns := o.namespace
 	if ns == "" {
 		ns = "flux-system"
 	}
-	missing, err := migrate.CheckPermissions(ctx, conn.Client, ns)
+	missing, err := permissions.CheckPermissions(ctx, conn.Client, ns)
 	if err != nil {
-		return cluster.ExplainError(err, conn.Config.Host)
+		return err
 	}
 	if len(missing) == 0 {
 		fmt.Fprintf(o.Out, "You have every permission migrate needs for namespace %q.\n", ns)
 		return nil
 	}
-	fmt.Fprintf(o.Out, "migrate needs these permissions, which you do not have:\n%s\n", migrate.FormatMissing(missing))
+	fmt.Fprintf(o.Out, "migrate needs these permissions, which you do not have:\n%s\n", permissions.FormatMissing(missing))
 	return fmt.Errorf("%d permissions missing for migrate in namespace %q", len(missing), ns)
 }
 
-func (o *MigrateOptions) runRollback(ctx context.Context, conn *cluster.Connection) error {
+func (o *MigrateOptions) runRollback(ctx context.Context, conn *kube.Connection) error {
 	ns := o.namespace
 	if ns == "" {
 		var err error
-		if ns, err = migrate.RecordNamespace(ctx, conn.Client); err != nil {
-			return cluster.ExplainError(err, conn.Config.Host)
+		if ns, err = bootstrap.RecordNamespace(ctx, conn.Client); err != nil {
+			return err
 		}
 	}
-	if o.DryRun {
+	if !o.dryRun.Changes() {
 		o.info("Would give the Flux objects in namespace %q back to `flux bootstrap` (kustomize-controller).", ns)
 		return nil
 	}
 	if err := o.confirm(fmt.Sprintf("Give the Flux objects in namespace %q back to kustomize-controller?", ns)); err != nil {
 		return err
 	}
-	res, err := migrate.Rollback(ctx, conn.Client, ns)
+	res, err := bootstrap.Rollback(ctx, conn.Client, ns)
 	if err != nil {
-		return cluster.ExplainError(err, conn.Config.Host)
+		return err
 	}
 	o.info("Restored bootstrap ownership of %d objects in namespace %q: kustomize-controller applies the bootstrap files (still in Git) again on its next reconcile.", len(res.Restored), ns)
 	return nil

@@ -6,7 +6,9 @@ import (
 	"io"
 	"strings"
 
-	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/operator"
 )
 
 // How apply reaches the cluster.
@@ -20,9 +22,9 @@ const (
 
 // management is who manages the instance in a namespace, as apply, diff and status need to know.
 type management struct {
-	Operator cluster.OperatorPresence
+	Operator operator.OperatorPresence
 	// Instance is the FluxInstance object (nil when there is none).
-	Instance *cluster.FluxInstanceState
+	Instance *operator.State
 	// ByOperator is true when the operator reconciles the instance: the object exists, is not
 	// disabled, and the operator runs or has already reconciled it.
 	ByOperator bool
@@ -30,16 +32,16 @@ type management struct {
 	ByPlugin bool
 }
 
-func detectManagement(ctx context.Context, m *cluster.Manager) (*management, error) {
-	presence, err := m.DetectOperator(ctx)
+func detectManagement(ctx context.Context, m *apply.Manager) (*management, error) {
+	presence, err := operator.DetectOperator(ctx, m.Instance)
 	if err != nil {
 		return nil, err
 	}
-	state, err := m.FluxInstance(ctx)
+	state, err := operator.FluxInstance(ctx, m.Instance)
 	if err != nil {
 		return nil, err
 	}
-	inv, err := m.ReadInventory(ctx)
+	inv, err := m.Store().Read(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -47,13 +49,13 @@ func detectManagement(ctx context.Context, m *cluster.Manager) (*management, err
 		Operator:   presence,
 		Instance:   state,
 		ByOperator: state != nil && !state.Disabled && (presence.Running || state.Reconciled),
-		ByPlugin:   inv != nil && strings.HasPrefix(inv.Source, "ConfigMap/") && inv.State != cluster.StateDeleted,
+		ByPlugin:   inv != nil && strings.HasPrefix(inv.Source, "ConfigMap/") && inv.State != inventory.StateDeleted,
 	}, nil
 }
 
 // chooseMode resolves --mode against the cluster and refuses the combinations that would make
 // the plugin and the operator fight over the same objects.
-func chooseMode(ctx context.Context, m *cluster.Manager, requested string, force bool, errOut io.Writer) (string, error) {
+func chooseMode(ctx context.Context, m *apply.Manager, requested string, force bool, errOut io.Writer) (string, error) {
 	mg, err := detectManagement(ctx, m)
 	if err != nil {
 		return "", err
@@ -65,7 +67,7 @@ func chooseMode(ctx context.Context, m *cluster.Manager, requested string, force
 			return "", fmt.Errorf("%s is reconciled by the Flux Operator (%s): applying its manifests directly would start a fight, "+
 				"the operator re-applies its own rendering on its next reconcile and undoes this apply, and each side's garbage collection "+
 				"deletes what the other one adds. Apply the FluxInstance with --mode=operator (or --mode=auto) instead; "+
-				"or stop the operator first (annotate the FluxInstance %s=disabled) and pass --force", ref, mg.evidence(), cluster.AnnotationReconcile)
+				"or stop the operator first (annotate the FluxInstance %s=disabled) and pass --force", ref, mg.evidence(), operator.AnnotationReconcile)
 		}
 		if mg.ByOperator {
 			fmt.Fprintf(errOut, "Warning: %s is reconciled by the Flux Operator; applying its manifests directly anyway (--force)\n", ref)

@@ -8,7 +8,7 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
-	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/preflight"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 )
@@ -22,10 +22,10 @@ func addStrictFlag(cmd *cobra.Command, strict *bool) {
 
 // preflightSync checks the sync configuration of inst against the cluster and prints what it
 // finds on errOut as "Warning: ..." and "Note: ..."; with strict, warnings fail the command.
-func preflightSync(ctx context.Context, conn *cluster.Connection, inst *fluxinstance.FluxInstance, objects []*unstructured.Unstructured, strict bool, errOut io.Writer) error {
+func preflightSync(ctx context.Context, conn *kube.Connection, inst *fluxinstance.FluxInstance, objects []*unstructured.Unstructured, strict bool, errOut io.Writer) error {
 	findings, err := preflight.Check(ctx, conn.Client, inst, objects)
 	if err != nil {
-		return cluster.ExplainError(fmt.Errorf("checking the sync configuration: %w", err), conn.Config.Host)
+		return fmt.Errorf("checking the sync configuration: %w", err)
 	}
 	warnings := 0
 	for _, f := range findings {

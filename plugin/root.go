@@ -29,6 +29,11 @@ type BuildInfo struct {
 // NewRootCommand builds the command tree. Nothing in it touches process state: streams and
 // build information come in as arguments so tests can run commands in-process.
 func NewRootCommand(streams genericiooptions.IOStreams, info BuildInfo) *cobra.Command {
+	cmd, _ := newRootCommand(streams, info)
+	return cmd
+}
+
+func newRootCommand(streams genericiooptions.IOStreams, info BuildInfo) (*cobra.Command, *genericclioptions.ConfigFlags) {
 	configFlags := genericclioptions.NewConfigFlags(true).WithDiscoveryBurst(300).WithDiscoveryQPS(50.0)
 
 	cmd := &cobra.Command{
@@ -68,7 +73,7 @@ func NewRootCommand(streams genericiooptions.IOStreams, info BuildInfo) *cobra.C
 	}
 	// After every AddCommand: it walks the tree to complete flags and arguments.
 	registerCompletions(cmd, configFlags)
-	return cmd
+	return cmd, configFlags
 }
 
 // Run executes the plugin with args and returns the process exit code: 0 on success, 1 for a failed
@@ -77,19 +82,27 @@ func Run(args []string, streams genericiooptions.IOStreams, info BuildInfo) int 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	cmd := NewRootCommand(streams, info)
+	cmd, configFlags := newRootCommand(streams, info)
 	cmd.SetArgs(args)
 	err := cmd.ExecuteContext(ctx)
 	if err == nil {
 		return 0
 	}
+	host := func() string {
+		if cfg, cerr := configFlags.ToRESTConfig(); cerr == nil {
+			return cfg.Host
+		}
+		return "(unknown)"
+	}
+	interrupted := ctx.Err() != nil
 	var exit *ExitError
 	if errors.As(err, &exit) {
 		if exit.Err != nil {
-			fmt.Fprintf(streams.ErrOut, "error: %v\n", exit.Err)
+			fmt.Fprintf(streams.ErrOut, "error: %v\n", translate(exit.Err, interrupted, host))
 		}
 		return exit.Code
 	}
+	err = translate(err, interrupted, host)
 	fmt.Fprintf(streams.ErrOut, "error: %v\n", err)
 	var usage *UsageError
 	if errors.As(err, &usage) || isCobraUsageError(err) {

@@ -19,7 +19,12 @@ import (
 	"k8s.io/cli-runtime/pkg/printers"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/diff"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/operator"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 )
@@ -32,7 +37,7 @@ const statusExample = `  # Show the Flux installation of the current context, ho
 
 // StatusOptions holds the flags of `kubectl fluxinstance status`.
 type StatusOptions struct {
-	Output string
+	outputFlag
 
 	namespace   string
 	configFlags *genericclioptions.ConfigFlags
@@ -41,8 +46,8 @@ type StatusOptions struct {
 
 // StatusReport is what `status -o json|yaml` prints.
 type StatusReport struct {
-	Namespace    string               `json:"namespace"`
-	Installation cluster.Installation `json:"installation"`
+	Namespace    string                    `json:"namespace"`
+	Installation installation.Installation `json:"installation"`
 	// Applied describes the last apply by this plugin (nil when it never applied here).
 	Applied    *AppliedRecord    `json:"applied,omitempty"`
 	Components []ComponentStatus `json:"components"`
@@ -55,10 +60,10 @@ type StatusReport struct {
 
 // OperatorStatus says whether the Flux Operator runs and what it reports of the FluxInstance.
 type OperatorStatus struct {
-	cluster.OperatorPresence
+	operator.OperatorPresence
 	// ManagesInstance is true when the operator reconciles the instance of this namespace.
-	ManagesInstance bool                       `json:"managesInstance"`
-	Instance        *cluster.FluxInstanceState `json:"instance,omitempty"`
+	ManagesInstance bool            `json:"managesInstance"`
+	Instance        *operator.State `json:"instance,omitempty"`
 }
 
 // AppliedRecord is the inventory record of the last apply.
@@ -114,7 +119,7 @@ read-only. The namespace is -n, else the one the installation says, else flux-sy
 		Args:    cobra.NoArgs,
 		RunE:    runE(o),
 	}
-	cmd.Flags().StringVarP(&o.Output, "output", "o", "", "Output format. One of: (json, yaml).")
+	o.outputFlag.addFlag(cmd, "a report in words", "json", "yaml")
 	return cmd
 }
 
@@ -126,21 +131,18 @@ func (o *StatusOptions) Complete(cmd *cobra.Command) error {
 
 // Validate checks the flags.
 func (o *StatusOptions) Validate(cmd *cobra.Command) error {
-	if o.Output != "" && o.Output != "json" && o.Output != "yaml" {
-		return usageError(cmd, "--output must be 'json' or 'yaml', got %q", o.Output)
-	}
-	return nil
+	return o.outputFlag.validate(cmd)
 }
 
 // Run gathers the report; parts the user may not read are reported as such, not as failures.
 func (o *StatusOptions) Run(ctx context.Context) error {
-	conn, err := cluster.Connect(o.configFlags)
+	conn, err := kube.Connect(o.configFlags)
 	if err != nil {
 		return err
 	}
 	report, err := o.gather(ctx, conn)
 	if err != nil {
-		return cluster.ExplainError(err, conn.Config.Host)
+		return err
 	}
 	if ok, err := printStructured(o.Out, o.Output, report); ok {
 		return err
@@ -148,8 +150,8 @@ func (o *StatusOptions) Run(ctx context.Context) error {
 	return printStatus(o.Out, report)
 }
 
-func (o *StatusOptions) gather(ctx context.Context, conn *cluster.Connection) (*StatusReport, error) {
-	inst, err := cluster.DetectInstallation(ctx, conn.Client)
+func (o *StatusOptions) gather(ctx context.Context, conn *kube.Connection) (*StatusReport, error) {
+	inst, err := installation.DetectInstallation(ctx, conn.Client)
 	if err != nil {
 		return nil, err
 	}
@@ -161,8 +163,8 @@ func (o *StatusOptions) gather(ctx context.Context, conn *cluster.Connection) (*
 		ns = fluxinstance.DefaultNamespace
 	}
 	report := &StatusReport{Namespace: ns, Installation: inst, Components: []ComponentStatus{}}
-	m := cluster.NewManager(conn, fluxinstance.RequiredName, ns)
-	inv, err := m.ReadInventory(ctx)
+	m := apply.NewManager(kube.Instance{Client: conn.Client, Name: fluxinstance.RequiredName, Namespace: ns})
+	inv, err := m.Store().Read(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -200,7 +202,7 @@ func (o *StatusOptions) gather(ctx context.Context, conn *cluster.Connection) (*
 	case mg.ByOperator:
 		// The operator's record wins over a leftover of the plugin's: what it applied is what the
 		// cluster should look like, rendered at the version it resolved.
-		report.Installation.ManagedBy = cluster.ManagedByOperator
+		report.Installation.ManagedBy = installation.ManagedByOperator
 		report.Drift = operatorDrift(ctx, m, mg.Instance)
 	case report.Applied != nil:
 		report.Drift = drift(ctx, m, recorded, inv.Distribution, inv.FieldManager)
@@ -210,7 +212,7 @@ func (o *StatusOptions) gather(ctx context.Context, conn *cluster.Connection) (*
 
 // operatorDrift re-renders the operator's FluxInstance at the version it last applied and
 // dry-runs it as the operator would (its field manager).
-func operatorDrift(ctx context.Context, m *cluster.Manager, state *cluster.FluxInstanceState) *DriftReport {
+func operatorDrift(ctx context.Context, m *apply.Manager, state *operator.State) *DriftReport {
 	rev := state.LastAppliedRevision
 	if rev == "" {
 		return &DriftReport{Reason: "the Flux Operator has not applied the FluxInstance yet"}
@@ -231,7 +233,7 @@ func operatorDrift(ctx context.Context, m *cluster.Manager, state *cluster.FluxI
 	version, _, _ := strings.Cut(rev, "@")
 	inst.Spec.Distribution.Version = version
 	source := inst.Spec.Distribution.Artifact
-	return drift(ctx, m, inst, source, cluster.OperatorFieldManager)
+	return drift(ctx, m, inst, source, ownership.OperatorFieldManager)
 }
 
 // components lists the Flux controller Deployments of the namespace.
@@ -317,7 +319,7 @@ func describeSync(obj *unstructured.Unstructured) SyncStatus {
 
 // drift renders the recorded instance again and dry-runs it: objects that would be created are
 // missing, objects that would be configured changed since the last apply.
-func drift(ctx context.Context, m *cluster.Manager, recorded *fluxinstance.FluxInstance, dist, fieldManager string) *DriftReport {
+func drift(ctx context.Context, m *apply.Manager, recorded *fluxinstance.FluxInstance, dist, fieldManager string) *DriftReport {
 	if recorded == nil {
 		return &DriftReport{Reason: "the record holds no FluxInstance (applied by an older plugin)"}
 	}
@@ -329,7 +331,7 @@ func drift(ctx context.Context, m *cluster.Manager, recorded *fluxinstance.FluxI
 	if err != nil {
 		return &DriftReport{Reason: err.Error()}
 	}
-	entries, err := m.Diff(ctx, r.Objects, nil, cluster.DiffOptions{FieldManager: fieldManager})
+	entries, err := diff.Objects(ctx, m, r.Objects, nil, diff.Options{FieldManager: fieldManager})
 	if err != nil {
 		return &DriftReport{Reason: err.Error()}
 	}

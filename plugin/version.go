@@ -6,11 +6,11 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
-
-	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
 )
 
 const versionExample = `  # Print the plugin version and the Flux installed in the current context
@@ -29,7 +29,7 @@ const defaultClusterTimeout = 15 * time.Second
 // VersionOptions holds the flags and inputs of `kubectl fluxinstance version`.
 type VersionOptions struct {
 	ClientOnly bool
-	Output     string
+	outputFlag
 
 	configFlags *genericclioptions.ConfigFlags
 	info        BuildInfo
@@ -38,8 +38,8 @@ type VersionOptions struct {
 
 // VersionReport is what `version -o json|yaml` prints; the field names mirror `kubectl version`.
 type VersionReport struct {
-	ClientVersion BuildInfo             `json:"clientVersion"`
-	Flux          *cluster.Installation `json:"flux,omitempty"`
+	ClientVersion BuildInfo                  `json:"clientVersion"`
+	Flux          *installation.Installation `json:"flux,omitempty"`
 }
 
 // NewCmdVersion returns the `version` command.
@@ -54,7 +54,7 @@ func NewCmdVersion(configFlags *genericclioptions.ConfigFlags, streams genericio
 		RunE:    runE(o),
 	}
 	cmd.Flags().BoolVar(&o.ClientOnly, "client", false, "If true, shows the client version only (no cluster required).")
-	cmd.Flags().StringVarP(&o.Output, "output", "o", "", "Output format. One of: (json, yaml).")
+	o.outputFlag.addFlag(cmd, "lines in words", "json", "yaml")
 	return cmd
 }
 
@@ -71,11 +71,7 @@ func (o *VersionOptions) Complete(*cobra.Command) error {
 
 // Validate checks the flags.
 func (o *VersionOptions) Validate(cmd *cobra.Command) error {
-	switch o.Output {
-	case "", "json", "yaml":
-		return nil
-	}
-	return usageError(cmd, "--output must be 'json' or 'yaml', got %q", o.Output)
+	return o.outputFlag.validate(cmd)
 }
 
 // Run prints the client version, then asks the cluster. The client version is printed even when
@@ -97,18 +93,18 @@ func (o *VersionOptions) Run(ctx context.Context) error {
 	return clusterErr
 }
 
-func (o *VersionOptions) detect(ctx context.Context) (cluster.Installation, error) {
-	conn, err := cluster.Connect(o.configFlags)
+func (o *VersionOptions) detect(ctx context.Context) (installation.Installation, error) {
+	conn, err := kube.Connect(o.configFlags)
 	if err != nil {
-		return cluster.Installation{}, err
+		return installation.Installation{}, err
 	}
 	if conn.Config.Timeout == 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, defaultClusterTimeout)
 		defer cancel()
 	}
-	inst, err := cluster.DetectInstallation(ctx, conn.Client)
-	return inst, cluster.ExplainError(err, conn.Config.Host)
+	inst, err := installation.DetectInstallation(ctx, conn.Client)
+	return inst, err
 }
 
 func (o *VersionOptions) print(r VersionReport) error {

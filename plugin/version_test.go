@@ -8,7 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"sigs.k8s.io/yaml"
 
-	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
@@ -76,6 +76,6 @@ func TestVersionAgainstRealCluster(t *testing.T) {
 		var report VersionReport
 		require.NoError(t, yaml.Unmarshal([]byte(r.stdout), &report))
 		require.NotNil(t, report.Flux)
-		assert.Equal(t, cluster.Installation{Installed: true, Version: "v2.7.5", ManagedBy: "flux bootstrap", Namespace: "flux-system"}, *report.Flux)
+		assert.Equal(t, installation.Installation{Installed: true, Version: "v2.7.5", ManagedBy: "flux bootstrap", Namespace: "flux-system"}, *report.Flux)
 	})
 }

@@ -16,21 +16,25 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/fluxcd/cli-utils/pkg/object"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/operator"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
+	"golang.org/x/sync/errgroup"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-
-	"github.com/fluxinstance/kubectl-fluxinstance/migrate/cluster"
 )
 
 // Plan is what a hand-off will do, computed before anything changes.
 type Plan struct {
 	// Instance is the FluxInstance the operator will reconcile: the one the plugin applied last.
 	Instance *unstructured.Unstructured
-	Operator cluster.OperatorPresence
+	Operator operator.OperatorPresence
 	// Inventory is the plugin's record; it becomes the FluxInstance's status.inventory.
-	Inventory *cluster.Inventory
+	Inventory *inventory.Inventory
 	// Create and Delete are what the operator's first reconcile may create and delete: the
 	// difference between a fresh rendering of the instance and the inventory (empty when the
 	// cluster is as the plugin left it and both render from the same distribution).
@@ -60,27 +64,27 @@ type NotReadyError struct{ Reason string }
 func (e *NotReadyError) Error() string { return e.Reason }
 
 // Renderer turns the plugin's record into the FluxInstance it applied and a fresh rendering of it.
-type Renderer func(ctx context.Context, inv *cluster.Inventory) (instance *unstructured.Unstructured, rendered []*unstructured.Unstructured, err error)
+type Renderer func(ctx context.Context, inv *inventory.Inventory) (instance *unstructured.Unstructured, rendered []*unstructured.Unstructured, err error)
 
 // NewPlan checks that the instance can be handed off and computes the plan; nothing changes.
-func NewPlan(ctx context.Context, m *cluster.Manager, render Renderer) (*Plan, error) {
-	inv, err := m.ReadInventory(ctx)
+func NewPlan(ctx context.Context, inst kube.Instance, render Renderer) (*Plan, error) {
+	inv, err := inventory.NewStore(inst).Read(ctx)
 	if err != nil {
 		return nil, err
 	}
-	ref := fmt.Sprintf("%s/%s", m.Namespace, cluster.InventoryConfigMap)
+	ref := fmt.Sprintf("%s/%s", inst.Namespace, inventory.ConfigMapName)
 	switch {
 	case inv == nil:
 		return nil, &NotReadyError{fmt.Sprintf("no instance applied by kubectl-fluxinstance in namespace %s (ConfigMap %s not found): "+
-			"apply one first, or migrate a flux bootstrap installation with `kubectl fluxinstance migrate`", m.Namespace, ref)}
+			"apply one first, or migrate a flux bootstrap installation with `kubectl fluxinstance migrate`", inst.Namespace, ref)}
 	case inv.Source != "ConfigMap/"+ref:
-		return nil, &HandedOffError{Namespace: m.Namespace, Name: m.Name, Record: inv.Source}
-	case inv.State == cluster.StatePending:
-		return nil, &NotReadyError{fmt.Sprintf("the last apply to namespace %s did not finish (ConfigMap %s says Pending): re-run `kubectl fluxinstance apply` first", m.Namespace, ref)}
-	case inv.State == cluster.StateDeleted:
-		return nil, &NotReadyError{fmt.Sprintf("the instance in namespace %s was deleted (ConfigMap %s says Deleted): there is nothing to hand off", m.Namespace, ref)}
+		return nil, &HandedOffError{Namespace: inst.Namespace, Name: inst.Name, Record: inv.Source}
+	case inv.State == inventory.StatePending:
+		return nil, &NotReadyError{fmt.Sprintf("the last apply to namespace %s did not finish (ConfigMap %s says Pending): re-run `kubectl fluxinstance apply` first", inst.Namespace, ref)}
+	case inv.State == inventory.StateDeleted:
+		return nil, &NotReadyError{fmt.Sprintf("the instance in namespace %s was deleted (ConfigMap %s says Deleted): there is nothing to hand off", inst.Namespace, ref)}
 	}
-	presence, err := m.DetectOperator(ctx)
+	presence, err := operator.DetectOperator(ctx, inst)
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +96,7 @@ func NewPlan(ctx context.Context, m *cluster.Manager, render Renderer) (*Plan, e
 		return nil, err
 	}
 	p := &Plan{Instance: instance, Operator: presence, Inventory: inv}
-	state, err := m.FluxInstance(ctx)
+	state, err := operator.FluxInstance(ctx, inst)
 	if err != nil {
 		return nil, err
 	}
@@ -108,7 +112,7 @@ func NewPlan(ctx context.Context, m *cluster.Manager, render Renderer) (*Plan, e
 
 // difference lists the rendered objects missing from the inventory and the inventory entries
 // missing from the rendering.
-func difference(inv *cluster.Inventory, rendered []*unstructured.Unstructured) (create, del []string) {
+func difference(inv *inventory.Inventory, rendered []*unstructured.Unstructured) (create, del []string) {
 	have := map[string]bool{}
 	for _, e := range inv.Entries {
 		have[e.ID] = true
@@ -118,7 +122,7 @@ func difference(inv *cluster.Inventory, rendered []*unstructured.Unstructured) (
 		id := object.UnstructuredToObjMetadata(obj)
 		want[id.String()] = true
 		if !have[id.String()] {
-			create = append(create, cluster.RefMeta(id))
+			create = append(create, kube.RefMeta(id))
 		}
 	}
 	for _, e := range inv.Entries {
@@ -126,7 +130,7 @@ func difference(inv *cluster.Inventory, rendered []*unstructured.Unstructured) (
 			continue
 		}
 		if id, err := object.ParseObjMetadata(e.ID); err == nil {
-			del = append(del, cluster.RefMeta(id))
+			del = append(del, kube.RefMeta(id))
 		}
 	}
 	sort.Strings(create)
@@ -155,8 +159,8 @@ type Result struct {
 	Recreated []string `json:"recreated,omitempty"`
 	Restarted []string `json:"restarted,omitempty"`
 	// Unplanned lists what happened that the plan did not say; a hand-off with any fails.
-	Unplanned []string                   `json:"unplanned,omitempty"`
-	State     *cluster.FluxInstanceState `json:"state"`
+	Unplanned []string        `json:"unplanned,omitempty"`
+	State     *operator.State `json:"state"`
 }
 
 // UnplannedError is returned when the operator's first reconcile did more than the plan said.
@@ -164,11 +168,11 @@ type UnplannedError struct{ Result *Result }
 
 func (e *UnplannedError) Error() string {
 	return fmt.Sprintf("the Flux Operator's first reconcile did what the hand-off plan did not say: %v; "+
-		"the operator now manages the instance, the plugin's record (ConfigMap %s) is kept for reference", e.Result.Unplanned, cluster.InventoryConfigMap)
+		"the operator now manages the instance, the plugin's record (ConfigMap %s) is kept for reference", e.Result.Unplanned, inventory.ConfigMapName)
 }
 
 // Run performs the hand-off: see the package documentation.
-func Run(ctx context.Context, m *cluster.Manager, p *Plan, o Options) (*Result, error) {
+func Run(ctx context.Context, inst kube.Instance, p *Plan, o Options) (*Result, error) {
 	progress := o.Progress
 	if progress == nil {
 		progress = func(string) {}
@@ -177,52 +181,52 @@ func Run(ctx context.Context, m *cluster.Manager, p *Plan, o Options) (*Result, 
 	if now == nil {
 		now = time.Now
 	}
-	snapshot, err := takeSnapshot(ctx, m, p.Inventory)
+	snapshot, err := takeSnapshot(ctx, inst, p.Inventory)
 	if err != nil {
 		return nil, err
 	}
 	fieldManager := p.Inventory.FieldManager
 	if fieldManager == "" {
-		fieldManager = cluster.DefaultFieldManager
+		fieldManager = ownership.PluginFieldManager
 	}
 	if p.Stage != StageEnabled {
-		progress(fmt.Sprintf("creating FluxInstance %s/%s with reconciliation disabled", m.Namespace, m.Name))
-		if _, err := m.ApplyFluxInstance(ctx, withDisabled(p.Instance), fieldManager, cluster.DryRunNone, ""); err != nil {
+		progress(fmt.Sprintf("creating FluxInstance %s/%s with reconciliation disabled", inst.Namespace, inst.Name))
+		if _, err := operator.ApplyFluxInstance(ctx, inst, withDisabled(p.Instance), fieldManager, kube.DryRunNone, ""); err != nil {
 			return nil, err
 		}
 		progress(fmt.Sprintf("giving it the plugin's inventory (%d objects) as status.inventory", len(p.Inventory.Entries)))
-		if err := m.WriteFluxInstanceInventory(ctx, p.Inventory.Entries, fieldManager); err != nil {
+		if err := inventory.NewStore(inst).WriteFluxInstance(ctx, p.Inventory.Entries, fieldManager); err != nil {
 			return nil, err
 		}
 	}
 	// Also when the FluxInstance is enabled already (a hand-off interrupted later, or a FluxInstance
 	// created by hand over the plugin's objects): fields the plugin still co-owns would outlive
 	// their removal from the operator's rendering. A no-op where they moved.
-	progress(fmt.Sprintf("moving the fields of %s to %s", fieldManager, cluster.OperatorFieldManager))
-	moved, err := m.MoveFieldManager(ctx, p.Inventory, fieldManager, cluster.OperatorFieldManager)
+	progress(fmt.Sprintf("moving the fields of %s to %s", fieldManager, ownership.OperatorFieldManager))
+	moved, err := moveFieldManager(ctx, inst, p.Inventory, fieldManager, ownership.OperatorFieldManager)
 	if err != nil {
 		return nil, err
 	}
 	progress(fmt.Sprintf("moved %d objects", moved))
 	token := strconv.FormatInt(now().UnixNano(), 10)
 	progress("enabling reconciliation: the Flux Operator takes over")
-	if _, err := m.ApplyFluxInstance(ctx, p.Instance, fieldManager, cluster.DryRunNone, token); err != nil {
+	if _, err := operator.ApplyFluxInstance(ctx, inst, p.Instance, fieldManager, kube.DryRunNone, token); err != nil {
 		return nil, err
 	}
-	state, err := m.WaitForOperator(ctx, token, o.Timeout, func(s *cluster.FluxInstanceState) {
+	state, err := operator.WaitForOperator(ctx, inst, token, o.Timeout, func(s *operator.State) {
 		progress("waiting for the operator: " + s.Summary())
 	})
 	if err != nil {
 		return nil, err
 	}
-	res, err := check(ctx, m, p, snapshot, state)
+	res, err := check(ctx, inst, p, snapshot, state)
 	if err != nil {
 		return res, err
 	}
 	if len(res.Unplanned) > 0 {
 		return res, &UnplannedError{Result: res}
 	}
-	if err := m.DeleteInventoryRecord(ctx); err != nil {
+	if err := inventory.NewStore(inst).Delete(ctx); err != nil {
 		return res, err
 	}
 	return res, nil
@@ -234,7 +238,7 @@ func withDisabled(instance *unstructured.Unstructured) *unstructured.Unstructure
 	if annotations == nil {
 		annotations = map[string]string{}
 	}
-	annotations[cluster.AnnotationReconcile] = "disabled"
+	annotations[operator.AnnotationReconcile] = "disabled"
 	obj.SetAnnotations(annotations)
 	return obj
 }
@@ -246,8 +250,8 @@ type liveFacts struct {
 }
 
 // takeSnapshot records the UID and generation of every inventory object that exists.
-func takeSnapshot(ctx context.Context, m *cluster.Manager, inv *cluster.Inventory) (map[string]liveFacts, error) {
-	live, err := m.LiveObjects(ctx, inv)
+func takeSnapshot(ctx context.Context, inst kube.Instance, inv *inventory.Inventory) (map[string]liveFacts, error) {
+	live, err := inventory.NewStore(inst).LiveObjects(ctx, inv)
 	if err != nil {
 		return nil, err
 	}
@@ -259,9 +263,9 @@ func takeSnapshot(ctx context.Context, m *cluster.Manager, inv *cluster.Inventor
 }
 
 // check compares the operator's inventory and the live objects with the plan and the snapshot.
-func check(ctx context.Context, m *cluster.Manager, p *Plan, before map[string]liveFacts, state *cluster.FluxInstanceState) (*Result, error) {
+func check(ctx context.Context, inst kube.Instance, p *Plan, before map[string]liveFacts, state *operator.State) (*Result, error) {
 	res := &Result{State: state}
-	theirs, err := m.ReadFluxInstanceInventory(ctx)
+	theirs, err := inventory.NewStore(inst).ReadFluxInstance(ctx)
 	if err != nil {
 		return res, err
 	}
@@ -274,14 +278,14 @@ func check(ctx context.Context, m *cluster.Manager, p *Plan, before map[string]l
 	res.Unplanned = append(res.Unplanned, notIn(created, p.Create, "created ")...)
 	res.Unplanned = append(res.Unplanned, notIn(deleted, p.Delete, "deleted ")...)
 
-	after, err := takeSnapshot(ctx, m, p.Inventory)
+	after, err := takeSnapshot(ctx, inst, p.Inventory)
 	if err != nil {
 		return res, err
 	}
 	for id, was := range before {
 		ref := id
 		if parsed, err := object.ParseObjMetadata(id); err == nil {
-			ref = cluster.RefMeta(parsed)
+			ref = kube.RefMeta(parsed)
 		}
 		now, ok := after[id]
 		if !ok {
@@ -302,7 +306,7 @@ func check(ctx context.Context, m *cluster.Manager, p *Plan, before map[string]l
 	return res, nil
 }
 
-func stubs(inv *cluster.Inventory) []*unstructured.Unstructured {
+func stubs(inv *inventory.Inventory) []*unstructured.Unstructured {
 	ids, versions, err := inv.Objects()
 	if err != nil {
 		return nil
@@ -338,4 +342,32 @@ func notIn(items, allowed []string, prefix string) []string {
 		}
 	}
 	return out
+}
+
+// moveFieldManager gives the fields that manager `from` owns on every inventory object to manager
+// `to`, as an apply by `to` (ssa's manager replacement, one JSON patch per object that needs it).
+// Nothing but managedFields changes, so no controller sees a new generation. It returns how many
+// objects were patched.
+func moveFieldManager(ctx context.Context, inst kube.Instance, inv *inventory.Inventory, from, to string) (int, error) {
+	live, err := inventory.NewStore(inst).LiveObjects(ctx, inv)
+	if err != nil {
+		return 0, err
+	}
+	var moved atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(kube.DefaultConcurrency)
+	for _, obj := range live {
+		g.Go(func() error {
+			patched, err := ownership.Cleanup(gctx, inst.Client, obj, ownership.MoveOptions(from), to)
+			if err != nil {
+				return kube.ObjectError(obj, "moving field ownership to "+to, err)
+			}
+			if patched {
+				moved.Add(1)
+			}
+			return nil
+		})
+	}
+	err = g.Wait()
+	return int(moved.Load()), err
 }

@@ -35,7 +35,7 @@ func TestKubectlDiscoversThePlugin(t *testing.T) {
 	// kubectl passes the plugin's exit code through: 2 for a usage error.
 	out, err = plugin.kubectl(ctx, env, "fluxinstance", "version", "--output=xml")
 	require.Error(t, err)
-	assert.Contains(t, out, "error: --output must be 'json' or 'yaml'")
+	assert.Contains(t, out, "error: --output must be one of json, yaml")
 	assert.Equal(t, 2, exitCode(err))
 }
 

@@ -1,0 +1,199 @@
+package apply
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/fluxcd/cli-utils/pkg/object"
+	"github.com/fluxcd/pkg/ssa"
+	ssaerrors "github.com/fluxcd/pkg/ssa/errors"
+	"github.com/fluxcd/pkg/ssa/utils"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
+	"golang.org/x/sync/errgroup"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// applyStaged applies for real, stage by stage (CRDs, Namespaces and cluster RBAC; `*Class`
+// kinds; the rest), from the in-cluster copies the prefetch read; afterDefs (optional) runs once
+// the first stage is applied and ready.
+//
+// Per stage it does what ssa's ApplyAll does, without reading each object again: an object the
+// prefetch found absent is created with one apply (no dry run can say more than "created");
+// an existing one is dry-run applied (forced), its previous owners' metadata is cleaned up
+// (ownership.CleanupOptions), and it is applied only when the dry run
+// differs from the in-cluster copy or the cleanup changed it. Every dry run and cleanup of a
+// stage happens before its first apply; the applies go kind by kind in apply order, the objects
+// of one kind concurrently.
+//
+// With fp, the objects fp proves unchanged are neither dry-run nor applied, and fp.recorded
+// receives every other object's fingerprint as the apply leaves it.
+func (m *Manager) applyStaged(ctx context.Context, objs []*unstructured.Unstructured, f *fetched, opts Options, afterDefs func(context.Context) error, fp *fastPath) (*ssa.ChangeSet, error) {
+	cleanup := ownership.CleanupOptions(opts.FieldManager)
+
+	var stages [3][]int
+	for i, o := range objs {
+		switch {
+		case utils.IsClusterDefinition(o):
+			stages[0] = append(stages[0], i)
+		case utils.IsClassDefinition(o):
+			stages[1] = append(stages[1], i)
+		default:
+			stages[2] = append(stages[2], i)
+		}
+	}
+	total := ssa.NewChangeSet()
+	for s, stage := range stages {
+		if s == 1 && afterDefs != nil {
+			if err := afterDefs(ctx); err != nil {
+				return total, err
+			}
+		}
+		if len(stage) == 0 {
+			continue
+		}
+		entries, err := m.applyStage(ctx, objs, stage, f, opts.FieldManager, opts.Concurrency, cleanup, fp)
+		if err != nil {
+			return total, err
+		}
+		for _, e := range entries {
+			total.Add(e)
+			if opts.Progress != nil {
+				opts.Progress(e)
+			}
+		}
+		if s == 2 {
+			break
+		}
+		// Later stages need the CRDs served and the namespaces active. Objects that did not
+		// change are already there; waiting only for the others saves a poll per stage, and a
+		// stage where nothing changed is not waited for at all.
+		var changed object.ObjMetadataSet
+		for _, e := range entries {
+			if e.Action == ssa.CreatedAction || e.Action == ssa.ConfiguredAction {
+				changed = append(changed, e.ObjMetadata)
+			}
+		}
+		if len(changed) == 0 {
+			continue
+		}
+		rm := m.ResourceManager(opts.FieldManager, opts.Concurrency)
+		if err := rm.WaitForSetWithContext(ctx, changed, ssa.WaitOptions{Interval: 250 * time.Millisecond, Timeout: opts.StageTimeout}); err != nil {
+			return total, fmt.Errorf("waiting for CRDs and namespaces to be ready before applying the rest: %w", err)
+		}
+	}
+	return total, nil
+}
+
+// applyConcurrency bounds the concurrent applies of one kind: enough to overlap the API server's
+// work on a few objects, few enough not to starve it.
+const applyConcurrency = 5
+
+// applyStage applies the objects objs[i] for i in stage (in apply order) and returns their
+// change-set entries in that order; nothing on error, like ssa's ApplyAll.
+func (m *Manager) applyStage(ctx context.Context, objs []*unstructured.Unstructured, stage []int, f *fetched, fieldManager string, concurrency int, cleanup ssa.ApplyCleanupOptions, fp *fastPath) ([]ssa.ChangeSetEntry, error) {
+	entries := make([]ssa.ChangeSetEntry, len(stage))
+	toApply := make([]bool, len(stage))
+	record := func(i int, live *unstructured.Unstructured) {
+		if fp != nil && live != nil {
+			fp.recorded[i] = inventory.Fingerprint{Desired: fp.desired[i], Live: liveFingerprint(live)}
+		}
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(concurrency)
+	for n, i := range stage {
+		obj := objs[i]
+		utils.RemoveCABundleFromCRD(obj)
+		if fp != nil && fp.unchanged[i] {
+			entries[n] = Entry(obj, ssa.UnchangedAction)
+			fp.recorded[i] = fp.stored[kube.ID(obj).String()]
+			continue
+		}
+		if f.lives[i] == nil && f.absent[i] {
+			entries[n], toApply[n] = Entry(obj, ssa.CreatedAction), true
+			continue
+		}
+		g.Go(func() error {
+			live := f.lives[i]
+			if live == nil {
+				// Its kind was not served when the prefetch ran: a CRD of an earlier stage
+				// serves it now.
+				l, state, err := kube.Get(gctx, m.Client, obj)
+				if err != nil {
+					return err
+				}
+				if state == kube.Absent {
+					entries[n], toApply[n] = Entry(obj, ssa.CreatedAction), true
+					return nil
+				}
+				live = l
+			}
+			dryRun := obj.DeepCopy()
+			if err := m.Client.Patch(gctx, dryRun, client.Apply, client.DryRunAll, client.ForceOwnership, client.FieldOwner(fieldManager)); err != nil {
+				return ssaerrors.NewDryRunErr(err, dryRun)
+			}
+			patched := false
+			if live != nil {
+				var err error
+				if patched, err = ownership.Cleanup(gctx, m.Client, live, cleanup, fieldManager); err != nil {
+					return fmt.Errorf("%s metadata.managedFields cleanup failed: %w", utils.FmtUnstructured(live), err)
+				}
+			}
+			switch {
+			case live == nil || dryRun.GetResourceVersion() == "":
+				entries[n], toApply[n] = Entry(dryRun, ssa.CreatedAction), true
+			case patched || drifted(live, dryRun):
+				entries[n], toApply[n] = Entry(dryRun, ssa.ConfiguredAction), true
+			default:
+				entries[n] = Entry(dryRun, ssa.UnchangedAction)
+				record(i, live)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	// The applies go kind by kind in apply order (a ResourceQuota and the ServiceAccounts before
+	// the Deployments, as ssa orders them), the objects of one kind concurrently: on a small API
+	// server, creating fifteen CRDs one at a time is most of a first apply's time.
+	apply := func(ctx context.Context, n, i int) error {
+		applied := objs[i].DeepCopy()
+		if err := m.Client.Patch(ctx, applied, client.Apply, client.ForceOwnership, client.FieldOwner(fieldManager)); err != nil {
+			return fmt.Errorf("%s apply failed: %w", utils.FmtUnstructured(applied), err)
+		}
+		// The response is the object as applied. A later apply of the same object to it changes
+		// nothing (server-side apply is idempotent) unless the server stored a value differently
+		// from how it was sent: then no fingerprint is recorded, and the next apply dry-runs it
+		// (and records it once that dry run finds it unchanged).
+		if contains(objs[i].Object, applied.Object) {
+			record(i, applied)
+		}
+		if entries[n].Action == ssa.CreatedAction {
+			// Named as the API server stored it, like the dry run names the others.
+			entries[n] = Entry(applied, ssa.CreatedAction)
+		}
+		return nil
+	}
+	for start := 0; start < len(stage); {
+		end := start + 1
+		for end < len(stage) && objs[stage[end]].GroupVersionKind().GroupKind() == objs[stage[start]].GroupVersionKind().GroupKind() {
+			end++
+		}
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(min(concurrency, applyConcurrency))
+		for n := start; n < end; n++ {
+			if toApply[n] {
+				g.Go(func() error { return apply(gctx, n, stage[n]) })
+			}
+		}
+		if err := g.Wait(); err != nil {
+			return nil, err
+		}
+		start = end
+	}
+	return entries, nil
+}

@@ -1,0 +1,110 @@
+package bootstrap
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
+	"github.com/fluxinstance/kubectl-fluxinstance/render"
+	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
+)
+
+// The migration record: a ConfigMap in the Flux namespace written before the first change and
+// updated when the takeover is verified. It makes a re-run resume with the same FluxInstance,
+// a completed migration report "nothing to do", and --rollback know what to give back.
+const (
+	RecordConfigMap = "kubectl-fluxinstance-migration"
+	labelRecord     = "kubectl-fluxinstance/migration-record"
+
+	StateInProgress = "InProgress"
+	StateCompleted  = "Completed"
+)
+
+// RecordEntry is one Flux object the migration took over (cli-utils id and API version).
+type RecordEntry struct {
+	ID      string `json:"id"`
+	Version string `json:"v"`
+}
+
+// Record is the migration record.
+type Record struct {
+	Namespace string
+	State     string
+	StartedAt string
+	// Kustomization is the bootstrap Kustomization (namespace/name) whose owner labels rollback restores.
+	Kustomization string
+	Instance      *fluxinstance.FluxInstance
+	Objects       []RecordEntry
+}
+
+func recordFromConfigMap(cm *corev1.ConfigMap) (*Record, error) {
+	r := &Record{
+		Namespace:     cm.Namespace,
+		State:         cm.Data["state"],
+		StartedAt:     cm.Data["startedAt"],
+		Kustomization: cm.Data["kustomization"],
+	}
+	if s := cm.Data["instance"]; s != "" {
+		inst, err := fluxinstance.Decode([]byte(s), "ConfigMap/"+cm.Namespace+"/"+cm.Name+" data.instance")
+		if err != nil {
+			return nil, err
+		}
+		r.Instance = inst
+	}
+	if s := cm.Data["objects"]; s != "" {
+		if err := json.Unmarshal([]byte(s), &r.Objects); err != nil {
+			return nil, fmt.Errorf("ConfigMap/%s/%s: data.objects: %w", cm.Namespace, cm.Name, err)
+		}
+	}
+	return r, nil
+}
+
+// writeRecord stores the record with server-side apply.
+func writeRecord(ctx context.Context, c client.Client, r *Record) error {
+	data := map[string]any{"state": r.State, "startedAt": r.StartedAt, "kustomization": r.Kustomization}
+	if r.Instance != nil {
+		y, err := InstanceYAML(r.Instance)
+		if err != nil {
+			return err
+		}
+		data["instance"] = string(y)
+	}
+	objs, err := json.Marshal(r.Objects)
+	if err != nil {
+		return err
+	}
+	data["objects"] = string(objs)
+	cm := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "v1", "kind": "ConfigMap",
+		"metadata": map[string]any{
+			"name": RecordConfigMap, "namespace": r.Namespace,
+			"labels": map[string]any{render.LabelManagedBy: ownership.PluginName, labelRecord: "true"},
+		},
+		"data": data,
+	}}
+	if err := c.Patch(ctx, cm, client.Apply, client.ForceOwnership, client.FieldOwner(ownership.PluginFieldManager)); err != nil {
+		return fmt.Errorf("ConfigMap/%s/%s: writing the migration record: %w", r.Namespace, RecordConfigMap, err)
+	}
+	return nil
+}
+
+// readRecord returns the record in namespace ns, or nil.
+func readRecord(ctx context.Context, c client.Client, ns string) (*Record, error) {
+	cm := &corev1.ConfigMap{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: RecordConfigMap}, cm); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("ConfigMap/%s/%s: reading the migration record: %w", ns, RecordConfigMap, err)
+	}
+	return recordFromConfigMap(cm)
+}
+
+func now() string { return time.Now().UTC().Format(time.RFC3339) }

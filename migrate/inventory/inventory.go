@@ -1,0 +1,329 @@
+// Package inventory is the plugin's record of what it applied to a cluster: the ConfigMap
+// `kubectl-fluxinstance-inventory` in the instance namespace (docs/inventory.md), its states
+// (Pending while an apply may be creating objects, Applied, Deleted), the fingerprints that let
+// the next apply skip unchanged objects, and its mirror in a FluxInstance's status.inventory, the
+// Flux Operator's own format.
+package inventory
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/fluxcd/cli-utils/pkg/object"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
+	"github.com/fluxinstance/kubectl-fluxinstance/render"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// The inventory record (docs/inventory.md describes it for other tools).
+const (
+	// ConfigMapName is the record's name in the instance namespace. Its presence is also the
+	// mark that this plugin applied the installation.
+	ConfigMapName = "kubectl-fluxinstance-inventory"
+
+	// ConfigMap data keys.
+	keyInventory     = "inventory"
+	keyState         = "state"
+	keyAppliedAt     = "appliedAt"
+	keyFieldManager  = "fieldManager"
+	keyUser          = "user"
+	keyPluginVersion = "pluginVersion"
+	keyDistribution  = "distribution"
+	keyFluxVersion   = "fluxVersion"
+	keyDigest        = "digest"
+	keyInstance      = "instance"
+	keyFingerprints  = "fingerprints"
+)
+
+// Inventory states.
+const (
+	// StatePending: an apply started and may not have finished; entries are the union of the
+	// previous and the new rendering, so that a re-run can still prune what either created.
+	StatePending = "Pending"
+	// StateApplied: the last apply (and prune) finished; entries are exactly what it applied
+	// plus CRDs kept as orphans.
+	StateApplied = "Applied"
+	// StateDeleted: Delete ran; entries are what it kept (CRDs, the namespace).
+	StateDeleted = "Deleted"
+)
+
+// Entry is one applied object in the operator's format: id `<ns>_<name>_<group>_<kind>`
+// (cli-utils ObjMetadata) and v its API version.
+type Entry struct {
+	ID      string `json:"id"`
+	Version string `json:"v"`
+}
+
+// RecordInfo is what the caller knows about an apply and the record keeps.
+type RecordInfo struct {
+	PluginVersion string `json:"pluginVersion,omitempty"`
+	// Distribution is the distribution source (e.g. "embedded", a directory or an oci:// URL).
+	Distribution string `json:"distribution,omitempty"`
+	FluxVersion  string `json:"fluxVersion,omitempty"`
+	// Digest identifies the rendering (the operator's lastAppliedRevision form
+	// `vX.Y.Z@sha256:<digest>` is a good value).
+	Digest string `json:"digest,omitempty"`
+	// User who applied; Reconcile asks the API server (SelfSubjectReview) when empty.
+	User string `json:"user,omitempty"`
+	// Instance is the applied FluxInstance as YAML, so that `status` can re-render it and report
+	// drift without the user's file. A FluxInstance holds no secret values, only Secret names.
+	Instance string `json:"instance,omitempty"`
+}
+
+// Inventory is the record of what this plugin applied.
+type Inventory struct {
+	Entries      []Entry   `json:"entries"`
+	State        string    `json:"state,omitempty"`
+	AppliedAt    time.Time `json:"appliedAt,omitzero"`
+	FieldManager string    `json:"fieldManager,omitempty"`
+	RecordInfo
+	// Source says where it was read from: "ConfigMap/<ns>/<name>" or "FluxInstance/<ns>/<name>".
+	Source string `json:"source,omitempty"`
+
+	// Fingerprints (by entry id) let the next apply skip objects it can prove unchanged; only an
+	// Applied record written by an apply has them.
+	Fingerprints map[string]Fingerprint `json:"-"`
+}
+
+// Fingerprint is what the record keeps per applied object so that the next apply can prove,
+// without a request, that applying it again would change nothing: Desired identifies the object
+// as it was applied (and with what), Live the in-cluster copy right after.
+type Fingerprint struct {
+	Desired string `json:"d"`
+	Live    string `json:"l"`
+}
+
+// New lists the given objects.
+func New(objects []*unstructured.Unstructured) *Inventory {
+	inv := &Inventory{}
+	for _, o := range objects {
+		inv.Add(kube.ID(o), o.GroupVersionKind().Version)
+	}
+	inv.sort()
+	return inv
+}
+
+// Add lists id at version unless it is listed already.
+func (inv *Inventory) Add(id object.ObjMetadata, version string) {
+	s := id.String()
+	for _, e := range inv.Entries {
+		if e.ID == s {
+			return
+		}
+	}
+	inv.Entries = append(inv.Entries, Entry{ID: s, Version: version})
+}
+
+func (inv *Inventory) sort() {
+	sort.Slice(inv.Entries, func(i, j int) bool { return inv.Entries[i].ID < inv.Entries[j].ID })
+}
+
+// Objects parses the entries.
+func (inv *Inventory) Objects() ([]object.ObjMetadata, []string, error) {
+	if inv == nil {
+		return nil, nil, nil
+	}
+	ids := make([]object.ObjMetadata, 0, len(inv.Entries))
+	versions := make([]string, 0, len(inv.Entries))
+	for _, e := range inv.Entries {
+		id, err := object.ParseObjMetadata(e.ID)
+		if err != nil {
+			return nil, nil, fmt.Errorf("inventory entry %q: %w", e.ID, err)
+		}
+		ids = append(ids, id)
+		versions = append(versions, e.Version)
+	}
+	return ids, versions, nil
+}
+
+// Contains tells whether every entry of other is in inv.
+func (inv *Inventory) Contains(other *Inventory) bool {
+	have := map[string]bool{}
+	if inv != nil {
+		for _, e := range inv.Entries {
+			have[e.ID] = true
+		}
+	}
+	for _, e := range other.Entries {
+		if !have[e.ID] {
+			return false
+		}
+	}
+	return true
+}
+
+// Union returns the entries of a and b (b's version wins); either may be nil.
+func Union(a, b *Inventory) *Inventory {
+	out := &Inventory{}
+	if b != nil {
+		out.Entries = append(out.Entries, b.Entries...)
+	}
+	if a != nil {
+		for _, e := range a.Entries {
+			id, err := object.ParseObjMetadata(e.ID)
+			if err != nil {
+				continue
+			}
+			out.Add(id, e.Version)
+		}
+	}
+	out.sort()
+	return out
+}
+
+// Store reads and writes the record of one instance.
+type Store struct {
+	kube.Instance
+}
+
+// NewStore returns the Store of the instance.
+func NewStore(inst kube.Instance) *Store { return &Store{Instance: inst} }
+
+func (s *Store) ref() string { return "ConfigMap/" + s.Namespace + "/" + ConfigMapName }
+
+// Read returns the record, or nil when this plugin never applied here. It reads the ConfigMap
+// and, when there is none, a FluxInstance's status.inventory (an installation the operator
+// reconciled). Only NotFound means "none": any other error is returned, so that a flaky
+// connection never looks like an empty inventory (and so never makes prune or delete skip).
+func (s *Store) Read(ctx context.Context) (*Inventory, error) {
+	cm := &corev1.ConfigMap{}
+	err := s.Client.Get(ctx, client.ObjectKey{Namespace: s.Namespace, Name: ConfigMapName}, cm)
+	switch {
+	case err == nil:
+		inv, err := fromConfigMap(cm)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", s.ref(), err)
+		}
+		return inv, nil
+	case !apierrors.IsNotFound(err):
+		return nil, fmt.Errorf("%s: reading the inventory: %w", s.ref(), err)
+	}
+	return s.ReadFluxInstance(ctx)
+}
+
+// RecordedFieldManager is the field manager the record says the last apply used ("" when cm is
+// not a record).
+func RecordedFieldManager(cm *corev1.ConfigMap) string { return cm.Data[keyFieldManager] }
+
+func fromConfigMap(cm *corev1.ConfigMap) (*Inventory, error) {
+	inv := &Inventory{
+		State:        cm.Data[keyState],
+		FieldManager: cm.Data[keyFieldManager],
+		RecordInfo: RecordInfo{
+			User:          cm.Data[keyUser],
+			PluginVersion: cm.Data[keyPluginVersion],
+			Distribution:  cm.Data[keyDistribution],
+			FluxVersion:   cm.Data[keyFluxVersion],
+			Digest:        cm.Data[keyDigest],
+			Instance:      cm.Data[keyInstance],
+		},
+		Source: "ConfigMap/" + cm.Namespace + "/" + cm.Name,
+	}
+	if t := cm.Data[keyAppliedAt]; t != "" {
+		parsed, err := time.Parse(time.RFC3339, t)
+		if err != nil {
+			return nil, fmt.Errorf("data.%s: %w", keyAppliedAt, err)
+		}
+		inv.AppliedAt = parsed
+	}
+	var body struct {
+		Entries []Entry `json:"entries"`
+	}
+	if err := json.Unmarshal([]byte(cm.Data[keyInventory]), &body); err != nil {
+		return nil, fmt.Errorf("data.%s is not the inventory JSON: %w", keyInventory, err)
+	}
+	inv.Entries = body.Entries
+	if raw := cm.Data[keyFingerprints]; raw != "" && inv.State == StateApplied {
+		// Unreadable fingerprints only cost the fast path: never an error.
+		var fps map[string]Fingerprint
+		if json.Unmarshal([]byte(raw), &fps) == nil {
+			inv.Fingerprints = fps
+		}
+	}
+	return inv, nil
+}
+
+// Write stores the record with server-side apply of the ConfigMap (fields manager
+// fieldManager), and mirrors the entries into the FluxInstance's status.inventory when that
+// object exists. AppliedAt defaults to now and FieldManager to fieldManager.
+func (s *Store) Write(ctx context.Context, inv *Inventory, fieldManager string) error {
+	if fieldManager == "" {
+		fieldManager = ownership.PluginFieldManager
+	}
+	if inv.AppliedAt.IsZero() {
+		inv.AppliedAt = time.Now().UTC()
+	}
+	if inv.FieldManager == "" {
+		inv.FieldManager = fieldManager
+	}
+	if inv.State == "" {
+		inv.State = StateApplied
+	}
+	inv.sort()
+	entries := inv.Entries
+	if entries == nil {
+		entries = []Entry{}
+	}
+	body, err := json.Marshal(map[string]any{"entries": entries})
+	if err != nil {
+		return err
+	}
+	cm := &unstructured.Unstructured{}
+	cm.SetAPIVersion("v1")
+	cm.SetKind("ConfigMap")
+	cm.SetName(ConfigMapName)
+	cm.SetNamespace(s.Namespace)
+	cm.SetLabels(map[string]string{
+		render.LabelManagedBy:      ownership.PluginName,
+		render.LabelPartOf:         render.PartOfValue,
+		render.LabelOwnerName:      s.Name,
+		render.LabelOwnerNamespace: s.Namespace,
+	})
+	data := map[string]any{
+		keyInventory:    string(body),
+		keyState:        inv.State,
+		keyAppliedAt:    inv.AppliedAt.UTC().Format(time.RFC3339),
+		keyFieldManager: inv.FieldManager,
+	}
+	for k, v := range map[string]string{
+		keyUser: inv.User, keyPluginVersion: inv.PluginVersion, keyDistribution: inv.Distribution,
+		keyFluxVersion: inv.FluxVersion, keyDigest: inv.Digest, keyInstance: inv.Instance,
+	} {
+		if v != "" {
+			data[k] = v
+		}
+	}
+	if len(inv.Fingerprints) > 0 && inv.State == StateApplied {
+		raw, err := json.Marshal(inv.Fingerprints)
+		if err != nil {
+			return err
+		}
+		data[keyFingerprints] = string(raw)
+	}
+	cm.Object["data"] = data
+	if err := s.Client.Patch(ctx, cm, client.Apply, client.ForceOwnership, client.FieldOwner(fieldManager)); err != nil {
+		return fmt.Errorf("%s: writing the inventory: %w", s.ref(), err)
+	}
+	if inv.State == StatePending {
+		return nil
+	}
+	return s.mirror(ctx, entries, fieldManager)
+}
+
+// Delete removes the record (NotFound is fine): once another manager's record (the
+// FluxInstance's status.inventory) replaces it, or when nothing is left to record.
+func (s *Store) Delete(ctx context.Context) error {
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: ConfigMapName}}
+	if err := s.Client.Delete(ctx, cm); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("%s: deleting the inventory: %w", s.ref(), err)
+	}
+	return nil
+}
