@@ -17,6 +17,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/metadata"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/render"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
 )
 
@@ -37,7 +38,7 @@ var (
 
 // fluxPartOfSelector matches the controllers of every Flux installation: the upstream manifests
 // label all their objects app.kubernetes.io/part-of=flux, whoever applied them.
-const fluxPartOfSelector = "app.kubernetes.io/part-of=flux"
+const fluxPartOfSelector = render.LabelPartOf + "=" + render.PartOfValue
 
 // outputChoices finds "One of: (a, b, c)" in a flag's help, the form every -o flag of the plugin
 // uses, so completion follows the help text without a second list to keep in sync.

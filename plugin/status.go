@@ -25,6 +25,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/operator"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
+	"github.com/fluxinstance/kubectl-fluxinstance/render"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 )
@@ -239,7 +240,7 @@ func operatorDrift(ctx context.Context, m *apply.Manager, state *operator.State)
 // components lists the Flux controller Deployments of the namespace.
 func components(ctx context.Context, c client.Client, ns string) ([]ComponentStatus, error) {
 	var list appsv1.DeploymentList
-	if err := c.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{"app.kubernetes.io/part-of": "flux"}); err != nil {
+	if err := c.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{render.LabelPartOf: render.PartOfValue}); err != nil {
 		return nil, fmt.Errorf("listing Deployments in %s: %w", ns, err)
 	}
 	out := []ComponentStatus{}

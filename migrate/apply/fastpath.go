@@ -17,7 +17,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 // fastPath carries, by object index, what an apply learns about the fingerprints.
@@ -266,26 +265,19 @@ func (m *Manager) admissionFingerprint(ctx context.Context) (string, error) {
 				return err
 			}
 			var ids []string
-			cont := ""
-			for {
-				list := &metav1.PartialObjectMetadataList{}
-				list.SetGroupVersionKind(mapping.GroupVersionKind.GroupVersion().WithKind(gk.Kind + "List"))
-				opts := []client.ListOption{client.Limit(500)}
-				if cont != "" {
-					opts = append(opts, client.Continue(cont))
-				}
-				if err := m.Client.List(gctx, list, opts...); err != nil {
-					if kube.IsNoMatch(err) {
-						return nil
-					}
-					return err
-				}
+			list := &metav1.PartialObjectMetadataList{}
+			list.SetGroupVersionKind(mapping.GroupVersionKind.GroupVersion().WithKind(gk.Kind + "List"))
+			err = kube.ListPages(gctx, m.Client, list, func() error {
 				for _, item := range list.Items {
 					ids = append(ids, item.Name+"/"+string(item.UID)+"/"+item.ResourceVersion)
 				}
-				if cont = list.GetContinue(); cont == "" {
-					break
-				}
+				return nil
+			})
+			switch {
+			case kube.IsNoMatch(err):
+				return nil
+			case err != nil:
+				return err
 			}
 			sort.Strings(ids)
 			parts[n], _ = json.Marshal(ids)
