@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
@@ -150,8 +151,8 @@ func (o *DiffOptions) runExternal(ctx context.Context, external string, entries 
 	if err != nil {
 		return &ExitError{Code: diffExitError, Err: err}
 	}
-	args := strings.Fields(external)
-	cmd := exec.CommandContext(ctx, args[0], append(args[1:], live, merged)...)
+	program, args := externalDiffCommand(external)
+	cmd := exec.CommandContext(ctx, program, append(args, live, merged)...)
 	cmd.Stdout, cmd.Stderr = o.Out, o.ErrOut
 	err = cmd.Run()
 	var exit *exec.ExitError
@@ -163,4 +164,23 @@ func (o *DiffOptions) runExternal(ctx context.Context, external string, entries 
 		return &ExitError{Code: diffExitChanges}
 	}
 	return &ExitError{Code: diffExitError, Err: fmt.Errorf("running KUBECTL_EXTERNAL_DIFF=%q: %w", external, err)}
+}
+
+// externalDiffArg is kubectl's rule for the arguments of KUBECTL_EXTERNAL_DIFF: letters, digits,
+// '-' and '=' only, so that the variable names a program and its options, never a shell command.
+var externalDiffArg = regexp.MustCompile(`^[a-zA-Z0-9-=]+$`)
+
+// externalDiffCommand splits KUBECTL_EXTERNAL_DIFF the way kubectl's DiffProgram does (on single
+// spaces, dropping arguments outside externalDiffArg). It is written here rather than taken from
+// k8s.io/kubectl/pkg/cmd/diff because that package pulls kubectl's apply, describe and three more
+// modules into the binary for these few lines.
+func externalDiffCommand(external string) (string, []string) {
+	fields := strings.Split(external, " ")
+	var args []string
+	for _, a := range fields[1:] {
+		if externalDiffArg.MatchString(a) {
+			args = append(args, a)
+		}
+	}
+	return fields[0], args
 }
