@@ -187,7 +187,7 @@ func takeInternalAnnotations(o *unstructured.Unstructured) (component, shard str
 // podSpecAndManager returns the live pod spec of a Deployment and its
 // manager container: the one named "manager", else the first.
 func podSpecAndManager(o *unstructured.Unstructured) (podSpec, manager map[string]interface{}, err error) {
-	podSpec, ok, _ := nestedMap(o.Object, "spec", "template", "spec")
+	podSpec, ok := nestedMap(o.Object, "spec", "template", "spec")
 	if !ok {
 		return nil, nil, fmt.Errorf("distribution: Deployment %s has no pod template", o.GetName())
 	}
@@ -338,7 +338,7 @@ func (p *plan) rewriteImages(podSpec map[string]interface{}) {
 // pod: the safe-to-evict annotation, the part-of label (older releases lack
 // it on pod templates), a Linux node selector and the image pull secret.
 func (p *plan) configurePodTemplate(o *unstructured.Unstructured, podSpec map[string]interface{}) {
-	tmplMeta, _, _ := nestedMap(o.Object, "spec", "template", "metadata")
+	tmplMeta, _ := nestedMap(o.Object, "spec", "template", "metadata")
 	if tmplMeta == nil {
 		tmplMeta = map[string]interface{}{}
 		_ = unstructured.SetNestedMap(o.Object, tmplMeta, "spec", "template", "metadata")
@@ -434,16 +434,12 @@ func (p *plan) rewriteImage(img string) string {
 	return out
 }
 
-func nestedMap(obj map[string]interface{}, fields ...string) (map[string]interface{}, bool, error) {
-	cur := obj
-	for _, f := range fields {
-		next, ok := cur[f].(map[string]interface{})
-		if !ok {
-			return nil, false, nil
-		}
-		cur = next
-	}
-	return cur, true, nil
+// nestedMap returns the map at fields in obj itself, not a copy (as
+// unstructured.NestedMap would), so that changes to it reach the object.
+func nestedMap(obj map[string]interface{}, fields ...string) (map[string]interface{}, bool) {
+	v, _, _ := unstructured.NestedFieldNoCopy(obj, fields...)
+	m, ok := v.(map[string]interface{})
+	return m, ok
 }
 
 func stringSlice(v interface{}) []string {
