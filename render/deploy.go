@@ -340,8 +340,9 @@ func (p *plan) rewriteImages(podSpec map[string]interface{}) {
 func (p *plan) configurePodTemplate(o *unstructured.Unstructured, podSpec map[string]interface{}) {
 	tmplMeta, _ := nestedMap(o.Object, "spec", "template", "metadata")
 	if tmplMeta == nil {
-		tmplMeta = map[string]interface{}{}
-		_ = unstructured.SetNestedMap(o.Object, tmplMeta, "spec", "template", "metadata")
+		// SetNestedMap stores a copy: fetch the stored map to fill it.
+		_ = unstructured.SetNestedMap(o.Object, map[string]interface{}{}, "spec", "template", "metadata")
+		tmplMeta, _ = nestedMap(o.Object, "spec", "template", "metadata")
 	}
 	tmplAnn, _ := tmplMeta["annotations"].(map[string]interface{})
 	if tmplAnn == nil {

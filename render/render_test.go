@@ -557,3 +557,20 @@ func TestSortObjectsIsStable(t *testing.T) {
 	assert.Equal(t, want, got)
 	assert.Equal(t, "60", objs[0].GetName())
 }
+
+// TestConfigurePodTemplateWithoutMetadata: a pod template without metadata
+// still gets the operator's annotation and label (the distribution's
+// templates all have metadata; this pins the fallback).
+func TestConfigurePodTemplateWithoutMetadata(t *testing.T) {
+	p := &plan{inst: instance(t, "2.7.5", "ghcr.io/fluxcd", "")}
+	o := &unstructured.Unstructured{Object: map[string]any{
+		"spec": map[string]any{"template": map[string]any{"spec": map[string]any{}}},
+	}}
+	podSpec, ok := nestedMap(o.Object, "spec", "template", "spec")
+	require.True(t, ok)
+	p.configurePodTemplate(o, podSpec)
+	evict, _, _ := unstructured.NestedString(o.Object, "spec", "template", "metadata", "annotations", AnnotationSafeToEvict)
+	assert.Equal(t, "true", evict)
+	partOf, _, _ := unstructured.NestedString(o.Object, "spec", "template", "metadata", "labels", LabelPartOf)
+	assert.Equal(t, PartOfValue, partOf)
+}
