@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 )
@@ -135,23 +136,62 @@ func setAnnotation(o *unstructured.Unstructured, k, v string) {
 }
 
 // configureDeployment applies everything the operator sets on a controller
-// Deployment, in the operator's order (which decides the order of the args).
+// Deployment, in the operator's order: the order of the steps that append
+// arguments decides the order of the manager's args.
 func (p *plan) configureDeployment(o *unstructured.Unstructured) error {
+	component, shard := takeInternalAnnotations(o)
+	podSpec, manager, err := podSpecAndManager(o)
+	if err != nil {
+		return err
+	}
+	args := p.rewriteArgs(stringSlice(manager["args"]), component)
+	args = append(args, p.shardArgs(component, shard)...)
+	if pr := profileFor(p.cluster.Size); pr != nil {
+		setAnnotation(o, AnnotationProfile, p.cluster.Size)
+		if r, ok := pr.resources[component]; ok {
+			manager["resources"] = runtime.DeepCopyJSON(r)
+		}
+		args = append(args, pr.args[component]...)
+	}
+	args = append(args, p.multitenancyArgs(component)...)
+	args = append(args, p.featureGateArgs(component)...)
+	args = append(args, p.tenantIdentityArgs(component)...)
+	manager["args"] = toInterfaces(args)
+
+	p.rewriteImages(podSpec)
+	p.configurePodTemplate(o, podSpec)
+	if p.cluster.Type == fluxinstance.ClusterTypeOpenShift {
+		relaxSecurityContexts(podSpec)
+	}
+	if component == fluxinstance.SourceController && p.inst.Spec.Storage != nil {
+		return p.mountPersistentStorage(o, podSpec, manager, shard)
+	}
+	return nil
+}
+
+// takeInternalAnnotations removes addShards' bookkeeping annotations from o
+// (they must not reach the output) and returns the component and shard they
+// recorded.
+func takeInternalAnnotations(o *unstructured.Unstructured) (component, shard string) {
 	ann := o.GetAnnotations()
-	component, shard := ann[internalComponent], ann[internalShard]
+	component, shard = ann[internalComponent], ann[internalShard]
 	delete(ann, internalComponent)
 	delete(ann, internalShard)
 	if len(ann) == 0 {
 		ann = nil
 	}
 	o.SetAnnotations(ann)
+	return component, shard
+}
 
-	podSpec, ok, _ := nestedMap(o.Object, "spec", "template", "spec")
+// podSpecAndManager returns the live pod spec of a Deployment and its
+// manager container: the one named "manager", else the first.
+func podSpecAndManager(o *unstructured.Unstructured) (podSpec, manager map[string]interface{}, err error) {
+	podSpec, ok := nestedMap(o.Object, "spec", "template", "spec")
 	if !ok {
-		return fmt.Errorf("distribution: Deployment %s has no pod template", o.GetName())
+		return nil, nil, fmt.Errorf("distribution: Deployment %s has no pod template", o.GetName())
 	}
 	containers, _ := podSpec["containers"].([]interface{})
-	var manager map[string]interface{}
 	for _, c := range containers {
 		if m, ok := c.(map[string]interface{}); ok {
 			if manager == nil || m["name"] == "manager" {
@@ -160,14 +200,18 @@ func (p *plan) configureDeployment(o *unstructured.Unstructured) error {
 		}
 	}
 	if manager == nil {
-		return fmt.Errorf("distribution: Deployment %s has no container", o.GetName())
+		return nil, nil, fmt.Errorf("distribution: Deployment %s has no container", o.GetName())
 	}
+	return podSpec, manager, nil
+}
 
-	args := stringSlice(manager["args"])
+// rewriteArgs points the distribution's own arguments at the instance: the
+// events address (empty without notification-controller, there is nobody
+// to send events to), watching all namespaces, and the storage address.
+func (p *plan) rewriteArgs(args []string, component string) []string {
 	for i, a := range args {
 		switch {
 		case strings.HasPrefix(a, "--events-addr="):
-			// Without notification-controller there is nobody to send events to.
 			args[i] = "--events-addr="
 			if p.has[fluxinstance.NotificationController] {
 				args[i] = fmt.Sprintf("--events-addr=http://notification-controller.%s.svc.%s./", p.ns, p.domain)
@@ -178,96 +222,127 @@ func (p *plan) configureDeployment(o *unstructured.Unstructured) error {
 			args[i] = fmt.Sprintf("--storage-adv-addr=%s.$(RUNTIME_NAMESPACE).svc.%s.", component, p.domain)
 		}
 	}
+	return args
+}
 
-	// Sharding.
-	if p.sharding != nil && len(p.sharding.Shards) > 0 && slices.Contains(p.shardable, component) {
-		if shard != "" {
-			if slices.Contains(storageServers, component) {
-				args = append(args, fmt.Sprintf("--storage-adv-addr=%s-%s.$(RUNTIME_NAMESPACE).svc.%s.", component, shard, p.domain))
-			}
-			args = append(args, fmt.Sprintf("--watch-label-selector=%s=%s", p.sharding.Key, shard))
-		} else {
-			args = append(args, fmt.Sprintf("--watch-label-selector=!%s", p.sharding.Key))
-		}
+// shardArgs makes a shard watch only its objects (and advertise its own
+// storage address), and the main controller of a sharded component watch
+// only the objects of no shard.
+func (p *plan) shardArgs(component, shard string) []string {
+	if p.sharding == nil || len(p.sharding.Shards) == 0 || !slices.Contains(p.shardable, component) {
+		return nil
 	}
-
-	// Size profile.
-	if pr := profileFor(p.cluster.Size); pr != nil {
-		setAnnotation(o, AnnotationProfile, p.cluster.Size)
-		if r, ok := pr.resources[component]; ok {
-			manager["resources"] = deepCopyMap(r)
-		}
-		args = append(args, pr.args[component]...)
+	if shard == "" {
+		return []string{fmt.Sprintf("--watch-label-selector=!%s", p.sharding.Key)}
 	}
-
-	// Multi-tenancy lockdown.
-	c := p.cluster
-	if c.Multitenant {
-		switch component {
-		case fluxinstance.KustomizeController:
-			args = append(args, "--no-cross-namespace-refs=true", "--no-remote-bases=true", "--default-service-account="+c.TenantDefaultServiceAccount)
-		case fluxinstance.HelmController:
-			args = append(args, "--no-cross-namespace-refs=true", "--default-service-account="+c.TenantDefaultServiceAccount)
-		case fluxinstance.NotificationController, fluxinstance.ImageReflectorController,
-			fluxinstance.ImageAutomationController, fluxinstance.SourceWatcher:
-			args = append(args, "--no-cross-namespace-refs=true")
-		}
+	var args []string
+	if slices.Contains(storageServers, component) {
+		args = append(args, fmt.Sprintf("--storage-adv-addr=%s-%s.$(RUNTIME_NAMESPACE).svc.%s.", component, shard, p.domain))
 	}
+	return append(args, fmt.Sprintf("--watch-label-selector=%s=%s", p.sharding.Key, shard))
+}
 
-	// source-watcher produces ExternalArtifacts that kustomize and helm consume.
+// multitenancyArgs is the multi-tenancy lockdown: no cross-namespace
+// references, and tenants' objects run as their namespace's default account.
+func (p *plan) multitenancyArgs(component string) []string {
+	if !p.cluster.Multitenant {
+		return nil
+	}
+	sa := "--default-service-account=" + p.cluster.TenantDefaultServiceAccount
+	switch component {
+	case fluxinstance.KustomizeController:
+		return []string{"--no-cross-namespace-refs=true", "--no-remote-bases=true", sa}
+	case fluxinstance.HelmController:
+		return []string{"--no-cross-namespace-refs=true", sa}
+	case fluxinstance.NotificationController, fluxinstance.ImageReflectorController,
+		fluxinstance.ImageAutomationController, fluxinstance.SourceWatcher:
+		return []string{"--no-cross-namespace-refs=true"}
+	}
+	return nil
+}
+
+// olwiComponents are the controllers with the ObjectLevelWorkloadIdentity gate.
+var olwiComponents = []string{
+	fluxinstance.SourceController, fluxinstance.KustomizeController, fluxinstance.HelmController,
+	fluxinstance.NotificationController, fluxinstance.ImageReflectorController, fluxinstance.ImageAutomationController,
+}
+
+// featureGateArgs sets the feature gates: ExternalArtifact where
+// source-watcher produces artifacts that kustomize and helm consume, and
+// ObjectLevelWorkloadIdentity, from Flux 2.7 always explicit, in 2.6 only
+// when on (and helm-controller did not support it then).
+func (p *plan) featureGateArgs(component string) []string {
+	var args []string
 	if p.has[fluxinstance.SourceWatcher] && (component == fluxinstance.KustomizeController || component == fluxinstance.HelmController) {
 		args = append(args, "--feature-gates=ExternalArtifact=true")
 	}
-
-	// Object-level workload identity: from Flux 2.7 the gate is always set
-	// explicitly; in 2.6 only when on, and helm-controller did not support it.
-	olwiComponents := []string{
-		fluxinstance.SourceController, fluxinstance.KustomizeController, fluxinstance.HelmController,
-		fluxinstance.NotificationController, fluxinstance.ImageReflectorController, fluxinstance.ImageAutomationController,
-	}
+	olwi := p.cluster.ObjectLevelWorkloadIdentity
 	switch {
 	case !p.semver.LT(v270):
 		if slices.Contains(olwiComponents, component) {
-			args = append(args, fmt.Sprintf("--feature-gates=ObjectLevelWorkloadIdentity=%t", c.ObjectLevelWorkloadIdentity))
+			args = append(args, fmt.Sprintf("--feature-gates=ObjectLevelWorkloadIdentity=%t", olwi))
 		}
-	case !p.semver.LT(v260) && c.ObjectLevelWorkloadIdentity:
+	case !p.semver.LT(v260) && olwi:
 		if slices.Contains(olwiComponents, component) && component != fluxinstance.HelmController {
 			args = append(args, "--feature-gates=ObjectLevelWorkloadIdentity=true")
 		}
 	}
+	return args
+}
 
-	// Multi-tenant workload identity: default identities for tenants.
-	if c.MultitenantWorkloadIdentity {
-		switch component {
-		case fluxinstance.SourceController, fluxinstance.NotificationController,
-			fluxinstance.ImageReflectorController, fluxinstance.ImageAutomationController:
-			args = append(args, "--default-service-account="+c.TenantDefaultServiceAccount)
-		case fluxinstance.KustomizeController:
-			args = append(args, "--default-decryption-service-account="+c.TenantDefaultDecryptionServiceAccount,
-				"--default-kubeconfig-service-account="+c.TenantDefaultKubeConfigServiceAccount)
-		case fluxinstance.HelmController:
-			args = append(args, "--default-kubeconfig-service-account="+c.TenantDefaultKubeConfigServiceAccount)
-		}
+// tenantIdentityArgs gives tenants default identities under multi-tenant
+// workload identity.
+func (p *plan) tenantIdentityArgs(component string) []string {
+	c := p.cluster
+	if !c.MultitenantWorkloadIdentity {
+		return nil
 	}
-	manager["args"] = toInterfaces(args)
+	switch component {
+	case fluxinstance.SourceController, fluxinstance.NotificationController,
+		fluxinstance.ImageReflectorController, fluxinstance.ImageAutomationController:
+		return []string{"--default-service-account=" + c.TenantDefaultServiceAccount}
+	case fluxinstance.KustomizeController:
+		return []string{"--default-decryption-service-account=" + c.TenantDefaultDecryptionServiceAccount,
+			"--default-kubeconfig-service-account=" + c.TenantDefaultKubeConfigServiceAccount}
+	case fluxinstance.HelmController:
+		return []string{"--default-kubeconfig-service-account=" + c.TenantDefaultKubeConfigServiceAccount}
+	}
+	return nil
+}
 
-	// Images: the registry, and the variant's tag and digest when listed.
+// podContainers returns the init containers and containers of a pod spec.
+func podContainers(podSpec map[string]interface{}) []map[string]interface{} {
+	var out []map[string]interface{}
 	for _, field := range []string{"initContainers", "containers"} {
 		list, _ := podSpec[field].([]interface{})
 		for _, ci := range list {
 			if m, ok := ci.(map[string]interface{}); ok {
-				if img, ok := m["image"].(string); ok {
-					m["image"] = p.rewriteImage(img)
-				}
+				out = append(out, m)
 			}
 		}
 	}
+	return out
+}
 
-	// Pod template.
-	tmplMeta, _, _ := nestedMap(o.Object, "spec", "template", "metadata")
+// rewriteImages moves every container's image to the registry, with the
+// variant's tag and digest when listed (see rewriteImage).
+func (p *plan) rewriteImages(podSpec map[string]interface{}) {
+	for _, m := range podContainers(podSpec) {
+		if img, ok := m["image"].(string); ok {
+			m["image"] = p.rewriteImage(img)
+		}
+	}
+}
+
+// configurePodTemplate sets what the operator puts on every controller's
+// pod: the safe-to-evict annotation, the part-of label (older releases lack
+// it on pod templates), a Linux node selector and the image pull secret.
+func (p *plan) configurePodTemplate(o *unstructured.Unstructured, podSpec map[string]interface{}) {
+	tmplMeta, _ := nestedMap(o.Object, "spec", "template", "metadata")
 	if tmplMeta == nil {
-		tmplMeta = map[string]interface{}{}
-		_ = unstructured.SetNestedMap(o.Object, tmplMeta, "spec", "template", "metadata")
+		// SetNestedMap stores a copy: fetch the stored map to fill it.
+		_ = unstructured.SetNestedMap(o.Object, map[string]interface{}{}, "spec", "template", "metadata")
+		tmplMeta, _ = nestedMap(o.Object, "spec", "template", "metadata")
 	}
 	tmplAnn, _ := tmplMeta["annotations"].(map[string]interface{})
 	if tmplAnn == nil {
@@ -280,60 +355,56 @@ func (p *plan) configureDeployment(o *unstructured.Unstructured) error {
 		tmplLabels = map[string]interface{}{}
 		tmplMeta["labels"] = tmplLabels
 	}
-	// Older releases lack it on pod templates; the operator always sets it.
 	tmplLabels[LabelPartOf] = PartOfValue
 	podSpec["nodeSelector"] = map[string]interface{}{"kubernetes.io/os": "linux"}
 	if s := p.inst.Spec.Distribution.ImagePullSecret; s != "" {
 		podSpec["imagePullSecrets"] = []interface{}{map[string]interface{}{"name": s}}
 	}
+}
 
-	if c.Type == fluxinstance.ClusterTypeOpenShift {
-		// OpenShift assigns UIDs, fsGroups and seccomp profiles itself.
-		delete(podSpec, "securityContext")
-		for _, field := range []string{"initContainers", "containers"} {
-			list, _ := podSpec[field].([]interface{})
-			for _, ci := range list {
-				if m, ok := ci.(map[string]interface{}); ok {
-					if sc, ok := m["securityContext"].(map[string]interface{}); ok {
-						delete(sc, "runAsNonRoot")
-						delete(sc, "seccompProfile")
-					}
-				}
-			}
+// relaxSecurityContexts drops what OpenShift assigns itself (UIDs, fsGroups
+// and seccomp profiles) from the pod and its containers.
+func relaxSecurityContexts(podSpec map[string]interface{}) {
+	delete(podSpec, "securityContext")
+	for _, m := range podContainers(podSpec) {
+		if sc, ok := m["securityContext"].(map[string]interface{}); ok {
+			delete(sc, "runAsNonRoot")
+			delete(sc, "seccompProfile")
 		}
 	}
+}
 
-	// Persistent storage for source-controller (and its shards when asked). The
-	// main controller keeps its volumes, gets "persistent-data" on the claim
-	// source-controller appended and mounts it at /data. A shard's first volume
-	// (the emptyDir "data") and its first mount are replaced instead, by
-	// "persistent-data-<shard>" on the claim source-controller-<shard>, as the
-	// operator's shard kustomization does.
-	if component == fluxinstance.SourceController && p.inst.Spec.Storage != nil {
-		mounts, _ := manager["volumeMounts"].([]interface{})
-		vols, _ := podSpec["volumes"].([]interface{})
-		switch {
-		case shard == "":
-			for _, mi := range mounts {
-				if m, ok := mi.(map[string]interface{}); ok && m["mountPath"] == "/data" {
-					m["name"] = "persistent-data"
-				}
+// mountPersistentStorage gives source-controller (and its shards when asked)
+// the persistent storage of spec.storage. The main controller keeps its
+// volumes, gets "persistent-data" on the claim source-controller appended
+// and mounts it at /data. A shard's first volume (the emptyDir "data") and
+// its first mount are replaced instead, by "persistent-data-<shard>" on the
+// claim source-controller-<shard>, as the operator's shard kustomization does.
+func (p *plan) mountPersistentStorage(o *unstructured.Unstructured, podSpec, manager map[string]interface{}, shard string) error {
+	component := fluxinstance.SourceController
+	mounts, _ := manager["volumeMounts"].([]interface{})
+	vols, _ := podSpec["volumes"].([]interface{})
+	switch {
+	case shard == "":
+		for _, mi := range mounts {
+			if m, ok := mi.(map[string]interface{}); ok && m["mountPath"] == "/data" {
+				m["name"] = "persistent-data"
 			}
-			podSpec["volumes"] = append(vols, map[string]interface{}{
-				"name":                  "persistent-data",
-				"persistentVolumeClaim": map[string]interface{}{"claimName": component},
-			})
-		case p.persistentShards():
-			if len(vols) == 0 || len(mounts) == 0 {
-				return fmt.Errorf("distribution: Deployment %s has no volume or mount to put the shard's persistent storage in", o.GetName())
-			}
-			name := "persistent-data-" + shard
-			vols[0] = map[string]interface{}{
-				"name":                  name,
-				"persistentVolumeClaim": map[string]interface{}{"claimName": component + "-" + shard},
-			}
-			mounts[0] = map[string]interface{}{"name": name, "mountPath": "/data"}
 		}
+		podSpec["volumes"] = append(vols, map[string]interface{}{
+			"name":                  "persistent-data",
+			"persistentVolumeClaim": map[string]interface{}{"claimName": component},
+		})
+	case p.persistentShards():
+		if len(vols) == 0 || len(mounts) == 0 {
+			return fmt.Errorf("distribution: Deployment %s has no volume or mount to put the shard's persistent storage in", o.GetName())
+		}
+		name := "persistent-data-" + shard
+		vols[0] = map[string]interface{}{
+			"name":                  name,
+			"persistentVolumeClaim": map[string]interface{}{"claimName": component + "-" + shard},
+		}
+		mounts[0] = map[string]interface{}{"name": name, "mountPath": "/data"}
 	}
 	return nil
 }
@@ -364,16 +435,12 @@ func (p *plan) rewriteImage(img string) string {
 	return out
 }
 
-func nestedMap(obj map[string]interface{}, fields ...string) (map[string]interface{}, bool, error) {
-	cur := obj
-	for _, f := range fields {
-		next, ok := cur[f].(map[string]interface{})
-		if !ok {
-			return nil, false, nil
-		}
-		cur = next
-	}
-	return cur, true, nil
+// nestedMap returns the map at fields in obj itself, not a copy (as
+// unstructured.NestedMap would), so that changes to it reach the object.
+func nestedMap(obj map[string]interface{}, fields ...string) (map[string]interface{}, bool) {
+	v, _, _ := unstructured.NestedFieldNoCopy(obj, fields...)
+	m, ok := v.(map[string]interface{})
+	return m, ok
 }
 
 func stringSlice(v interface{}) []string {
@@ -393,27 +460,4 @@ func toInterfaces(s []string) []interface{} {
 		out[i] = x
 	}
 	return out
-}
-
-func deepCopyMap(m map[string]interface{}) map[string]interface{} {
-	return runtimeDeepCopy(m).(map[string]interface{})
-}
-
-func runtimeDeepCopy(v interface{}) interface{} {
-	switch t := v.(type) {
-	case map[string]interface{}:
-		out := make(map[string]interface{}, len(t))
-		for k, x := range t {
-			out[k] = runtimeDeepCopy(x)
-		}
-		return out
-	case []interface{}:
-		out := make([]interface{}, len(t))
-		for i, x := range t {
-			out[i] = runtimeDeepCopy(x)
-		}
-		return out
-	default:
-		return v
-	}
 }

@@ -1,6 +1,3 @@
-// Package render turns a defaulted and validated FluxInstance plus one resolved
-// distribution release into exactly the objects the Flux Operator would apply.
-// It is pure: no cluster access, no file access, no package-level mutable state.
 package render
 
 // Labels and annotations the operator puts on what it applies. apply and

@@ -83,89 +83,112 @@ func applyPatches(objs []*unstructured.Unstructured, patches []fluxinstance.Patc
 		if err != nil {
 			return nil, fmt.Errorf("%s.patch: not valid YAML: %w", path, err)
 		}
+		// A list of operations is a JSON6902 patch, anything else strategic merge.
 		if first.YNode().Kind == kyaml.SequenceNode {
-			if p.Target == nil {
-				return nil, fmt.Errorf("%s.target: required for a JSON6902 patch (a list of operations); set at least target.kind", path)
-			}
-			sel, err := compileSelector(p.Target)
-			if err != nil {
-				return nil, fmt.Errorf("%s.target: %w", path, err)
-			}
-			filter := patchjson6902.Filter{Patch: p.Patch}
-			objs, err = patchSelected(objs, ids, path, sel.matcher(ids), func(n *kyaml.RNode) (*kyaml.RNode, error) {
-				out, err := filter.Filter([]*kyaml.RNode{n})
-				if err != nil {
-					return nil, err
-				}
-				return single(out), nil
-			})
-			if err != nil {
-				return nil, err
-			}
-			continue
+			objs, err = applyJSON6902(objs, ids, path, p)
+		} else {
+			objs, err = applyStrategicMerge(objs, ids, path, p)
 		}
-		docs, err := kio.FromBytes([]byte(p.Patch))
 		if err != nil {
-			return nil, fmt.Errorf("%s.patch: not valid YAML: %w", path, err)
-		}
-		if err := useSchemaSubset(); err != nil {
 			return nil, err
-		}
-		for _, doc := range docs {
-			var match func(*unstructured.Unstructured) bool
-			implicit := p.Target == nil
-			var meta kyaml.ResourceMeta
-			if implicit {
-				var merr error
-				meta, merr = doc.GetMeta()
-				if merr != nil || meta.Kind == "" || meta.Name == "" {
-					return nil, fmt.Errorf("%s: a strategic merge patch without a target must set kind and metadata.name (or add a target)", path)
-				}
-				match = implicitMatcher(ids, meta)
-			} else {
-				sel, err := compileSelector(p.Target)
-				if err != nil {
-					return nil, fmt.Errorf("%s.target: %w", path, err)
-				}
-				match = sel.matcher(ids)
-			}
-			if implicit {
-				var selected []string
-				for _, o := range objs {
-					if match(o) {
-						selected = append(selected, o.GetKind()+"/"+o.GetName())
-					}
-				}
-				if len(selected) > 1 {
-					return nil, fmt.Errorf("%s: the strategic merge patch for %s %s has no target and matches %d objects (%s); "+
-						"the Flux Operator refuses that (kustomize: multiple matches): add a target, e.g. {kind: %s, name: %s} for all of them "+
-						"or with annotationSelector: \"!%s\" for the main one only",
-						path, meta.Kind, meta.Name, len(selected), strings.Join(selected, ", "), meta.Kind, meta.Name, AnnotationShardRole)
-				}
-			}
-			matched := 0
-			objs, err = patchSelected(objs, ids, path, match, func(n *kyaml.RNode) (*kyaml.RNode, error) {
-				matched++
-				res, err := patchstrategicmerge.Filter{Patch: doc.Copy()}.Filter([]*kyaml.RNode{n})
-				if err != nil {
-					return nil, err
-				}
-				return single(res), nil
-			})
-			if err != nil {
-				return nil, err
-			}
-			if implicit && matched == 0 {
-				where := ""
-				if meta.Namespace != "" {
-					where = " in namespace " + meta.Namespace + " (the operator patches the distribution's objects before it sets their namespace: remove metadata.namespace)"
-				}
-				return nil, fmt.Errorf("%s: no object matches the strategic merge patch for %s %s%s; check kind and metadata.name, or add a target",
-					path, meta.Kind, meta.Name, where)
-			}
 		}
 	}
 	return objs, nil
+}
+
+// applyJSON6902 applies a JSON6902 patch (path is its field path, for errors)
+// to the objects its target selects.
+func applyJSON6902(objs []*unstructured.Unstructured, ids map[*unstructured.Unstructured]patchID, path string, p fluxinstance.Patch) ([]*unstructured.Unstructured, error) {
+	if p.Target == nil {
+		return nil, fmt.Errorf("%s.target: required for a JSON6902 patch (a list of operations); set at least target.kind", path)
+	}
+	sel, err := compileSelector(p.Target)
+	if err != nil {
+		return nil, fmt.Errorf("%s.target: %w", path, err)
+	}
+	filter := patchjson6902.Filter{Patch: p.Patch}
+	return patchSelected(objs, ids, path, sel.matcher(ids), func(n *kyaml.RNode) (*kyaml.RNode, error) {
+		out, err := filter.Filter([]*kyaml.RNode{n})
+		if err != nil {
+			return nil, err
+		}
+		return single(out), nil
+	})
+}
+
+// applyStrategicMerge applies each document of a strategic merge patch in turn.
+func applyStrategicMerge(objs []*unstructured.Unstructured, ids map[*unstructured.Unstructured]patchID, path string, p fluxinstance.Patch) ([]*unstructured.Unstructured, error) {
+	docs, err := kio.FromBytes([]byte(p.Patch))
+	if err != nil {
+		return nil, fmt.Errorf("%s.patch: not valid YAML: %w", path, err)
+	}
+	if err := useSchemaSubset(); err != nil {
+		return nil, err
+	}
+	for _, doc := range docs {
+		if p.Target == nil {
+			objs, err = applyUntargetedMerge(objs, ids, path, doc)
+		} else {
+			objs, err = applyTargetedMerge(objs, ids, path, p.Target, doc)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return objs, nil
+}
+
+// mergeWith returns the patchSelected step that merges doc into an object.
+func mergeWith(doc *kyaml.RNode) func(*kyaml.RNode) (*kyaml.RNode, error) {
+	return func(n *kyaml.RNode) (*kyaml.RNode, error) {
+		res, err := patchstrategicmerge.Filter{Patch: doc.Copy()}.Filter([]*kyaml.RNode{n})
+		if err != nil {
+			return nil, err
+		}
+		return single(res), nil
+	}
+}
+
+// applyTargetedMerge merges doc into every object target selects; selecting
+// none is not an error.
+func applyTargetedMerge(objs []*unstructured.Unstructured, ids map[*unstructured.Unstructured]patchID, path string, target *fluxinstance.Selector, doc *kyaml.RNode) ([]*unstructured.Unstructured, error) {
+	sel, err := compileSelector(target)
+	if err != nil {
+		return nil, fmt.Errorf("%s.target: %w", path, err)
+	}
+	return patchSelected(objs, ids, path, sel.matcher(ids), mergeWith(doc))
+}
+
+// applyUntargetedMerge merges doc into the one object its own kind, name and
+// namespace select (see implicitMatcher); like kustomize, none or several is
+// an error.
+func applyUntargetedMerge(objs []*unstructured.Unstructured, ids map[*unstructured.Unstructured]patchID, path string, doc *kyaml.RNode) ([]*unstructured.Unstructured, error) {
+	meta, err := doc.GetMeta()
+	if err != nil || meta.Kind == "" || meta.Name == "" {
+		return nil, fmt.Errorf("%s: a strategic merge patch without a target must set kind and metadata.name (or add a target)", path)
+	}
+	match := implicitMatcher(ids, meta)
+	var selected []string
+	for _, o := range objs {
+		if match(o) {
+			selected = append(selected, o.GetKind()+"/"+o.GetName())
+		}
+	}
+	switch {
+	case len(selected) > 1:
+		return nil, fmt.Errorf("%s: the strategic merge patch for %s %s has no target and matches %d objects (%s); "+
+			"the Flux Operator refuses that (kustomize: multiple matches): add a target, e.g. {kind: %s, name: %s} for all of them "+
+			"or with annotationSelector: \"!%s\" for the main one only",
+			path, meta.Kind, meta.Name, len(selected), strings.Join(selected, ", "), meta.Kind, meta.Name, AnnotationShardRole)
+	case len(selected) == 0:
+		where := ""
+		if meta.Namespace != "" {
+			where = " in namespace " + meta.Namespace + " (the operator patches the distribution's objects before it sets their namespace: remove metadata.namespace)"
+		}
+		return nil, fmt.Errorf("%s: no object matches the strategic merge patch for %s %s%s; check kind and metadata.name, or add a target",
+			path, meta.Kind, meta.Name, where)
+	}
+	return patchSelected(objs, ids, path, match, mergeWith(doc))
 }
 
 // implicitMatcher selects what kustomize selects for a strategic merge patch

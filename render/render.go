@@ -85,76 +85,11 @@ func Build(inst *fluxinstance.FluxInstance, rel *distribution.Release) ([]*unstr
 	if err != nil {
 		return nil, err
 	}
-
-	var objs []*unstructured.Unstructured
-	rbacNames := map[string]bool{}
-	for _, c := range p.components {
-		file := c + ".yaml"
-		data, ok := rel.Manifests[file]
-		if !ok {
-			return nil, fmt.Errorf("spec.components: component %q is not part of Flux %s (the distribution has no flux/%s/%s); remove it or pick another version",
-				c, p.version, p.version, file)
-		}
-		parsed, err := parseManifests("flux/"+p.version+"/"+file, data)
-		if err != nil {
-			return nil, err
-		}
-		objs = append(objs, parsed...)
-	}
-	rbac, ok := rel.Manifests["rbac.yaml"]
-	if !ok {
-		return nil, fmt.Errorf("distribution: flux/%s/rbac.yaml is missing", p.version)
-	}
-	parsed, err := parseManifests("flux/"+p.version+"/rbac.yaml", rbac)
+	objs, rbacNames, err := p.distributionObjects(rel)
 	if err != nil {
 		return nil, err
 	}
-	for _, o := range parsed {
-		rbacNames[o.GetKind()+"/"+o.GetName()] = true
-	}
-	objs = append(objs, parsed...)
-	if p.inst.NetworkPolicyEnabled() {
-		pol, ok := rel.Manifests["policies.yaml"]
-		if !ok {
-			return nil, fmt.Errorf("distribution: flux/%s/policies.yaml is missing (needed because spec.cluster.networkPolicy is true)", p.version)
-		}
-		parsed, err := parseManifests("flux/"+p.version+"/policies.yaml", pol)
-		if err != nil {
-			return nil, err
-		}
-		objs = append(objs, parsed...)
-	}
-
-	// Cluster-wide objects get the namespace as suffix so that several
-	// instances (in different namespaces) do not collide.
-	for _, o := range objs {
-		// The distribution's objects have no namespace: kustomize knows them
-		// by their upstream name in the default namespace; the renamed RBAC
-		// objects also by their new name in the instance namespace.
-		id := patchID{orgName: o.GetName(), orgNS: o.GetNamespace(), curNS: o.GetNamespace()}
-		if rbacNames[o.GetKind()+"/"+o.GetName()] {
-			o.SetName(o.GetName() + "-" + p.ns)
-			id.curNS = p.ns
-		}
-		p.ids[o] = id
-		if !clusterScoped(o.GetKind()) {
-			o.SetNamespace(p.ns)
-		}
-		switch o.GetKind() {
-		case "ClusterRoleBinding", "RoleBinding":
-			fixBinding(o, p.ns, rbacNames)
-		case "ClusterRole":
-			if o.GetName() == "crd-controller-"+p.ns {
-				p.fixCRDControllerRole(o)
-			}
-		case "CustomResourceDefinition":
-			switch o.GetName() {
-			case "alerts.notification.toolkit.fluxcd.io", "receivers.notification.toolkit.fluxcd.io":
-				extendKindEnums(o.Object)
-			}
-		}
-	}
-
+	p.placeInInstance(objs, rbacNames)
 	objs = p.addShards(objs)
 	for _, o := range objs {
 		if o.GetKind() == "Deployment" {
@@ -185,6 +120,92 @@ func Build(inst *fluxinstance.FluxInstance, rel *distribution.Release) ([]*unstr
 	}
 	SortObjects(objs)
 	return objs, nil
+}
+
+// distributionObjects parses the distribution files the instance installs:
+// one per component, rbac.yaml, and policies.yaml when NetworkPolicies are
+// on. rbacNames holds the "kind/name" of the objects of rbac.yaml, the
+// cluster-wide ones placeInInstance renames per instance.
+func (p *plan) distributionObjects(rel *distribution.Release) (objs []*unstructured.Unstructured, rbacNames map[string]bool, err error) {
+	for _, c := range p.components {
+		file := c + ".yaml"
+		data, ok := rel.Manifests[file]
+		if !ok {
+			return nil, nil, fmt.Errorf("spec.components: component %q is not part of Flux %s (the distribution has no flux/%s/%s); remove it or pick another version",
+				c, p.version, p.version, file)
+		}
+		parsed, err := p.parseFile(file, data)
+		if err != nil {
+			return nil, nil, err
+		}
+		objs = append(objs, parsed...)
+	}
+	rbac, ok := rel.Manifests["rbac.yaml"]
+	if !ok {
+		return nil, nil, fmt.Errorf("distribution: flux/%s/rbac.yaml is missing", p.version)
+	}
+	parsed, err := p.parseFile("rbac.yaml", rbac)
+	if err != nil {
+		return nil, nil, err
+	}
+	rbacNames = map[string]bool{}
+	for _, o := range parsed {
+		rbacNames[o.GetKind()+"/"+o.GetName()] = true
+	}
+	objs = append(objs, parsed...)
+	if p.inst.NetworkPolicyEnabled() {
+		pol, ok := rel.Manifests["policies.yaml"]
+		if !ok {
+			return nil, nil, fmt.Errorf("distribution: flux/%s/policies.yaml is missing (needed because spec.cluster.networkPolicy is true)", p.version)
+		}
+		parsed, err := p.parseFile("policies.yaml", pol)
+		if err != nil {
+			return nil, nil, err
+		}
+		objs = append(objs, parsed...)
+	}
+	return objs, rbacNames, nil
+}
+
+// parseFile parses a file of the release, named in errors by its path in
+// the distribution.
+func (p *plan) parseFile(file string, data []byte) ([]*unstructured.Unstructured, error) {
+	return parseManifests("flux/"+p.version+"/"+file, data)
+}
+
+// placeInInstance moves the distribution's objects into the instance: the
+// namespaced ones into its namespace, the cluster-wide RBAC objects renamed
+// with the namespace as suffix so that several instances (in different
+// namespaces) do not collide, the bindings following them; it records what
+// kustomize knows of each object for the user's patches (see patchID).
+func (p *plan) placeInInstance(objs []*unstructured.Unstructured, rbacNames map[string]bool) {
+	for _, o := range objs {
+		// The distribution's objects have no namespace: kustomize knows them
+		// by their upstream name in the default namespace; the renamed RBAC
+		// objects also by their new name in the instance namespace.
+		id := patchID{orgName: o.GetName(), orgNS: o.GetNamespace(), curNS: o.GetNamespace()}
+		if rbacNames[o.GetKind()+"/"+o.GetName()] {
+			o.SetName(o.GetName() + "-" + p.ns)
+			id.curNS = p.ns
+		}
+		p.ids[o] = id
+		if !clusterScoped(o.GetKind()) {
+			o.SetNamespace(p.ns)
+		}
+		switch o.GetKind() {
+		case "ClusterRoleBinding", "RoleBinding":
+			fixBinding(o, p.ns, rbacNames)
+		case "ClusterRole":
+			if o.GetName() == "crd-controller-"+p.ns {
+				p.fixCRDControllerRole(o)
+			}
+		case "CustomResourceDefinition":
+			switch o.GetName() {
+			case "alerts.notification.toolkit.fluxcd.io", "receivers.notification.toolkit.fluxcd.io":
+				extendKindEnums(o.Object)
+			}
+		}
+	}
 }
 
 func newPlan(inst *fluxinstance.FluxInstance, rel *distribution.Release) (*plan, error) {

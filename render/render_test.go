@@ -2,9 +2,12 @@ package render
 
 import (
 	"slices"
+	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/fluxcd/pkg/ssa"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -69,9 +72,8 @@ func TestBuildMinimal(t *testing.T) {
 	objs := build(t, "2.7.5", "")
 	require.NotEmpty(t, objs)
 	// Operator order: CRDs, Namespace, cluster RBAC, ..., ServiceAccounts, Services, Deployments, the rest.
-	var ranks []int
+	assert.True(t, sort.IsSorted(ssa.SortableUnstructureds(objs)))
 	for _, o := range objs {
-		ranks = append(ranks, KindRank(o.GetKind()))
 		assert.Equal(t, ManagedByValue, o.GetLabels()[LabelManagedBy], objectID(o))
 		assert.Equal(t, "flux-system", o.GetLabels()[LabelInstance])
 		assert.Equal(t, "v2.7.5", o.GetLabels()[LabelVersion])
@@ -84,7 +86,6 @@ func TestBuildMinimal(t *testing.T) {
 			assert.False(t, strings.HasPrefix(k, "render.fluxinstance.internal"), "internal annotation leaked")
 		}
 	}
-	assert.True(t, slices.IsSorted(ranks))
 	assert.Equal(t, "CustomResourceDefinition", objs[0].GetKind())
 	ns := find(objs, "Namespace", "flux-system")
 	require.NotNil(t, ns)
@@ -497,7 +498,7 @@ func TestBuildRejectsBadInput(t *testing.T) {
 	require.ErrorContains(t, err, "flux/v2.7.5/source-controller.yaml")
 }
 
-func TestCompareObjects(t *testing.T) {
+func TestSortObjects(t *testing.T) {
 	mk := func(apiVersion, kind, ns, name string) *unstructured.Unstructured {
 		u := &unstructured.Unstructured{}
 		u.SetAPIVersion(apiVersion)
@@ -524,4 +525,52 @@ func TestCompareObjects(t *testing.T) {
 	}
 	assert.Equal(t, []string{"CustomResourceDefinition/c", "Namespace/ns", "ClusterRole/r", "ServiceAccount/a", "Service/a",
 		"Deployment/a", "Deployment/b", "Kustomization/a", "ValidatingWebhookConfiguration/w"}, got)
+}
+
+// TestSortObjectsIsStable: objects ssa ranks equal (same group, kind,
+// namespace and name, here differing in version) keep the order Build
+// produced them in; ssa's own sort.Sort does not promise that.
+func TestSortObjectsIsStable(t *testing.T) {
+	mk := func(apiVersion, kind, name string, i int) *unstructured.Unstructured {
+		u := &unstructured.Unstructured{}
+		u.SetAPIVersion(apiVersion)
+		u.SetKind(kind)
+		u.SetNamespace("ns")
+		u.SetName(name)
+		u.SetAnnotations(map[string]string{"i": strconv.Itoa(i)})
+		return u
+	}
+	var objs []*unstructured.Unstructured
+	var want []string
+	for i := range 40 {
+		// Interleaved with objects that sort first, in reverse, so that the
+		// sort has to move every GitRepository.
+		objs = append(objs, mk("v1", "ConfigMap", strconv.Itoa(99-i), i))
+		objs = append(objs, mk("source.toolkit.fluxcd.io/v1beta"+strconv.Itoa(i%3), "GitRepository", "a", i))
+		want = append(want, "GitRepository/"+strconv.Itoa(i))
+	}
+	SortObjects(objs)
+	var got []string
+	for _, o := range objs[40:] {
+		got = append(got, o.GetKind()+"/"+o.GetAnnotations()["i"])
+	}
+	assert.Equal(t, want, got)
+	assert.Equal(t, "60", objs[0].GetName())
+}
+
+// TestConfigurePodTemplateWithoutMetadata: a pod template without metadata
+// still gets the operator's annotation and label (the distribution's
+// templates all have metadata; this pins the fallback).
+func TestConfigurePodTemplateWithoutMetadata(t *testing.T) {
+	p := &plan{inst: instance(t, "2.7.5", "ghcr.io/fluxcd", "")}
+	o := &unstructured.Unstructured{Object: map[string]any{
+		"spec": map[string]any{"template": map[string]any{"spec": map[string]any{}}},
+	}}
+	podSpec, ok := nestedMap(o.Object, "spec", "template", "spec")
+	require.True(t, ok)
+	p.configurePodTemplate(o, podSpec)
+	evict, _, _ := unstructured.NestedString(o.Object, "spec", "template", "metadata", "annotations", AnnotationSafeToEvict)
+	assert.Equal(t, "true", evict)
+	partOf, _, _ := unstructured.NestedString(o.Object, "spec", "template", "metadata", "labels", LabelPartOf)
+	assert.Equal(t, PartOfValue, partOf)
 }

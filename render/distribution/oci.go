@@ -49,13 +49,9 @@ type tagRecord struct {
 // manifest digest as <cache>/sha256-<hex>.tar.gz, re-packed in the indexed layout (only
 // flux/ and flux-images/), so a repeated build reads one small member instead of pulling.
 func openOCI(ctx context.Context, source string, opts Options) (*Distribution, error) {
-	var nameOpts []name.Option
-	if opts.Insecure {
-		nameOpts = append(nameOpts, name.Insecure)
-	}
-	ref, err := name.ParseReference(strings.TrimPrefix(source, "oci://"), nameOpts...)
+	ref, err := parseOCIReference(source, opts)
 	if err != nil {
-		return nil, fmt.Errorf("distribution %s: invalid OCI reference: %w", source, err)
+		return nil, err
 	}
 	cacheDir := opts.CacheDir
 	if cacheDir == "" {
@@ -63,13 +59,7 @@ func openOCI(ctx context.Context, source string, opts Options) (*Distribution, e
 			return nil, err
 		}
 	}
-	repo := "oci://" + ref.Context().Name()
-	label := func(digest string) string {
-		if tag, ok := ref.(name.Tag); ok {
-			return repo + ":" + tag.TagStr() + "@" + digest
-		}
-		return repo + "@" + digest
-	}
+	label := func(digest string) string { return artifactLabel(ref, digest) }
 
 	// A digest is immutable: a cached copy is the artifact, no need to ask the registry.
 	if dig, ok := ref.(name.Digest); ok {
@@ -131,6 +121,29 @@ func openOCI(ctx context.Context, source string, opts Options) (*Distribution, e
 		writeTagRecord(recordPath, tagRecord{Reference: ref.Name(), Digest: digest, Pulled: time.Now().UTC()}, opts)
 	}
 	return d, nil
+}
+
+// parseOCIReference parses oci://host/repo:tag or oci://host/repo@sha256:…, over plain HTTP
+// when opts.Insecure.
+func parseOCIReference(source string, opts Options) (name.Reference, error) {
+	var nameOpts []name.Option
+	if opts.Insecure {
+		nameOpts = append(nameOpts, name.Insecure)
+	}
+	ref, err := name.ParseReference(strings.TrimPrefix(source, "oci://"), nameOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("distribution %s: invalid OCI reference: %w", source, err)
+	}
+	return ref, nil
+}
+
+// artifactLabel names the artifact ref resolved to digest, keeping the tag it was asked by.
+func artifactLabel(ref name.Reference, digest string) string {
+	repo := "oci://" + ref.Context().Name()
+	if tag, ok := ref.(name.Tag); ok {
+		return repo + ":" + tag.TagStr() + "@" + digest
+	}
+	return repo + "@" + digest
 }
 
 // pull checks the artifact's media types, downloads its content layer and re-packs it.

@@ -6,6 +6,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	utilerrors "k8s.io/apimachinery/pkg/util/errors"
 )
 
 const minimal = `apiVersion: fluxcd.controlplane.io/v1
@@ -129,50 +130,50 @@ func TestValidateMessages(t *testing.T) {
 		mutate func(*FluxInstance)
 		want   []string
 	}{
-		"name":            {func(i *FluxInstance) { i.Name = "other" }, []string{`metadata.name: must be "flux"`}},
+		"name":            {func(i *FluxInstance) { i.Name = "other" }, []string{`metadata.name: Invalid value: "other": must be "flux"`}},
 		"namespace":       {func(i *FluxInstance) { i.Namespace = "Bad_NS" }, []string{"metadata.namespace"}},
-		"version":         {func(i *FluxInstance) { i.Spec.Distribution.Version = "" }, []string{"spec.distribution.version: required"}},
+		"version":         {func(i *FluxInstance) { i.Spec.Distribution.Version = "" }, []string{"spec.distribution.version: Required value"}},
 		"version garbage": {func(i *FluxInstance) { i.Spec.Distribution.Version = "latest!" }, []string{"spec.distribution.version"}},
-		"registry":        {func(i *FluxInstance) { i.Spec.Distribution.Registry = "" }, []string{"spec.distribution.registry: required"}},
-		"variant":         {func(i *FluxInstance) { i.Spec.Distribution.Variant = "ubuntu" }, []string{`spec.distribution.variant: unsupported value "ubuntu"`}},
+		"registry":        {func(i *FluxInstance) { i.Spec.Distribution.Registry = "" }, []string{"spec.distribution.registry: Required value"}},
+		"variant":         {func(i *FluxInstance) { i.Spec.Distribution.Variant = "ubuntu" }, []string{`spec.distribution.variant: Unsupported value: "ubuntu"`}},
 		"artifact":        {func(i *FluxInstance) { i.Spec.Distribution.Artifact = "https://x" }, []string{"spec.distribution.artifact"}},
-		"component":       {func(i *FluxInstance) { i.Spec.Components = []string{"source-controller", "flagger"} }, []string{`spec.components[1]: unknown component "flagger"`}},
-		"component dup":   {func(i *FluxInstance) { i.Spec.Components = []string{"source-controller", "source-controller"} }, []string{"spec.components[1]: component \"source-controller\" is listed more than once"}},
-		"cluster type":    {func(i *FluxInstance) { i.Spec.Cluster.Type = "k3s" }, []string{"spec.cluster.type: unsupported value"}},
-		"size":            {func(i *FluxInstance) { i.Spec.Cluster.Size = "huge" }, []string{"spec.cluster.size: unsupported value"}},
-		"mtwi":            {func(i *FluxInstance) { i.Spec.Cluster.MultitenantWorkloadIdentity = true }, []string{"spec.cluster.multitenantWorkloadIdentity: requires spec.cluster.objectLevelWorkloadIdentity"}},
+		"component":       {func(i *FluxInstance) { i.Spec.Components = []string{"source-controller", "flagger"} }, []string{`spec.components[1]: Unsupported value: "flagger": supported values: "source-controller"`}},
+		"component dup":   {func(i *FluxInstance) { i.Spec.Components = []string{"source-controller", "source-controller"} }, []string{`spec.components[1]: Duplicate value: "source-controller"`}},
+		"cluster type":    {func(i *FluxInstance) { i.Spec.Cluster.Type = "k3s" }, []string{`spec.cluster.type: Unsupported value: "k3s"`}},
+		"size":            {func(i *FluxInstance) { i.Spec.Cluster.Size = "huge" }, []string{`spec.cluster.size: Unsupported value: "huge"`}},
+		"mtwi":            {func(i *FluxInstance) { i.Spec.Cluster.MultitenantWorkloadIdentity = true }, []string{"spec.cluster.multitenantWorkloadIdentity: Forbidden: requires spec.cluster.objectLevelWorkloadIdentity to be true"}},
 		"domain":          {func(i *FluxInstance) { i.Spec.Cluster.Domain = "bad domain" }, []string{"spec.cluster.domain"}},
 		"tenant sa":       {func(i *FluxInstance) { i.Spec.Cluster.TenantDefaultServiceAccount = "Bad SA" }, []string{"spec.cluster.tenantDefaultServiceAccount"}},
 		"sharding persistent": {func(i *FluxInstance) {
 			i.Spec.Sharding = &Sharding{Key: DefaultShardingKey, Shards: []string{"a"}, Storage: "persistent"}
-		}, []string{"spec.sharding.storage: persistent sharding storage requires spec.storage"}},
+		}, []string{`spec.sharding.storage: Invalid value: "persistent": persistent sharding storage requires spec.storage`}},
 		"sharding enum": {func(i *FluxInstance) {
 			i.Spec.Sharding = &Sharding{Key: DefaultShardingKey, Shards: []string{"a"}, Storage: "disk"}
-		}, []string{"spec.sharding.storage: unsupported value"}},
-		"shards": {func(i *FluxInstance) { i.Spec.Sharding = &Sharding{Key: DefaultShardingKey} }, []string{"spec.sharding.shards: required"}},
+		}, []string{`spec.sharding.storage: Unsupported value: "disk"`}},
+		"shards": {func(i *FluxInstance) { i.Spec.Sharding = &Sharding{Key: DefaultShardingKey} }, []string{"spec.sharding.shards: Required value"}},
 		"shard name": {func(i *FluxInstance) {
 			i.Spec.Sharding = &Sharding{Key: DefaultShardingKey, Shards: []string{"A_b", "x", "x"}}
-		}, []string{"spec.sharding.shards[0]", "spec.sharding.shards[2]: shard \"x\" is listed more than once"}},
+		}, []string{`spec.sharding.shards[0]: Invalid value: "A_b": not a valid shard name`, `spec.sharding.shards[2]: Duplicate value: "x"`}},
 		"shard key": {func(i *FluxInstance) { i.Spec.Sharding = &Sharding{Key: "bad key", Shards: []string{"a"}} }, []string{"spec.sharding.key"}},
-		"storage":   {func(i *FluxInstance) { i.Spec.Storage = &Storage{Size: "ten"} }, []string{"spec.storage.class: required", "spec.storage.size: \"ten\""}},
+		"storage":   {func(i *FluxInstance) { i.Spec.Storage = &Storage{Size: "ten"} }, []string{"spec.storage.class: Required value", `spec.storage.size: Invalid value: "ten"`}},
 		"patch": {func(i *FluxInstance) {
 			i.Spec.Kustomize = &Kustomize{Patches: []Patch{{Patch: " "}, {Patch: "x", Target: &Selector{Name: "(", LabelSelector: "a in (", AnnotationSelector: "!!"}}}}
-		}, []string{"spec.kustomize.patches[0].patch: required", "spec.kustomize.patches[1].target.name", "spec.kustomize.patches[1].target.labelSelector", "spec.kustomize.patches[1].target.annotationSelector"}},
+		}, []string{"spec.kustomize.patches[0].patch: Required value", "spec.kustomize.patches[1].target.name", "spec.kustomize.patches[1].target.labelSelector", "spec.kustomize.patches[1].target.annotationSelector"}},
 		"common metadata": {func(i *FluxInstance) {
 			i.Spec.CommonMetadata = &CommonMetadata{Labels: map[string]string{"a": "not valid!"}, Annotations: map[string]string{"bad key!": "x"}}
 		}, []string{"spec.commonMetadata.labels[a]", "spec.commonMetadata.annotations"}},
-		"sync required": {func(i *FluxInstance) { i.Spec.Sync = &Sync{Interval: "1m"} }, []string{"spec.sync.kind: required", "spec.sync.url: required", "spec.sync.ref: required", "spec.sync.path: required"}},
-		"sync kind":     {func(i *FluxInstance) { i.Spec.Sync = sync("HelmRepository", "https://x", "") }, []string{"spec.sync.kind: unsupported value"}},
+		"sync required": {func(i *FluxInstance) { i.Spec.Sync = &Sync{Interval: "1m"} }, []string{"spec.sync.kind: Required value", "spec.sync.url: Required value", "spec.sync.ref: Required value", "spec.sync.path: Required value"}},
+		"sync kind":     {func(i *FluxInstance) { i.Spec.Sync = sync("HelmRepository", "https://x", "") }, []string{`spec.sync.kind: Unsupported value: "HelmRepository"`}},
 		"sync interval": {func(i *FluxInstance) {
 			s := sync("GitRepository", "https://x", "")
 			s.Interval = "1 minute"
 			i.Spec.Sync = s
-		}, []string{`spec.sync.interval: "1 minute" is not a duration`}},
-		"github on oci": {func(i *FluxInstance) { i.Spec.Sync = sync("OCIRepository", "oci://x", "github") }, []string{"spec.sync.provider: provider github is only supported with kind GitRepository"}},
-		"gcp on git":    {func(i *FluxInstance) { i.Spec.Sync = sync("GitRepository", "https://x", "gcp") }, []string{"spec.sync.provider: provider gcp is only supported with kind OCIRepository or Bucket"}},
-		"provider enum": {func(i *FluxInstance) { i.Spec.Sync = sync("Bucket", "minio", "ibm") }, []string{"spec.sync.provider: unsupported value"}},
+		}, []string{`spec.sync.interval: Invalid value: "1 minute": not a duration`}},
+		"github on oci": {func(i *FluxInstance) { i.Spec.Sync = sync("OCIRepository", "oci://x", "github") }, []string{`spec.sync.provider: Invalid value: "github": only supported with kind GitRepository`}},
+		"gcp on git":    {func(i *FluxInstance) { i.Spec.Sync = sync("GitRepository", "https://x", "gcp") }, []string{`spec.sync.provider: Invalid value: "gcp": only supported with kind OCIRepository or Bucket`}},
+		"provider enum": {func(i *FluxInstance) { i.Spec.Sync = sync("Bucket", "minio", "ibm") }, []string{`spec.sync.provider: Unsupported value: "ibm"`}},
 		"git url":       {func(i *FluxInstance) { i.Spec.Sync = sync("GitRepository", "git@github.com:x/y", "") }, []string{"spec.sync.url"}},
-		"oci url":       {func(i *FluxInstance) { i.Spec.Sync = sync("OCIRepository", "ghcr.io/x", "") }, []string{"spec.sync.url: \"ghcr.io/x\" must start with oci://"}},
+		"oci url":       {func(i *FluxInstance) { i.Spec.Sync = sync("OCIRepository", "ghcr.io/x", "") }, []string{`spec.sync.url: Invalid value: "ghcr.io/x": must start with oci://`}},
 		"sync name": {func(i *FluxInstance) {
 			s := sync("Bucket", "minio", "")
 			s.Name = "Bad"
@@ -191,13 +192,16 @@ func TestValidateMessages(t *testing.T) {
 			}
 		})
 	}
-	// Errors are joined: all of them are reported at once.
+	// Errors are aggregated: all of them are reported at once.
 	inst := decodeDefault(t, "")
 	inst.Name = "x"
 	inst.Spec.Cluster.Size = "huge"
 	err := inst.Validate()
-	require.Error(t, err)
-	assert.Len(t, strings.Split(err.Error(), "\n"), 2)
+	var agg utilerrors.Aggregate
+	require.ErrorAs(t, err, &agg)
+	assert.Len(t, agg.Errors(), 2)
+	assert.Contains(t, err.Error(), "metadata.name")
+	assert.Contains(t, err.Error(), "spec.cluster.size")
 
 	// Valid combinations pass.
 	inst = decodeDefault(t, "")

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 )
 
 // Enumerations accepted by the API.
@@ -28,216 +29,269 @@ var (
 var intervalPattern = regexp.MustCompile(`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`)
 
 // Validate checks the version-independent rules of the API on a defaulted
-// instance. All violations are returned joined, each naming its field path.
+// instance. All violations are returned together, as the aggregate of a
+// field.ErrorList: each names its field path (and the value at fault), the
+// way the API server reports an invalid object. Callers that read the
+// instance from a file prefix the file name.
 func (in *FluxInstance) Validate() error {
 	if in == nil {
 		return errors.New("no FluxInstance")
 	}
-	var errs []error
-	add := func(path, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
+	spec, s := field.NewPath("spec"), &in.Spec
+	errs := validateMetadata(field.NewPath("metadata"), in)
+	errs = append(errs, validateDistribution(spec.Child("distribution"), s.Distribution)...)
+	errs = append(errs, validateComponents(spec.Child("components"), s.Components)...)
+	if s.Cluster != nil {
+		errs = append(errs, validateCluster(spec.Child("cluster"), s.Cluster)...)
 	}
-	enum := func(path, value string, allowed []string) {
-		if value != "" && !slices.Contains(allowed, value) {
-			add(path, "unsupported value %q, must be one of: %s", value, strings.Join(allowed, ", "))
-		}
+	if s.Sharding != nil {
+		errs = append(errs, validateSharding(spec.Child("sharding"), s.Sharding, s.Storage != nil)...)
 	}
+	if s.Storage != nil {
+		errs = append(errs, validateStorage(spec.Child("storage"), s.Storage)...)
+	}
+	if s.Kustomize != nil {
+		errs = append(errs, validatePatches(spec.Child("kustomize", "patches"), s.Kustomize.Patches)...)
+	}
+	if s.CommonMetadata != nil {
+		errs = append(errs, validateCommonMetadata(spec.Child("commonMetadata"), s.CommonMetadata)...)
+	}
+	if s.Sync != nil {
+		errs = append(errs, validateSync(spec.Child("sync"), s.Sync)...)
+	}
+	return errs.ToAggregate()
+}
 
+// validateEnum reports a set value that is not one of allowed; an empty
+// value is left to the defaults or to a required check.
+func validateEnum(path *field.Path, value string, allowed []string) field.ErrorList {
+	if value == "" || slices.Contains(allowed, value) {
+		return nil
+	}
+	return field.ErrorList{field.NotSupported(path, value, allowed)}
+}
+
+// validateName reports every reason apimachinery's check (such as
+// validation.IsDNS1123Label) gives for rejecting a set value; what names the
+// kind of name the value is ("namespace", "Secret name", ...).
+func validateName(path *field.Path, value, what string, check func(string) []string) field.ErrorList {
+	if value == "" {
+		return nil
+	}
+	var errs field.ErrorList
+	for _, msg := range check(value) {
+		errs = append(errs, field.Invalid(path, value, "not a valid "+what+": "+msg))
+	}
+	return errs
+}
+
+func validateMetadata(path *field.Path, in *FluxInstance) field.ErrorList {
+	var errs field.ErrorList
 	if in.Name != RequiredName {
-		add("metadata.name", "must be %q, the operator only reconciles a FluxInstance named %q (found %q)", RequiredName, RequiredName, in.Name)
+		errs = append(errs, field.Invalid(path.Child("name"), in.Name,
+			fmt.Sprintf("must be %q, the operator only reconciles a FluxInstance named %q", RequiredName, RequiredName)))
 	}
-	if in.Namespace != "" {
-		for _, msg := range validation.IsDNS1123Label(in.Namespace) {
-			add("metadata.namespace", "%q is not a valid namespace: %s", in.Namespace, msg)
-		}
-	}
+	return append(errs, validateName(path.Child("namespace"), in.Namespace, "namespace", validation.IsDNS1123Label)...)
+}
 
-	s := &in.Spec
-	d := s.Distribution
+func validateDistribution(path *field.Path, d Distribution) field.ErrorList {
+	var errs field.ErrorList
+	version := path.Child("version")
 	if strings.TrimSpace(d.Version) == "" {
-		add("spec.distribution.version", "required: set an exact version (2.7.5) or a range (2.x)")
+		errs = append(errs, field.Required(version, "set an exact version (2.7.5) or a range (2.x)"))
 	} else if _, err := semver.ParseRange(normalizeRange(d.Version)); err != nil {
-		add("spec.distribution.version", "%q is not a version or semver range: %v", d.Version, err)
+		errs = append(errs, field.Invalid(version, d.Version, "not a version or semver range: "+err.Error()))
 	}
 	if strings.TrimSpace(d.Registry) == "" {
-		add("spec.distribution.registry", "required: set the container registry of the controller images, e.g. ghcr.io/fluxcd")
+		errs = append(errs, field.Required(path.Child("registry"), "set the container registry of the controller images, e.g. ghcr.io/fluxcd"))
 	}
-	enum("spec.distribution.variant", d.Variant, Variants)
+	errs = append(errs, validateEnum(path.Child("variant"), d.Variant, Variants)...)
 	if d.Artifact != "" && !strings.HasPrefix(d.Artifact, "oci://") {
-		add("spec.distribution.artifact", "%q must be an oci:// URL", d.Artifact)
+		errs = append(errs, field.Invalid(path.Child("artifact"), d.Artifact, "must be an oci:// URL"))
 	}
+	return errs
+}
 
+func validateComponents(path *field.Path, components []string) field.ErrorList {
+	var errs field.ErrorList
 	seen := map[string]bool{}
-	for i, c := range s.Components {
-		path := fmt.Sprintf("spec.components[%d]", i)
-		if !slices.Contains(AllComponents, c) {
-			add(path, "unknown component %q, must be one of: %s", c, strings.Join(AllComponents, ", "))
-			continue
-		}
-		if seen[c] {
-			add(path, "component %q is listed more than once", c)
+	for i, c := range components {
+		switch {
+		case !slices.Contains(AllComponents, c):
+			errs = append(errs, field.NotSupported(path.Index(i), c, AllComponents))
+		case seen[c]:
+			errs = append(errs, field.Duplicate(path.Index(i), c))
 		}
 		seen[c] = true
 	}
+	return errs
+}
 
-	if c := s.Cluster; c != nil {
-		enum("spec.cluster.type", c.Type, ClusterTypes)
-		enum("spec.cluster.size", c.Size, ClusterSizes)
-		if c.MultitenantWorkloadIdentity && !c.ObjectLevelWorkloadIdentity {
-			add("spec.cluster.multitenantWorkloadIdentity", "requires spec.cluster.objectLevelWorkloadIdentity to be true")
+func validateCluster(path *field.Path, c *Cluster) field.ErrorList {
+	errs := validateEnum(path.Child("type"), c.Type, ClusterTypes)
+	errs = append(errs, validateEnum(path.Child("size"), c.Size, ClusterSizes)...)
+	if c.MultitenantWorkloadIdentity && !c.ObjectLevelWorkloadIdentity {
+		errs = append(errs, field.Forbidden(path.Child("multitenantWorkloadIdentity"),
+			"requires "+path.Child("objectLevelWorkloadIdentity").String()+" to be true"))
+	}
+	errs = append(errs, validateName(path.Child("domain"), c.Domain, "DNS domain", validation.IsDNS1123Subdomain)...)
+	for _, sa := range []struct{ field, name string }{
+		{"tenantDefaultServiceAccount", c.TenantDefaultServiceAccount},
+		{"tenantDefaultDecryptionServiceAccount", c.TenantDefaultDecryptionServiceAccount},
+		{"tenantDefaultKubeConfigServiceAccount", c.TenantDefaultKubeConfigServiceAccount},
+	} {
+		errs = append(errs, validateName(path.Child(sa.field), sa.name, "service account name", validation.IsDNS1123Subdomain)...)
+	}
+	return errs
+}
+
+// validateSharding checks spec.sharding; hasStorage tells whether spec.storage
+// is set, which persistent sharding storage needs.
+func validateSharding(path *field.Path, sh *Sharding, hasStorage bool) field.ErrorList {
+	errs := validateName(path.Child("key"), sh.Key, "label key", validation.IsQualifiedName)
+	shards := path.Child("shards")
+	if len(sh.Shards) == 0 {
+		errs = append(errs, field.Required(shards, "list at least one shard name"))
+	}
+	seen := map[string]bool{}
+	for i, name := range sh.Shards {
+		if seen[name] {
+			errs = append(errs, field.Duplicate(shards.Index(i), name))
 		}
-		if c.Domain != "" {
-			for _, msg := range validation.IsDNS1123Subdomain(c.Domain) {
-				add("spec.cluster.domain", "%q is not a valid DNS domain: %s", c.Domain, msg)
-			}
-		}
-		for _, f := range [][2]string{
-			{"spec.cluster.tenantDefaultServiceAccount", c.TenantDefaultServiceAccount},
-			{"spec.cluster.tenantDefaultDecryptionServiceAccount", c.TenantDefaultDecryptionServiceAccount},
-			{"spec.cluster.tenantDefaultKubeConfigServiceAccount", c.TenantDefaultKubeConfigServiceAccount},
-		} {
-			path, sa := f[0], f[1]
-			if sa == "" {
-				continue
-			}
-			for _, msg := range validation.IsDNS1123Subdomain(sa) {
-				add(path, "%q is not a valid service account name: %s", sa, msg)
-			}
+		seen[name] = true
+		// The shard becomes a label value and a suffix of Deployment names.
+		for _, msg := range validation.IsDNS1123Label(name) {
+			errs = append(errs, field.Invalid(shards.Index(i), name, "not a valid shard name: "+msg))
 		}
 	}
+	storage := path.Child("storage")
+	errs = append(errs, validateEnum(storage, sh.Storage, ShardingStorages)...)
+	if sh.Storage == ShardingStoragePersistent && !hasStorage {
+		errs = append(errs, field.Invalid(storage, sh.Storage, "persistent sharding storage requires spec.storage (class and size)"))
+	}
+	return errs
+}
 
-	if sh := s.Sharding; sh != nil {
-		if sh.Key != "" {
-			for _, msg := range validation.IsQualifiedName(sh.Key) {
-				add("spec.sharding.key", "%q is not a valid label key: %s", sh.Key, msg)
-			}
+func validateStorage(path *field.Path, st *Storage) field.ErrorList {
+	var errs field.ErrorList
+	if st.Class == "" {
+		errs = append(errs, field.Required(path.Child("class"), "set the storage class name"))
+	}
+	size := path.Child("size")
+	if st.Size == "" {
+		errs = append(errs, field.Required(size, "set the volume size, e.g. 10Gi"))
+	} else if _, err := resource.ParseQuantity(st.Size); err != nil {
+		errs = append(errs, field.Invalid(size, st.Size, "not a quantity such as 10Gi: "+err.Error()))
+	}
+	return errs
+}
+
+// validatePatches checks what can be checked of spec.kustomize.patches
+// without the objects: a patch is set, and its target's expressions and
+// selectors parse the way Build compiles them.
+func validatePatches(path *field.Path, patches []Patch) field.ErrorList {
+	var errs field.ErrorList
+	for i, p := range patches {
+		if strings.TrimSpace(p.Patch) == "" {
+			errs = append(errs, field.Required(path.Index(i).Child("patch"), "the patch is empty"))
 		}
-		if len(sh.Shards) == 0 {
-			add("spec.sharding.shards", "required: list at least one shard name")
-		}
-		shardSeen := map[string]bool{}
-		for i, name := range sh.Shards {
-			path := fmt.Sprintf("spec.sharding.shards[%d]", i)
-			if shardSeen[name] {
-				add(path, "shard %q is listed more than once", name)
-			}
-			shardSeen[name] = true
-			// The shard becomes a label value and a suffix of Deployment names.
-			for _, msg := range validation.IsDNS1123Label(name) {
-				add(path, "%q is not a valid shard name: %s", name, msg)
-			}
-		}
-		enum("spec.sharding.storage", sh.Storage, ShardingStorages)
-		if sh.Storage == ShardingStoragePersistent && s.Storage == nil {
-			add("spec.sharding.storage", "persistent sharding storage requires spec.storage (class and size)")
+		if p.Target != nil {
+			errs = append(errs, validateTarget(path.Index(i).Child("target"), p.Target)...)
 		}
 	}
+	return errs
+}
 
-	if st := s.Storage; st != nil {
-		if st.Class == "" {
-			add("spec.storage.class", "required: set the storage class name")
+func validateTarget(path *field.Path, t *Selector) field.ErrorList {
+	var errs field.ErrorList
+	for _, f := range []struct{ field, expr string }{
+		{"group", t.Group}, {"version", t.Version}, {"kind", t.Kind}, {"name", t.Name}, {"namespace", t.Namespace},
+	} {
+		if f.expr == "" {
+			continue
 		}
-		if st.Size == "" {
-			add("spec.storage.size", "required: set the volume size, e.g. 10Gi")
-		} else if _, err := resource.ParseQuantity(st.Size); err != nil {
-			add("spec.storage.size", "%q is not a quantity such as 10Gi: %v", st.Size, err)
+		if _, err := regexp.Compile("^(?:" + f.expr + ")$"); err != nil {
+			errs = append(errs, field.Invalid(path.Child(f.field), f.expr, "not a valid regular expression: "+err.Error()))
 		}
 	}
-
-	if k := s.Kustomize; k != nil {
-		for i, p := range k.Patches {
-			path := fmt.Sprintf("spec.kustomize.patches[%d]", i)
-			if strings.TrimSpace(p.Patch) == "" {
-				add(path+".patch", "required: the patch is empty")
-			}
-			if t := p.Target; t != nil {
-				for _, f := range [][2]string{{"group", t.Group}, {"version", t.Version}, {"kind", t.Kind}, {"name", t.Name}, {"namespace", t.Namespace}} {
-					field, re := f[0], f[1]
-					if re == "" {
-						continue
-					}
-					if _, err := regexp.Compile("^(?:" + re + ")$"); err != nil {
-						add(path+".target."+field, "%q is not a valid regular expression: %v", re, err)
-					}
-				}
-				if t.LabelSelector != "" {
-					if _, err := labels.Parse(t.LabelSelector); err != nil {
-						add(path+".target.labelSelector", "%q is not a valid label selector: %v", t.LabelSelector, err)
-					}
-				}
-				if t.AnnotationSelector != "" {
-					if _, err := labels.Parse(t.AnnotationSelector); err != nil {
-						add(path+".target.annotationSelector", "%q is not a valid annotation selector: %v", t.AnnotationSelector, err)
-					}
-				}
-			}
+	for _, f := range []struct{ field, what, selector string }{
+		{"labelSelector", "label selector", t.LabelSelector},
+		{"annotationSelector", "annotation selector", t.AnnotationSelector},
+	} {
+		if f.selector == "" {
+			continue
+		}
+		if _, err := labels.Parse(f.selector); err != nil {
+			errs = append(errs, field.Invalid(path.Child(f.field), f.selector, "not a valid "+f.what+": "+err.Error()))
 		}
 	}
+	return errs
+}
 
-	if cm := s.CommonMetadata; cm != nil {
-		for _, k := range slices.Sorted(maps.Keys(cm.Labels)) {
-			v := cm.Labels[k]
-			for _, msg := range validation.IsQualifiedName(k) {
-				add("spec.commonMetadata.labels", "key %q is not a valid label key: %s", k, msg)
-			}
-			for _, msg := range validation.IsValidLabelValue(v) {
-				add("spec.commonMetadata.labels["+k+"]", "%q is not a valid label value: %s", v, msg)
-			}
-		}
-		for _, k := range slices.Sorted(maps.Keys(cm.Annotations)) {
-			for _, msg := range validation.IsQualifiedName(k) {
-				add("spec.commonMetadata.annotations", "key %q is not a valid annotation key: %s", k, msg)
-			}
+// validateCommonMetadata checks label and annotation keys and label values,
+// in key order so that the messages come in the same order every time.
+func validateCommonMetadata(path *field.Path, cm *CommonMetadata) field.ErrorList {
+	var errs field.ErrorList
+	labelsPath := path.Child("labels")
+	for _, k := range slices.Sorted(maps.Keys(cm.Labels)) {
+		errs = append(errs, validateName(labelsPath, k, "label key", validation.IsQualifiedName)...)
+		for _, msg := range validation.IsValidLabelValue(cm.Labels[k]) {
+			errs = append(errs, field.Invalid(labelsPath.Key(k), cm.Labels[k], "not a valid label value: "+msg))
 		}
 	}
-
-	if sy := s.Sync; sy != nil {
-		enum("spec.sync.kind", sy.Kind, SyncKinds)
-		if sy.Kind == "" {
-			add("spec.sync.kind", "required: one of %s", strings.Join(SyncKinds, ", "))
-		}
-		if sy.URL == "" {
-			add("spec.sync.url", "required: set the URL of the sync source")
-		} else {
-			switch sy.Kind {
-			case "GitRepository":
-				if !hasAnyPrefix(sy.URL, "http://", "https://", "ssh://") {
-					add("spec.sync.url", "%q must start with http://, https:// or ssh:// for a GitRepository", sy.URL)
-				}
-			case "OCIRepository":
-				if !strings.HasPrefix(sy.URL, "oci://") {
-					add("spec.sync.url", "%q must start with oci:// for an OCIRepository", sy.URL)
-				}
-			}
-		}
-		if sy.Ref == "" {
-			add("spec.sync.ref", "required: a Git ref name (refs/heads/main), an OCI tag or a bucket name")
-		}
-		if sy.Path == "" {
-			add("spec.sync.path", "required: the path of the manifests in the source, e.g. clusters/my-cluster")
-		}
-		enum("spec.sync.provider", sy.Provider, SyncProviders)
-		switch {
-		case sy.Provider == "github" && sy.Kind != "GitRepository" && sy.Kind != "":
-			add("spec.sync.provider", "provider github is only supported with kind GitRepository, not %s", sy.Kind)
-		case sy.Provider == "gcp" && sy.Kind == "GitRepository":
-			add("spec.sync.provider", "provider gcp is only supported with kind OCIRepository or Bucket, not GitRepository")
-		}
-		if sy.Interval != "" && !intervalPattern.MatchString(sy.Interval) {
-			add("spec.sync.interval", "%q is not a duration such as 1m, 30s or 1h30m (pattern %s)", sy.Interval, intervalPattern)
-		}
-		if sy.Name != "" {
-			for _, msg := range validation.IsDNS1123Subdomain(sy.Name) {
-				add("spec.sync.name", "%q is not a valid object name: %s", sy.Name, msg)
-			}
-		}
-		if sy.PullSecret != "" {
-			for _, msg := range validation.IsDNS1123Subdomain(sy.PullSecret) {
-				add("spec.sync.pullSecret", "%q is not a valid Secret name: %s", sy.PullSecret, msg)
-			}
-		}
+	for _, k := range slices.Sorted(maps.Keys(cm.Annotations)) {
+		errs = append(errs, validateName(path.Child("annotations"), k, "annotation key", validation.IsQualifiedName)...)
 	}
-	return errors.Join(errs...)
+	return errs
+}
+
+func validateSync(path *field.Path, sy *Sync) field.ErrorList {
+	kind := path.Child("kind")
+	errs := validateEnum(kind, sy.Kind, SyncKinds)
+	if sy.Kind == "" {
+		errs = append(errs, field.Required(kind, "one of "+strings.Join(SyncKinds, ", ")))
+	}
+	errs = append(errs, validateSyncURL(path.Child("url"), sy.Kind, sy.URL)...)
+	if sy.Ref == "" {
+		errs = append(errs, field.Required(path.Child("ref"), "a Git ref name (refs/heads/main), an OCI tag or a bucket name"))
+	}
+	if sy.Path == "" {
+		errs = append(errs, field.Required(path.Child("path"), "the path of the manifests in the source, e.g. clusters/my-cluster"))
+	}
+	errs = append(errs, validateSyncProvider(path.Child("provider"), sy.Kind, sy.Provider)...)
+	if sy.Interval != "" && !intervalPattern.MatchString(sy.Interval) {
+		errs = append(errs, field.Invalid(path.Child("interval"), sy.Interval,
+			fmt.Sprintf("not a duration such as 1m, 30s or 1h30m (pattern %s)", intervalPattern)))
+	}
+	errs = append(errs, validateName(path.Child("name"), sy.Name, "object name", validation.IsDNS1123Subdomain)...)
+	return append(errs, validateName(path.Child("pullSecret"), sy.PullSecret, "Secret name", validation.IsDNS1123Subdomain)...)
+}
+
+// validateSyncURL checks the URL scheme the source kind accepts (a Bucket's
+// endpoint has none).
+func validateSyncURL(path *field.Path, kind, url string) field.ErrorList {
+	switch {
+	case url == "":
+		return field.ErrorList{field.Required(path, "set the URL of the sync source")}
+	case kind == "GitRepository" && !hasAnyPrefix(url, "http://", "https://", "ssh://"):
+		return field.ErrorList{field.Invalid(path, url, "must start with http://, https:// or ssh:// for a GitRepository")}
+	case kind == "OCIRepository" && !strings.HasPrefix(url, "oci://"):
+		return field.ErrorList{field.Invalid(path, url, "must start with oci:// for an OCIRepository")}
+	}
+	return nil
+}
+
+// validateSyncProvider checks the provider and the source kinds it
+// authenticates for.
+func validateSyncProvider(path *field.Path, kind, provider string) field.ErrorList {
+	errs := validateEnum(path, provider, SyncProviders)
+	switch {
+	case provider == "github" && kind != "GitRepository" && kind != "":
+		errs = append(errs, field.Invalid(path, provider, "only supported with kind GitRepository, not "+kind))
+	case provider == "gcp" && kind == "GitRepository":
+		errs = append(errs, field.Invalid(path, provider, "only supported with kind OCIRepository or Bucket, not GitRepository"))
+	}
+	return errs
 }
 
 // ValidateForVersion checks the rules that depend on the resolved Flux version

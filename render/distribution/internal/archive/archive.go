@@ -217,35 +217,65 @@ func MemberReader(data []byte, base int64, m Member) (io.Reader, error) {
 // Write writes files as an indexed tar.gz. Every name must be flux-images/<version>/<file> or
 // flux/<version>/<file>; output is deterministic (sorted names, fixed times and owners).
 func Write(w io.Writer, files []File, level int) error {
+	groups, versions, err := groupFiles(files)
+	if err != nil {
+		return err
+	}
+	members, err := writeMembers(groups, level)
+	if err != nil {
+		return err
+	}
+	head, err := indexMember(groups, versions, members, level)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(head); err != nil {
+		return err
+	}
+	for _, m := range members {
+		if _, err := w.Write(m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// groupFiles splits files into the archive's members: groups[0] holds the image lists
+// (flux-images/), then one group per Flux version, in versions' (sorted) order.
+func groupFiles(files []File) (groups [][]File, versions []string, err error) {
 	var images []File
-	versions := map[string][]File{}
+	byVersion := map[string][]File{}
 	for _, f := range files {
 		parts := strings.Split(f.Name, "/")
 		if len(parts) != 3 || parts[1] == "" || parts[2] == "" {
-			return fmt.Errorf("archive: %q is not <flux|flux-images>/<version>/<file>", f.Name)
+			return nil, nil, fmt.Errorf("archive: %q is not <flux|flux-images>/<version>/<file>", f.Name)
 		}
 		switch parts[0] {
 		case "flux-images":
 			images = append(images, f)
 		case "flux":
-			versions[parts[1]] = append(versions[parts[1]], f)
+			byVersion[parts[1]] = append(byVersion[parts[1]], f)
 		default:
-			return fmt.Errorf("archive: %q is not under flux/ or flux-images/", f.Name)
+			return nil, nil, fmt.Errorf("archive: %q is not under flux/ or flux-images/", f.Name)
 		}
 	}
-	names := make([]string, 0, len(versions))
-	for v := range versions {
-		names = append(names, v)
+	versions = make([]string, 0, len(byVersion))
+	for v := range byVersion {
+		versions = append(versions, v)
 	}
-	sort.Strings(names)
-
-	// The tar stream runs across the members: each member ends on an entry boundary, and only
-	// the last one carries the end-of-archive blocks.
-	groups := make([][]File, 0, len(names)+1)
+	sort.Strings(versions)
+	groups = make([][]File, 0, len(versions)+1)
 	groups = append(groups, images)
-	for _, v := range names {
-		groups = append(groups, versions[v])
+	for _, v := range versions {
+		groups = append(groups, byVersion[v])
 	}
+	return groups, versions, nil
+}
+
+// writeMembers compresses each group, sorted by name, into a gzip member of its own. The tar
+// stream runs across the members: each member ends on an entry boundary, and only the last one
+// carries the end-of-archive blocks. An empty group has no member (nil), except the last.
+func writeMembers(groups [][]File, level int) ([][]byte, error) {
 	var sw switchWriter
 	tw := tar.NewWriter(&sw)
 	members := make([][]byte, len(groups))
@@ -256,13 +286,13 @@ func Write(w io.Writer, files []File, level int) error {
 		var buf bytes.Buffer
 		zw, err := gzip.NewWriterLevel(&buf, level)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		sw.w = zw
 		sort.Slice(g, func(a, b int) bool { return g[a].Name < g[b].Name })
 		for _, f := range g {
 			if err := writeEntry(tw, f); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		if i == len(groups)-1 {
@@ -271,55 +301,52 @@ func Write(w io.Writer, files []File, level int) error {
 			err = tw.Flush()
 		}
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if err := zw.Close(); err != nil {
-			return err
+			return nil, err
 		}
 		members[i] = buf.Bytes()
 	}
+	return members, nil
+}
 
+// indexMember returns the archive's first gzip member: a tar holding only the Index of where
+// the other members start once written after it.
+func indexMember(groups [][]File, versions []string, members [][]byte, level int) ([]byte, error) {
 	idx := Index{Format: formatVersion, Versions: map[string]Member{}}
 	var off int64
 	for i, m := range members {
 		mem := Member{Offset: off, Size: int64(len(m))}
 		if i == 0 {
-			if len(images) > 0 {
+			if len(groups[0]) > 0 {
 				idx.Images = mem
 			}
 		} else if len(groups[i]) > 0 {
-			idx.Versions[names[i-1]] = mem
+			idx.Versions[versions[i-1]] = mem
 		}
 		off += int64(len(m))
 	}
 	raw, err := json.Marshal(idx) // encoding/json sorts map keys: deterministic
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var head bytes.Buffer
 	zw, err := gzip.NewWriterLevel(&head, level)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	itw := tar.NewWriter(zw)
 	if err := writeEntry(itw, File{Name: IndexName, Data: raw}); err != nil {
-		return err
+		return nil, err
 	}
 	if err := itw.Flush(); err != nil {
-		return err
+		return nil, err
 	}
 	if err := zw.Close(); err != nil {
-		return err
+		return nil, err
 	}
-	if _, err := w.Write(head.Bytes()); err != nil {
-		return err
-	}
-	for _, m := range members {
-		if _, err := w.Write(m); err != nil {
-			return err
-		}
-	}
-	return nil
+	return head.Bytes(), nil
 }
 
 func writeEntry(tw *tar.Writer, f File) error {
