@@ -6,7 +6,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	utilerrors "k8s.io/apimachinery/pkg/util/errors"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 )
 
 const minimal = `apiVersion: fluxcd.controlplane.io/v1
@@ -192,16 +192,17 @@ func TestValidateMessages(t *testing.T) {
 			}
 		})
 	}
-	// Errors are aggregated: all of them are reported at once.
+	// All violations are reported at once, one per line, each a field error naming its path.
 	inst := decodeDefault(t, "")
 	inst.Name = "x"
 	inst.Spec.Cluster.Size = "huge"
 	err := inst.Validate()
-	var agg utilerrors.Aggregate
-	require.ErrorAs(t, err, &agg)
-	assert.Len(t, agg.Errors(), 2)
-	assert.Contains(t, err.Error(), "metadata.name")
-	assert.Contains(t, err.Error(), "spec.cluster.size")
+	lines := strings.Split(err.Error(), "\n")
+	require.Len(t, lines, 2, err.Error())
+	assert.True(t, strings.HasPrefix(lines[0], "metadata.name: "), lines[0])
+	assert.True(t, strings.HasPrefix(lines[1], "spec.cluster.size: "), lines[1])
+	var fieldErr *field.Error
+	require.ErrorAs(t, err, &fieldErr)
 
 	// Valid combinations pass.
 	inst = decodeDefault(t, "")

@@ -29,7 +29,7 @@ var (
 var intervalPattern = regexp.MustCompile(`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`)
 
 // Validate checks the version-independent rules of the API on a defaulted
-// instance. All violations are returned together, as the aggregate of a
+// instance. All violations are returned together, one per line, from a
 // field.ErrorList: each names its field path (and the value at fault), the
 // way the API server reports an invalid object. Callers that read the
 // instance from a file prefix the file name.
@@ -59,7 +59,18 @@ func (in *FluxInstance) Validate() error {
 	if s.Sync != nil {
 		errs = append(errs, validateSync(spec.Child("sync"), s.Sync)...)
 	}
-	return errs.ToAggregate()
+	return joinLines(errs)
+}
+
+// joinLines returns the violations one per line (nil when there are none): ToAggregate would print
+// them as "[a, b, c]" on one line, which is hard to read when a file has several mistakes. Each
+// stays a *field.Error for errors.As.
+func joinLines(errs field.ErrorList) error {
+	out := make([]error, len(errs))
+	for i, e := range errs {
+		out[i] = e
+	}
+	return errors.Join(out...)
 }
 
 // validateEnum reports a set value that is not one of allowed; an empty
