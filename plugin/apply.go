@@ -105,6 +105,9 @@ func (o *ApplyOptions) Complete(cmd *cobra.Command) error {
 	if o.dryRun, err = dryRunMode(cmd); err != nil {
 		return err
 	}
+	if o.requestTimeout, err = requestTimeout(o.configFlags); err != nil {
+		return usageError(cmd, "%v", err)
+	}
 	o.namespace, o.enforceNS = explicitNamespace(cmd)
 	return nil
 }

@@ -53,6 +53,9 @@ func NewCmdBuild(configFlags *genericclioptions.ConfigFlags, streams genericioop
 func (o *BuildOptions) Complete(cmd *cobra.Command) error {
 	o.namespace, o.enforceNS = explicitNamespace(cmd)
 	var err error
+	if o.requestTimeout, err = requestTimeout(o.configFlags); err != nil {
+		return usageError(cmd, "%v", err)
+	}
 	o.printer, err = objectPrinter(o.Output)
 	return err
 }

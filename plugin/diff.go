@@ -70,6 +70,10 @@ KUBECTL_EXTERNAL_DIFF names another diff program, called with the live and merge
 func (o *DiffOptions) Complete(cmd *cobra.Command) error {
 	o.namespace, o.enforceNS = explicitNamespace(cmd)
 	o.fieldManagerSet = cmd.Flags().Changed("field-manager")
+	var err error
+	if o.requestTimeout, err = requestTimeout(o.configFlags); err != nil {
+		return usageError(cmd, "%v", err)
+	}
 	return nil
 }
 

@@ -94,12 +94,25 @@ func translate(err error, interrupted bool, host func() string) error {
 		return fmt.Errorf("the cluster at %s rejected the credentials (expired or invalid): refresh them in your kubeconfig", host())
 	case apierrors.IsForbidden(err):
 		return err
+	case errors.As(err, &urlErr) && !sameHost(urlErr.URL, host()):
+		return err // a -f URL or a registry, named in the message already
 	case errors.As(err, &opErr), errors.As(err, &urlErr), errors.As(err, &netErr):
 		return fmt.Errorf("unable to reach the cluster at %s: %s", host(), rootCause(err))
 	case apierrors.IsConflict(err) && !hasFieldManagerConflict(err):
 		return fmt.Errorf("%w: another client changed the object meanwhile; run the command again", err)
 	}
 	return err
+}
+
+// sameHost tells whether a request URL goes to the cluster's API server (host is its URL from
+// the kubeconfig); an unknown cluster counts as the same, the usual case.
+func sameHost(requestURL, host string) bool {
+	r, err1 := url.Parse(requestURL)
+	h, err2 := url.Parse(host)
+	if err1 != nil || err2 != nil || host == "" || r.Host == "" {
+		return true
+	}
+	return r.Host == h.Host
 }
 
 // rootCause strips the layers of "Get https://...: dial tcp ...:" that make transport errors span

@@ -57,6 +57,10 @@ func TestTranslateOnce(t *testing.T) {
 			err:  ssaConflict,
 			want: ssaConflict.Error(),
 		},
+		"a -f URL that cannot be read is not the cluster": {
+			err:  fmt.Errorf("reading http://127.0.0.1:9/x.yaml: %w", &url.Error{Op: "Get", URL: "http://127.0.0.1:9/x.yaml", Err: errors.New("EOF")}),
+			want: `reading http://127.0.0.1:9/x.yaml: Get "http://127.0.0.1:9/x.yaml": EOF`,
+		},
 		"anything else passes through": {
 			err:  errors.New("rendering: spec.distribution.version: no match"),
 			want: "rendering: spec.distribution.version: no match",
@@ -67,4 +71,16 @@ func TestTranslateOnce(t *testing.T) {
 		})
 	}
 	assert.NoError(t, translate(nil, false, host))
+}
+
+// Passwords in URLs never reach the terminal, whichever package wrote the URL into the message.
+func TestRedactCredentials(t *testing.T) {
+	for in, want := range map[string]string{
+		"pulling oci://bob:PASS@ghcr.io/x: unauthorized":                "pulling oci://bob:xxxxx@ghcr.io/x: unauthorized",
+		`--url "https://git:tok3n%21@github.com/o/r.git" is not allowed`: `--url "https://git:xxxxx@github.com/o/r.git" is not allowed`,
+		"reading http://127.0.0.1:8080/x.yaml: timeout":                  "reading http://127.0.0.1:8080/x.yaml: timeout",
+		"ssh://git@github.com/o/r.git and oci://a:b@c/d":                 "ssh://git@github.com/o/r.git and oci://a:xxxxx@c/d",
+	} {
+		assert.Equal(t, want, redactCredentials(in))
+	}
 }

@@ -1,12 +1,14 @@
 package plugin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -22,6 +24,8 @@ import (
 type instanceFlags struct {
 	resource.FilenameOptions
 	distributionFlags
+	// requestTimeout is --request-timeout, which also bounds reading a -f URL (0: no overall bound).
+	requestTimeout time.Duration
 }
 
 func (f *instanceFlags) addFlags(cmd *cobra.Command, verb string) {
@@ -52,17 +56,32 @@ type rendering struct {
 // readInstance reads exactly one FluxInstance with kubectl's local resource builder (files,
 // directories, URLs, stdin) and decodes it strictly. namespace is -n when the user gave it
 // (enforced like kubectl: a FluxInstance in another namespace is an error).
-func (f *instanceFlags) readInstance(stdin io.Reader, namespace string, enforce bool) (*fluxinstance.FluxInstance, string, error) {
-	// The builder would read "-" from the process's stdin; read it from the command's streams.
+func (f *instanceFlags) readInstance(ctx context.Context, stdin io.Reader, namespace string, enforce bool) (*fluxinstance.FluxInstance, string, error) {
+	// The builder would read "-" from the process's stdin, and a URL without a context or a
+	// timeout: read both here, bounded, and hand the builder the bytes.
 	files := f.FilenameOptions
 	files.Filenames = nil
 	builder := resource.NewLocalBuilder().Unstructured()
 	for _, name := range f.Filenames {
-		if name == "-" {
-			builder = builder.Stream(stdin, "STDIN")
-			continue
+		switch {
+		case name == "-":
+			data, err := readBounded(stdin, "standard input")
+			if err != nil {
+				return nil, "", err
+			}
+			builder = builder.Stream(bytes.NewReader(data), "STDIN")
+		case isURL(name):
+			data, err := fetchURL(ctx, name, f.requestTimeout)
+			if err != nil {
+				return nil, "", fmt.Errorf("reading %s: %w", name, err)
+			}
+			builder = builder.Stream(bytes.NewReader(data), name)
+		default:
+			if err := checkFileSizes(name, f.Recursive); err != nil {
+				return nil, "", err
+			}
+			files.Filenames = append(files.Filenames, name)
 		}
-		files.Filenames = append(files.Filenames, name)
 	}
 	if len(files.Filenames) > 0 {
 		builder = builder.FilenameParam(false, &files)
@@ -113,7 +132,7 @@ func (f *instanceFlags) readInstance(stdin io.Reader, namespace string, enforce 
 // render reads, defaults, validates and renders the FluxInstance. warn receives non-fatal
 // messages (e.g. a registry that fell back to its cache).
 func (f *instanceFlags) render(ctx context.Context, stdin io.Reader, namespace string, enforce bool, warn func(string)) (*rendering, error) {
-	inst, file, err := f.readInstance(stdin, namespace, enforce)
+	inst, file, err := f.readInstance(ctx, stdin, namespace, enforce)
 	if err != nil {
 		return nil, err
 	}

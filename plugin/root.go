@@ -6,7 +6,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/signal"
+	"regexp"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -79,7 +81,7 @@ func newRootCommand(streams genericiooptions.IOStreams, info BuildInfo) (*cobra.
 // Run executes the plugin with args and returns the process exit code: 0 on success, 1 for a failed
 // operation, 2 for a usage error, and whatever an ExitError carries (diff exits 1 for "differences").
 func Run(args []string, streams genericiooptions.IOStreams, info BuildInfo) int {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := interruptible()
 	defer stop()
 
 	cmd, configFlags := newRootCommand(streams, info)
@@ -92,21 +94,59 @@ func Run(args []string, streams genericiooptions.IOStreams, info BuildInfo) int 
 		if cfg, cerr := configFlags.ToRESTConfig(); cerr == nil {
 			return cfg.Host
 		}
-		return "(unknown)"
+		return ""
 	}
 	interrupted := ctx.Err() != nil
 	var exit *ExitError
 	if errors.As(err, &exit) {
 		if exit.Err != nil {
-			fmt.Fprintf(streams.ErrOut, "error: %v\n", translate(exit.Err, interrupted, host))
+			fmt.Fprintf(streams.ErrOut, "error: %v\n", redactCredentials(translate(exit.Err, interrupted, host).Error()))
 		}
 		return exit.Code
 	}
 	err = translate(err, interrupted, host)
-	fmt.Fprintf(streams.ErrOut, "error: %v\n", err)
+	fmt.Fprintf(streams.ErrOut, "error: %v\n", redactCredentials(err.Error()))
 	var usage *UsageError
 	if errors.As(err, &usage) || isCobraUsageError(err) {
 		return 2
 	}
 	return 1
+}
+
+// interruptible returns a context that SIGINT or SIGTERM cancels, so that every read, write, wait
+// and pull of the command stops. A second signal ends the process at once (exit 130), as a second
+// Ctrl-C does kubectl: restoring the default action is not enough, since libraries may listen too.
+func interruptible() (context.Context, func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-signals:
+			cancel()
+		case <-done:
+			return
+		}
+		select {
+		case <-signals:
+			os.Exit(130)
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(signals)
+		close(done)
+		cancel()
+	}
+}
+
+// credentialsInURL matches the user:password part of a URL (oci://bob:secret@ghcr.io/x).
+var credentialsInURL = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+):[^/\s@]+@`)
+
+// redactCredentials hides passwords of URLs in a message the way net/url's Redacted does
+// (oci://bob:xxxxx@ghcr.io/x), whichever package wrote the URL into it: every error reaches the
+// user through Run, so this is the one place that needs it.
+func redactCredentials(msg string) string {
+	return credentialsInURL.ReplaceAllString(msg, "${1}:xxxxx@")
 }

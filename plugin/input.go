@@ -1,0 +1,104 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// maxInputBytes bounds every -f input (a file, each file of a directory, a URL, stdin): a
+// FluxInstance is a few kilobytes, and a bound refuses a huge or endless input before it is parsed.
+const maxInputBytes = 4 << 20
+
+// Without --request-timeout, these still bound each step of reading a -f URL, so that a server
+// that accepts and never answers cannot hang the command.
+const (
+	urlDialTimeout           = 30 * time.Second
+	urlTLSHandshakeTimeout   = 10 * time.Second
+	urlResponseHeaderTimeout = 30 * time.Second
+)
+
+func isURL(name string) bool {
+	return strings.HasPrefix(name, "http://") || strings.HasPrefix(name, "https://")
+}
+
+// fetchURL reads an http(s) -f argument with the command's context (Ctrl-C stops it), bounded by
+// timeout (--request-timeout, 0 for none) and the per-step timeouts above.
+func fetchURL(ctx context.Context, rawURL string, timeout time.Duration) ([]byte, error) {
+	transport := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: urlDialTimeout}).DialContext,
+		TLSHandshakeTimeout:   urlTLSHandshakeTimeout,
+		ResponseHeaderTimeout: urlResponseHeaderTimeout,
+	}
+	defer transport.CloseIdleConnections()
+	client := &http.Client{Transport: transport, Timeout: timeout}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", rawURL, resp.Status)
+	}
+	return readBounded(resp.Body, rawURL)
+}
+
+// readBounded reads r, refusing more than maxInputBytes.
+func readBounded(r io.Reader, name string) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, maxInputBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxInputBytes {
+		return nil, fmt.Errorf("%s is larger than %d MiB: a FluxInstance is a few kilobytes; pass the file that holds only the FluxInstance", name, maxInputBytes>>20)
+	}
+	return bytes.Clone(data), nil
+}
+
+// checkFileSizes refuses a -f file, or a file of a -f directory (its subdirectories with -R),
+// larger than maxInputBytes, before anything is parsed.
+func checkFileSizes(name string, recursive bool) error {
+	info, err := os.Stat(name)
+	if err != nil {
+		return nil // the builder reports a missing path in its own words
+	}
+	if !info.IsDir() {
+		return checkSize(name, info)
+	}
+	return filepath.WalkDir(name, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if d.IsDir() {
+			if path != name && !recursive {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		return checkSize(path, info)
+	})
+}
+
+func checkSize(name string, info fs.FileInfo) error {
+	if info.Mode().IsRegular() && info.Size() > maxInputBytes {
+		return fmt.Errorf("%s is larger than %d MiB (%d bytes): a FluxInstance is a few kilobytes; pass the file that holds only the FluxInstance", name, maxInputBytes>>20, info.Size())
+	}
+	return nil
+}
