@@ -76,7 +76,7 @@ func TestTranslateOnce(t *testing.T) {
 // Passwords in URLs never reach the terminal, whichever package wrote the URL into the message.
 func TestRedactCredentials(t *testing.T) {
 	for in, want := range map[string]string{
-		"pulling oci://bob:PASS@ghcr.io/x: unauthorized":                "pulling oci://bob:xxxxx@ghcr.io/x: unauthorized",
+		"pulling oci://bob:PASS@ghcr.io/x: unauthorized":                 "pulling oci://bob:xxxxx@ghcr.io/x: unauthorized",
 		`--url "https://git:tok3n%21@github.com/o/r.git" is not allowed`: `--url "https://git:xxxxx@github.com/o/r.git" is not allowed`,
 		"reading http://127.0.0.1:8080/x.yaml: timeout":                  "reading http://127.0.0.1:8080/x.yaml: timeout",
 		"ssh://git@github.com/o/r.git and oci://a:b@c/d":                 "ssh://git@github.com/o/r.git and oci://a:xxxxx@c/d",
