@@ -80,7 +80,8 @@ func isCobraUsageError(err error) bool {
 //
 // Anything else passes through unchanged.
 func translate(err error, interrupted bool, host func() string) error {
-	var netErr net.Error
+	// Only a url.Error or a net.OpError says "network": a bare net.Error would also match a file
+	// error (syscall.Errno has Timeout and Temporary).
 	var urlErr *url.Error
 	var opErr *net.OpError
 	switch {
@@ -88,15 +89,13 @@ func translate(err error, interrupted bool, host func() string) error {
 		return nil
 	case interrupted && errors.Is(err, context.Canceled):
 		return errors.New("interrupted")
-	case errors.Is(err, context.DeadlineExceeded) && !errors.As(err, &netErr):
-		return err
 	case apierrors.IsUnauthorized(err):
 		return fmt.Errorf("the cluster at %s rejected the credentials (expired or invalid): refresh them in your kubeconfig", host())
 	case apierrors.IsForbidden(err):
 		return err
 	case errors.As(err, &urlErr) && !sameHost(urlErr.URL, host()):
 		return err // a -f URL or a registry, named in the message already
-	case errors.As(err, &opErr), errors.As(err, &urlErr), errors.As(err, &netErr):
+	case errors.As(err, &urlErr), errors.As(err, &opErr):
 		return fmt.Errorf("unable to reach the cluster at %s: %s", host(), rootCause(err))
 	case apierrors.IsConflict(err) && !hasFieldManagerConflict(err):
 		return fmt.Errorf("%w: another client changed the object meanwhile; run the command again", err)

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/url"
+	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -60,6 +62,10 @@ func TestTranslateOnce(t *testing.T) {
 		"a -f URL that cannot be read is not the cluster": {
 			err:  fmt.Errorf("reading http://127.0.0.1:9/x.yaml: %w", &url.Error{Op: "Get", URL: "http://127.0.0.1:9/x.yaml", Err: errors.New("EOF")}),
 			want: `reading http://127.0.0.1:9/x.yaml: Get "http://127.0.0.1:9/x.yaml": EOF`,
+		},
+		"a file error is not a network error (syscall.Errno has Timeout and Temporary too)": {
+			err:  fmt.Errorf("--private-key-file /tmp/x: cannot read the file: %w", &fs.PathError{Op: "read", Path: "/tmp/x", Err: syscall.EISDIR}),
+			want: "--private-key-file /tmp/x: cannot read the file: read /tmp/x: is a directory",
 		},
 		"anything else passes through": {
 			err:  errors.New("rendering: spec.distribution.version: no match"),
