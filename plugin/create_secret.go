@@ -1,11 +1,16 @@
 package plugin
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"sort"
 	"strings"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/fluxcd/pkg/ssa"
 	"github.com/spf13/cobra"
@@ -14,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
@@ -70,7 +76,8 @@ server-side apply into the namespace of -n (or of the kubeconfig context), or pr
 
 // createSecretOptions is what every `create secret` sub-command shares.
 type createSecretOptions struct {
-	Export bool
+	Export    bool
+	Overwrite bool
 
 	name        string
 	namespace   string
@@ -80,6 +87,7 @@ type createSecretOptions struct {
 
 func (o *createSecretOptions) addFlags(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&o.Export, "export", false, "Print the Secret as YAML (values in stringData) instead of applying it.")
+	cmd.Flags().BoolVar(&o.Overwrite, "overwrite", false, "Replace the keys of an existing Secret that this plugin did not create.")
 }
 
 // complete reads the name and the namespace (-n, else the kubeconfig context's).
@@ -153,6 +161,9 @@ func (o *createSecretOptions) write(ctx context.Context, secret *corev1.Secret) 
 	if err != nil {
 		return err
 	}
+	if err := o.checkExisting(ctx, conn.Client, secret); err != nil {
+		return err
+	}
 	rm := ssa.NewResourceManager(conn.Client, nil, ssa.Owner{Field: ownership.PluginFieldManager})
 	obj := syncsecret.Unstructured(secret)
 	entry, err := rm.Apply(ctx, obj, ssa.DefaultApplyOptions())
@@ -161,6 +172,52 @@ func (o *createSecretOptions) write(ctx context.Context, secret *corev1.Secret) 
 	}
 	fmt.Fprintf(o.Out, "secret/%s %s\n", secret.Name, entry.Action)
 	return nil
+}
+
+// checkExisting refuses to change a Secret of another type (its type is immutable, and another
+// kind of credentials lives there), and one that this plugin did not create unless --overwrite:
+// the refusal names the keys that would change, never their values.
+func (o *createSecretOptions) checkExisting(ctx context.Context, c client.Client, secret *corev1.Secret) error {
+	live := &corev1.Secret{}
+	err := c.Get(ctx, client.ObjectKeyFromObject(secret), live)
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil
+	case err != nil:
+		return fmt.Errorf("reading Secret %s/%s: %w", secret.Namespace, secret.Name, err)
+	}
+	ref := fmt.Sprintf("Secret %s/%s", secret.Namespace, secret.Name)
+	if live.Type != secret.Type {
+		return fmt.Errorf("%s exists with type %s, not %s: it holds other credentials; choose another name, or delete it first", ref, live.Type, secret.Type)
+	}
+	if o.Overwrite || slices.ContainsFunc(live.ManagedFields, func(e metav1.ManagedFieldsEntry) bool {
+		return e.Manager == ownership.PluginFieldManager
+	}) {
+		return nil
+	}
+	changed := changedKeys(live, secret)
+	if len(changed) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s exists and was not created by this plugin: applying would change its keys %s; pass --overwrite to replace them",
+		ref, strings.Join(changed, ", "))
+}
+
+// changedKeys lists the keys whose value the new Secret sets differently (or adds), sorted.
+func changedKeys(live, secret *corev1.Secret) []string {
+	var out []string
+	for k, v := range secret.StringData {
+		if string(live.Data[k]) != v {
+			out = append(out, k)
+		}
+	}
+	for k, v := range secret.Data {
+		if _, inString := secret.StringData[k]; !inString && !bytes.Equal(live.Data[k], v) {
+			out = append(out, k)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // secretApplyError says what to do when the Secret's namespace is missing, the usual mistake.
