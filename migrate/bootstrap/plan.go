@@ -303,11 +303,9 @@ func dryRunDefaults(ctx context.Context, c client.Client, obj *unstructured.Unst
 func (p *Plan) collectFluxObjects(ctx context.Context, c client.Client) error {
 	in := p.Install
 	p.Versions = map[object.ObjMetadata]string{}
-	rendered := map[object.ObjMetadata]bool{}
-	for _, o := range p.Objects {
-		id := object.UnstructuredToObjMetadata(o)
-		rendered[id] = true
-		p.addFluxObject(id.String(), o.GroupVersionKind().Version)
+	rendered := object.UnstructuredSetToObjMetadataSet(p.Objects)
+	for i, id := range rendered {
+		p.addFluxObject(id.String(), p.Objects[i].GroupVersionKind().Version)
 	}
 	if in.Kustomization == nil {
 		return nil
@@ -318,7 +316,7 @@ func (p *Plan) collectFluxObjects(ctx context.Context, c client.Client) error {
 		idStr, _ := m["id"].(string)
 		version, _ := m["v"].(string)
 		id, err := object.ParseObjMetadata(idStr)
-		if err != nil || rendered[id] {
+		if err != nil || rendered.Contains(id) {
 			continue
 		}
 		if id.GroupKind.Kind == "Secret" && id.GroupKind.Group == "" {
