@@ -1,6 +1,11 @@
 // Package wait waits until objects are ready by their kstatus (the same status rules as kubectl
 // wait, kustomize-controller and the Flux Operator), reporting progress while it waits and naming
 // every object that is not ready when it gives up.
+//
+// It is built from cli-utils' poller, status collector and aggregator like fluxcd/pkg/ssa's
+// WaitForSetWithContext, rather than calling that: ssa reports nothing while it waits, its error
+// is a string with each object's status but not the status message the user needs to act on, and
+// it fails on the rate limiter's refusal at the deadline instead of reporting a timeout.
 package wait
 
 import (
