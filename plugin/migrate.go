@@ -123,34 +123,14 @@ func (o *MigrateOptions) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c := conn.Client
 	if o.CheckPermissions {
 		return o.runCheckPermissions(ctx, conn)
 	}
 	if o.Rollback {
 		return o.runRollback(ctx, conn)
 	}
-	in, err := bootstrap.Detect(ctx, c, o.namespace)
+	p, err := o.plan(ctx, conn)
 	if err != nil {
-		return err
-	}
-	dist, err := distribution.Open(ctx, o.Distribution, o.distributionFlags.options(func(m string) { o.info("Warning: %s", m) }))
-	if err != nil {
-		return fmt.Errorf("opening the Flux distribution: %w", err)
-	}
-	rel, err := dist.Release(in.Version)
-	if err != nil {
-		return fmt.Errorf("the cluster runs Flux %s, which the distribution %s does not have (the FluxInstance must render the exact running version): %w; pass --distribution with a distribution that has it",
-			in.Version, dist.Source(), err)
-	}
-	p, err := bootstrap.BuildPlan(ctx, c, in, rel)
-	if err != nil {
-		return err
-	}
-	for _, line := range p.Summary() {
-		o.info("%s", line)
-	}
-	if err := preflightSync(ctx, conn, p.Instance, p.Objects, o.Strict, o.ErrOut); err != nil {
 		return err
 	}
 	instance, err := o.encodeInstance(p)
@@ -158,19 +138,61 @@ func (o *MigrateOptions) Run(ctx context.Context) error {
 		return err
 	}
 	if !o.dryRun.Changes() {
-		if o.RepoDir != "" {
-			changes, err := bootstrap.UpdateRepo(o.RepoDir, p, mustYAML(p), true)
-			if err != nil {
-				return err
-			}
-			o.info("Would change in %s:", o.RepoDir)
-			for _, ch := range changes {
-				o.info("%s", ch)
-			}
-		}
-		return o.writeInstance(instance)
+		return o.showPlan(p, instance)
 	}
+	return o.takeOver(ctx, conn, p, instance)
+}
 
+// plan detects the `flux bootstrap` installation, renders its exact running version (a FluxInstance
+// of another version would upgrade Flux, not adopt it), builds the plan, prints its summary and
+// checks the sync credentials the rendering needs.
+func (o *MigrateOptions) plan(ctx context.Context, conn *kube.Connection) (*bootstrap.Plan, error) {
+	in, err := bootstrap.Detect(ctx, conn.Client, o.namespace)
+	if err != nil {
+		return nil, err
+	}
+	dist, err := distribution.Open(ctx, o.Distribution, o.distributionFlags.options(func(m string) { o.info("Warning: %s", m) }))
+	if err != nil {
+		return nil, fmt.Errorf("opening the Flux distribution: %w", err)
+	}
+	rel, err := dist.Release(in.Version)
+	if err != nil {
+		return nil, fmt.Errorf("the cluster runs Flux %s, which the distribution %s does not have (the FluxInstance must render the exact running version): %w; pass --distribution with a distribution that has it",
+			in.Version, dist.Source(), err)
+	}
+	p, err := bootstrap.BuildPlan(ctx, conn.Client, in, rel)
+	if err != nil {
+		return nil, err
+	}
+	for _, line := range p.Summary() {
+		o.info("%s", line)
+	}
+	if err := preflightSync(ctx, conn, p.Instance, p.Objects, o.Strict, o.ErrOut); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// showPlan is --dry-run's end: what --repo-dir would change, and the FluxInstance.
+func (o *MigrateOptions) showPlan(p *bootstrap.Plan, instance []byte) error {
+	if o.RepoDir != "" {
+		changes, err := bootstrap.UpdateRepo(o.RepoDir, p, mustYAML(p), true)
+		if err != nil {
+			return err
+		}
+		o.info("Would change in %s:", o.RepoDir)
+		for _, ch := range changes {
+			o.info("%s", ch)
+		}
+	}
+	return o.writeInstance(instance)
+}
+
+// takeOver takes the Flux objects over from kustomize-controller after a confirmation (nothing to
+// do when a previous run already did and verified it), then writes the FluxInstance and updates
+// the fleet repository.
+func (o *MigrateOptions) takeOver(ctx context.Context, conn *kube.Connection, p *bootstrap.Plan, instance []byte) error {
+	in := p.Install
 	m := apply.NewManager(kube.Instance{Client: conn.Client, Name: "flux", Namespace: in.Namespace})
 	if ok, err := bootstrap.UpToDate(ctx, m, p); err != nil {
 		return err
@@ -198,10 +220,6 @@ func (o *MigrateOptions) Run(ctx context.Context) error {
 		},
 	})
 	if err != nil {
-		var np *bootstrap.NotProtectedError
-		if errors.As(err, &np) {
-			return err
-		}
 		return err
 	}
 	for _, ref := range res.Protected {

@@ -60,13 +60,10 @@ func (m *Manager) Prune(ctx context.Context, old *inventory.Inventory, newObject
 	if err != nil {
 		return nil, err
 	}
-	keep := map[string]bool{}
-	for _, o := range newObjects {
-		keep[kube.ID(o).String()] = true
-	}
+	keep := object.UnstructuredSetToObjMetadataSet(newObjects)
 	var toDelete []*unstructured.Unstructured
 	for i, id := range ids {
-		if keep[id.String()] {
+		if keep.Contains(id) {
 			continue
 		}
 		stub := kube.Stub(id, versions[i])

@@ -353,52 +353,77 @@ func clusterDomain(deps []appsv1.Deployment) string {
 
 // detectSync finds the namespace-named Kustomization and its source and maps them to spec.sync.
 func detectSync(ctx context.Context, c client.Client, in *Install) error {
-	ns := in.Namespace
+	ks, err := findKustomization(ctx, c, in.Namespace)
+	if err != nil {
+		return err
+	}
+	in.Kustomization = ks
+	src, err := readSyncSource(ctx, c, in.Namespace, ks)
+	if err != nil {
+		return err
+	}
+	in.Source = src
+	in.Sync = syncSpec(in)
+	return nil
+}
+
+// findKustomization returns the Kustomization named after the namespace, the one `flux
+// bootstrap` creates: migrate only adopts that layout.
+func findKustomization(ctx context.Context, c client.Client, ns string) (*unstructured.Unstructured, error) {
 	var kss unstructured.UnstructuredList
 	kss.SetGroupVersionKind(kustomizationGVK.GroupVersion().WithKind("KustomizationList"))
 	if err := c.List(ctx, &kss, client.InNamespace(ns)); err != nil {
-		return fmt.Errorf("listing Kustomizations in %s: %w", ns, err)
+		return nil, fmt.Errorf("listing Kustomizations in %s: %w", ns, err)
 	}
+	var ks *unstructured.Unstructured
 	for i := range kss.Items {
 		if kss.Items[i].GetName() == ns {
-			in.Kustomization = &kss.Items[i]
+			ks = &kss.Items[i]
 		}
 	}
-	if in.Kustomization == nil {
-		return refuse("namespace %q has no Kustomization named %q: `flux bootstrap` creates one named after the namespace; migrate only adopts that layout", ns, ns)
+	if ks == nil {
+		return nil, refuse("namespace %q has no Kustomization named %q: `flux bootstrap` creates one named after the namespace; migrate only adopts that layout", ns, ns)
 	}
-	ks := in.Kustomization
+	return ks, nil
+}
+
+// readSyncSource reads the Kustomization's source, refusing one a FluxInstance's spec.sync cannot
+// name (another kind, or another name than the namespace's). It tries each served version of the
+// source API, newest first.
+func readSyncSource(ctx context.Context, c client.Client, ns string, ks *unstructured.Unstructured) (*unstructured.Unstructured, error) {
 	kind, _, _ := unstructured.NestedString(ks.Object, "spec", "sourceRef", "kind")
 	name, _, _ := unstructured.NestedString(ks.Object, "spec", "sourceRef", "name")
 	srcNS, _, _ := unstructured.NestedString(ks.Object, "spec", "sourceRef", "namespace")
 	if !slices.Contains(syncSourceKinds, kind) {
-		return refuse("Kustomization %s/%s syncs from a %s, which a FluxInstance cannot express (spec.sync.kind is one of %s)", ns, ns, kind, strings.Join(syncSourceKinds, ", "))
+		return nil, refuse("Kustomization %s/%s syncs from a %s, which a FluxInstance cannot express (spec.sync.kind is one of %s)", ns, ns, kind, strings.Join(syncSourceKinds, ", "))
 	}
 	if name != ns || (srcNS != "" && srcNS != ns) {
-		return refuse("Kustomization %s/%s syncs from %s %s/%s: the FluxInstance's sync source is named after the namespace (%s/%s); rename the source in Git with `flux bootstrap` first or migrate by hand",
+		return nil, refuse("Kustomization %s/%s syncs from %s %s/%s: the FluxInstance's sync source is named after the namespace (%s/%s); rename the source in Git with `flux bootstrap` first or migrate by hand",
 			ns, ns, kind, orDefault(srcNS, ns), name, ns, ns)
 	}
-	var src *unstructured.Unstructured
 	for _, version := range syncSourceVersions {
 		u := &unstructured.Unstructured{}
 		u.SetGroupVersionKind(schema.GroupVersionKind{Group: sourceGroup, Version: version, Kind: kind})
 		err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, u)
 		if err == nil {
-			src = u
-			break
+			return u, nil
 		}
 		if apierrors.IsNotFound(err) {
-			return refuse("Kustomization %s/%s syncs from %s %s/%s, which does not exist", ns, ns, kind, ns, name)
+			return nil, refuse("Kustomization %s/%s syncs from %s %s/%s, which does not exist", ns, ns, kind, ns, name)
 		}
 		if !meta.IsNoMatchError(err) && !strings.Contains(err.Error(), "no matches for kind") {
-			return fmt.Errorf("reading %s %s/%s: %w", kind, ns, name, err)
+			return nil, fmt.Errorf("reading %s %s/%s: %w", kind, ns, name, err)
 		}
 	}
-	if src == nil {
-		return refuse("the API server does not serve %s: the Flux CRDs are incomplete", kind)
-	}
-	in.Source = src
-	sy := &fluxinstance.Sync{Kind: kind, Name: ns}
+	return nil, refuse("the API server does not serve %s: the Flux CRDs are incomplete", kind)
+}
+
+// syncSpec maps the Kustomization and its source to spec.sync, noting in in.Notes what it
+// cannot express.
+func syncSpec(in *Install) *fluxinstance.Sync {
+	ks, src := in.Kustomization, in.Source
+	kind, _, _ := unstructured.NestedString(ks.Object, "spec", "sourceRef", "kind")
+	sy := &fluxinstance.Sync{Kind: kind, Name: in.Namespace}
 	sy.Path, _, _ = unstructured.NestedString(ks.Object, "spec", "path")
 	sy.Interval = compactDuration(nestedString(src, "spec", "interval"))
 	sy.PullSecret = nestedString(src, "spec", "secretRef", "name")
@@ -410,27 +435,9 @@ func detectSync(ctx context.Context, c client.Client, in *Install) error {
 	case "GitRepository":
 		sy.URL = nestedString(src, "spec", "url")
 		ref, _, _ := unstructured.NestedStringMap(src.Object, "spec", "ref")
-		switch {
-		case ref["name"] != "":
-			sy.Ref = ref["name"]
-		case ref["commit"] != "", ref["semver"] != "":
-			// Not expressible in spec.sync.ref: the plan keeps them with a patch on the
-			// GitRepository; the ref here only has to be valid.
-			switch {
-			case ref["branch"] != "":
-				sy.Ref = "refs/heads/" + ref["branch"]
-			case ref["tag"] != "":
-				sy.Ref = "refs/tags/" + ref["tag"]
-			default:
-				sy.Ref = "refs/heads/main"
-			}
-			in.Notes = append(in.Notes, fmt.Sprintf("GitRepository %s/%s uses a %s ref, which spec.sync.ref cannot express: it is kept with a patch", ns, ns, refKind(ref)))
-		case ref["tag"] != "":
-			sy.Ref = "refs/tags/" + ref["tag"]
-		case ref["branch"] != "":
-			sy.Ref = "refs/heads/" + ref["branch"]
-		default:
-			sy.Ref = "refs/heads/master" // source-controller's default branch
+		sy.Ref = gitRef(ref)
+		if ref["name"] == "" && (ref["commit"] != "" || ref["semver"] != "") {
+			in.Notes = append(in.Notes, fmt.Sprintf("GitRepository %s/%s uses a %s ref, which spec.sync.ref cannot express: it is kept with a patch", in.Namespace, in.Namespace, refKind(ref)))
 		}
 	case "OCIRepository":
 		sy.URL = nestedString(src, "spec", "url")
@@ -442,8 +449,30 @@ func detectSync(ctx context.Context, c client.Client, in *Install) error {
 		sy.URL = nestedString(src, "spec", "endpoint")
 		sy.Ref = nestedString(src, "spec", "bucketName")
 	}
-	in.Sync = sy
-	return nil
+	return sy
+}
+
+// gitRef is spec.sync.ref for a GitRepository's spec.ref. A commit or semver ref is not
+// expressible there: the plan keeps it with a patch on the GitRepository, and the ref returned
+// only has to be valid.
+func gitRef(ref map[string]string) string {
+	switch {
+	case ref["name"] != "":
+		return ref["name"]
+	case ref["commit"] != "", ref["semver"] != "":
+		switch {
+		case ref["branch"] != "":
+			return "refs/heads/" + ref["branch"]
+		case ref["tag"] != "":
+			return "refs/tags/" + ref["tag"]
+		}
+		return "refs/heads/main"
+	case ref["tag"] != "":
+		return "refs/tags/" + ref["tag"]
+	case ref["branch"] != "":
+		return "refs/heads/" + ref["branch"]
+	}
+	return "refs/heads/master" // source-controller's default branch
 }
 
 func refKind(ref map[string]string) string {

@@ -138,15 +138,39 @@ func BuildPlan(ctx context.Context, c client.Client, in *Install, rel *distribut
 	if err != nil {
 		return nil, err
 	}
+	lives, patches, err := p.derivePatches(ctx, c, base)
+	if err != nil {
+		return nil, err
+	}
+	if len(patches) > 0 {
+		inst.Spec.Kustomize = &fluxinstance.Kustomize{Patches: patches}
+	}
+	p.Instance = inst
+	if p.Objects, err = RenderInstance(inst, rel); err != nil {
+		return nil, fmt.Errorf("the generated patches do not apply: %w", err)
+	}
+	if err := p.verifyPatched(ctx, c, lives); err != nil {
+		return nil, err
+	}
+	if err := p.collectFluxObjects(ctx, c); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// derivePatches compares each patchable object of the unpatched rendering with its running
+// copy and returns one JSON6902 patch per object that differs (described in p.Patches), with the
+// running copies by key for verifyPatched. Objects not running yet get no patch.
+func (p *Plan) derivePatches(ctx context.Context, c client.Client, base []*unstructured.Unstructured) (map[string]*unstructured.Unstructured, []fluxinstance.Patch, error) {
 	lives := map[string]*unstructured.Unstructured{}
 	var patches []fluxinstance.Patch
 	for _, obj := range base {
-		if !patchable(obj, in.Namespace) {
+		if !patchable(obj, p.Install.Namespace) {
 			continue
 		}
 		live, _, err := kube.Get(ctx, c, obj)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if live == nil {
 			continue
@@ -154,7 +178,7 @@ func BuildPlan(ctx context.Context, c client.Client, in *Install, rel *distribut
 		lives[key(obj)] = live
 		ops, note, err := specDiff(ctx, c, obj, live)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if note != "" {
 			p.Notes = append(p.Notes, note)
@@ -164,7 +188,7 @@ func BuildPlan(ctx context.Context, c client.Client, in *Install, rel *distribut
 		}
 		data, err := yaml.Marshal(ops)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		gvk := obj.GroupVersionKind()
 		patches = append(patches, fluxinstance.Patch{
@@ -177,14 +201,13 @@ func BuildPlan(ctx context.Context, c client.Client, in *Install, rel *distribut
 		}
 		p.Patches = append(p.Patches, pn)
 	}
-	if len(patches) > 0 {
-		inst.Spec.Kustomize = &fluxinstance.Kustomize{Patches: patches}
-	}
-	p.Instance = inst
-	if p.Objects, err = RenderInstance(inst, rel); err != nil {
-		return nil, fmt.Errorf("the generated patches do not apply: %w", err)
-	}
-	// Proof: the patched rendering, defaulted by the API server, equals the running objects.
+	return lives, patches, nil
+}
+
+// verifyPatched is the proof that the patches express the installation: the patched rendering,
+// defaulted by the API server, must equal the running objects. What still differs goes to
+// Unexpressed (the takeover will change it); what does not run yet is noted.
+func (p *Plan) verifyPatched(ctx context.Context, c client.Client, lives map[string]*unstructured.Unstructured) error {
 	for _, obj := range p.Objects {
 		live := lives[key(obj)]
 		if live == nil {
@@ -192,21 +215,18 @@ func BuildPlan(ctx context.Context, c client.Client, in *Install, rel *distribut
 		}
 		ops, _, err := specDiff(ctx, c, obj, live)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for _, o := range ops {
 			p.Unexpressed = append(p.Unexpressed, fmt.Sprintf("%s: %s: the patched rendering still differs (the takeover will change it)", kube.Ref(obj), describeOp(o)))
 		}
 	}
 	for _, obj := range p.Objects {
-		if patchable(obj, in.Namespace) && lives[key(obj)] == nil {
+		if patchable(obj, p.Install.Namespace) && lives[key(obj)] == nil {
 			p.Notes = append(p.Notes, fmt.Sprintf("%s does not exist yet: the takeover creates it", kube.Ref(obj)))
 		}
 	}
-	if err := p.collectFluxObjects(ctx, c); err != nil {
-		return nil, err
-	}
-	return p, nil
+	return nil
 }
 
 func planFromRecord(ctx context.Context, c client.Client, in *Install, rel *distribution.Release) (*Plan, error) {
@@ -303,11 +323,9 @@ func dryRunDefaults(ctx context.Context, c client.Client, obj *unstructured.Unst
 func (p *Plan) collectFluxObjects(ctx context.Context, c client.Client) error {
 	in := p.Install
 	p.Versions = map[object.ObjMetadata]string{}
-	rendered := map[object.ObjMetadata]bool{}
-	for _, o := range p.Objects {
-		id := object.UnstructuredToObjMetadata(o)
-		rendered[id] = true
-		p.addFluxObject(id.String(), o.GroupVersionKind().Version)
+	rendered := object.UnstructuredSetToObjMetadataSet(p.Objects)
+	for i, id := range rendered {
+		p.addFluxObject(id.String(), p.Objects[i].GroupVersionKind().Version)
 	}
 	if in.Kustomization == nil {
 		return nil
@@ -318,7 +336,7 @@ func (p *Plan) collectFluxObjects(ctx context.Context, c client.Client) error {
 		idStr, _ := m["id"].(string)
 		version, _ := m["v"].(string)
 		id, err := object.ParseObjMetadata(idStr)
-		if err != nil || rendered[id] {
+		if err != nil || rendered.Contains(id) {
 			continue
 		}
 		if id.GroupKind.Kind == "Secret" && id.GroupKind.Group == "" {

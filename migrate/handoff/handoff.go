@@ -113,29 +113,18 @@ func NewPlan(ctx context.Context, inst kube.Instance, render Renderer) (*Plan, e
 // difference lists the rendered objects missing from the inventory and the inventory entries
 // missing from the rendering.
 func difference(inv *inventory.Inventory, rendered []*unstructured.Unstructured) (create, del []string) {
-	have := map[string]bool{}
-	for _, e := range inv.Entries {
-		have[e.ID] = true
+	have, want := inv.IDs(), object.UnstructuredSetToObjMetadataSet(rendered)
+	return refs(want.Diff(have)), refs(have.Diff(want))
+}
+
+// refs names the objects as Kind/namespace/name, sorted.
+func refs(ids object.ObjMetadataSet) []string {
+	var out []string
+	for _, id := range ids {
+		out = append(out, kube.RefMeta(id))
 	}
-	want := map[string]bool{}
-	for _, obj := range rendered {
-		id := object.UnstructuredToObjMetadata(obj)
-		want[id.String()] = true
-		if !have[id.String()] {
-			create = append(create, kube.RefMeta(id))
-		}
-	}
-	for _, e := range inv.Entries {
-		if want[e.ID] {
-			continue
-		}
-		if id, err := object.ParseObjMetadata(e.ID); err == nil {
-			del = append(del, kube.RefMeta(id))
-		}
-	}
-	sort.Strings(create)
-	sort.Strings(del)
-	return create, del
+	sort.Strings(out)
+	return out
 }
 
 // Options tune Run.

@@ -3,12 +3,18 @@
 // (Pending while an apply may be creating objects, Applied, Deleted), the fingerprints that let
 // the next apply skip unchanged objects, and its mirror in a FluxInstance's status.inventory, the
 // Flux Operator's own format.
+//
+// Entries stay the operator's {id, v} pairs rather than a cli-utils ObjMetadataSet: each carries
+// the API version to read the object with, and an id that does not parse must reach Objects to
+// be reported. Set operations on the ids (Contains, the hand-off's difference) go through IDs,
+// an ObjMetadataSet.
 package inventory
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -114,12 +120,9 @@ func New(objects []*unstructured.Unstructured) *Inventory {
 // Add lists id at version unless it is listed already.
 func (inv *Inventory) Add(id object.ObjMetadata, version string) {
 	s := id.String()
-	for _, e := range inv.Entries {
-		if e.ID == s {
-			return
-		}
+	if !slices.ContainsFunc(inv.Entries, func(e Entry) bool { return e.ID == s }) {
+		inv.Entries = append(inv.Entries, Entry{ID: s, Version: version})
 	}
-	inv.Entries = append(inv.Entries, Entry{ID: s, Version: version})
 }
 
 func (inv *Inventory) sort() {
@@ -144,34 +147,36 @@ func (inv *Inventory) Objects() ([]object.ObjMetadata, []string, error) {
 	return ids, versions, nil
 }
 
-// Contains tells whether every entry of other is in inv.
-func (inv *Inventory) Contains(other *Inventory) bool {
-	have := map[string]bool{}
-	if inv != nil {
-		for _, e := range inv.Entries {
-			have[e.ID] = true
+// IDs is the set of the entries' ids, in entry order; inv may be nil. An entry whose id does not
+// parse is left out: no object can match it (Objects reports it).
+func (inv *Inventory) IDs() object.ObjMetadataSet {
+	var ids object.ObjMetadataSet
+	for _, e := range inv.entries() {
+		if id, err := object.ParseObjMetadata(e.ID); err == nil {
+			ids = append(ids, id)
 		}
 	}
-	for _, e := range other.Entries {
-		if !have[e.ID] {
-			return false
-		}
-	}
-	return true
+	return ids
 }
 
-// Union returns the entries of a and b (b's version wins); either may be nil.
+func (inv *Inventory) entries() []Entry {
+	if inv == nil {
+		return nil
+	}
+	return inv.Entries
+}
+
+// Contains tells whether every entry of other is in inv.
+func (inv *Inventory) Contains(other *Inventory) bool {
+	return len(other.IDs().Diff(inv.IDs())) == 0
+}
+
+// Union returns the entries of a and b, sorted; either may be nil. The version of an id listed
+// by both is b's (the newer rendering); entries whose id does not parse are left out.
 func Union(a, b *Inventory) *Inventory {
 	out := &Inventory{}
-	if b != nil {
-		out.Entries = append(out.Entries, b.Entries...)
-	}
-	if a != nil {
-		for _, e := range a.Entries {
-			id, err := object.ParseObjMetadata(e.ID)
-			if err != nil {
-				continue
-			}
+	for _, e := range slices.Concat(b.entries(), a.entries()) { // b first: Add keeps the first
+		if id, err := object.ParseObjMetadata(e.ID); err == nil {
 			out.Add(id, e.Version)
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -300,33 +301,36 @@ func (e *OperatorNotReadyError) Error() string {
 // reconcile that ended in failure stops the wait at once.
 func WaitForOperator(ctx context.Context, inst kube.Instance, token string, timeout time.Duration, progress func(*State)) (*State, error) {
 	ref := fmt.Sprintf("FluxInstance/%s/%s", inst.Namespace, inst.Name)
-	deadline := time.Now().Add(timeout)
 	lastProgress := time.Now()
 	var state *State
-	for {
-		var err error
-		state, err = FluxInstance(ctx, inst)
-		if err != nil {
-			return nil, err
-		}
+	var readErr, failed error
+	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
+		// The caller's ctx, not the poll's: the timeout ends the wait, never a read half-way.
+		state, readErr = FluxInstance(ctx, inst)
 		switch {
+		case readErr != nil:
+			return false, readErr
 		case state != nil && state.Current(token) && state.Ready == "True" && state.Settled():
-			return state, nil
+			return true, nil
 		case state != nil && state.Failed(token):
-			return state, &OperatorNotReadyError{Instance: ref, Failed: true, State: state}
-		case time.Now().After(deadline):
-			return state, &OperatorNotReadyError{Instance: ref, Timeout: timeout, State: state}
+			failed = &OperatorNotReadyError{Instance: ref, Failed: true, State: state}
+			return false, failed
 		}
 		if progress != nil && state != nil && time.Since(lastProgress) >= 5*time.Second {
 			progress(state)
 			lastProgress = time.Now()
 		}
-		select {
-		case <-ctx.Done():
-			return state, ctx.Err()
-		case <-time.After(500 * time.Millisecond):
-		}
+		return false, nil
+	})
+	switch {
+	case readErr != nil:
+		return nil, readErr
+	case err == nil || failed != nil:
+		return state, err
+	case ctx.Err() != nil:
+		return state, ctx.Err()
 	}
+	return state, &OperatorNotReadyError{Instance: ref, Timeout: timeout, State: state}
 }
 
 // ApplyFluxInstance server-side applies the FluxInstance object (the user's intent for the

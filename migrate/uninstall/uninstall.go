@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/fluxcd/cli-utils/pkg/object"
 	"github.com/fluxcd/pkg/ssa"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
@@ -61,18 +62,52 @@ func Run(ctx context.Context, m *apply.Manager, inv *inventory.Inventory, opts O
 	if err != nil {
 		return nil, err
 	}
-	kept := &inventory.Inventory{}
-	var fluxObjects, others, crds []*unstructured.Unstructured
+	t, err := collect(ctx, m, ids, versions, opts.WithCRDs, cs)
+	if err != nil {
+		return cs, err
+	}
+	if !opts.DryRun.Changes() {
+		return cs, t.dryRun(ctx, m.Client, opts.DryRun, cs)
+	}
+	if err := t.suspend(ctx, m.Client, opts); err != nil {
+		return cs, err
+	}
+	if err := t.delete(ctx, m, opts, cs); err != nil {
+		return cs, err
+	}
+	t.kept.State, t.kept.RecordInfo = inventory.StateDeleted, inv.RecordInfo
+	if err := m.Store().Write(ctx, t.kept, opts.FieldManager); err != nil {
+		// The namespace may be gone (someone deleted it meanwhile): nothing left to record.
+		if !apierrors.IsNotFound(err) {
+			return cs, err
+		}
+	}
+	return cs, nil
+}
+
+// targets sorts the inventory for Run: what it keeps, and what it deletes in three groups, in
+// the order they go: the Flux objects (suspended first, so their controllers garbage-collect
+// nothing), the other objects, then the CRDs (after everything that their controllers ran).
+type targets struct {
+	kept                      *inventory.Inventory
+	fluxObjects, others, crds []*unstructured.Unstructured
+}
+
+// collect reads each inventory object and sorts it. Namespaces and (without withCRDs) CRDs are
+// kept and reported skipped, like objects no longer labelled as this instance's; objects already
+// gone are left out.
+func collect(ctx context.Context, m *apply.Manager, ids []object.ObjMetadata, versions []string, withCRDs bool, cs *ssa.ChangeSet) (*targets, error) {
+	t := &targets{kept: &inventory.Inventory{}}
 	for i, id := range ids {
 		stub := kube.Stub(id, versions[i])
-		if kube.IsNamespace(id) || (kube.IsCRD(id) && !opts.WithCRDs) {
+		if kube.IsNamespace(id) || (kube.IsCRD(id) && !withCRDs) {
 			cs.Add(apply.Entry(stub, ssa.SkippedAction))
-			kept.Add(id, versions[i])
+			t.kept.Add(id, versions[i])
 			continue
 		}
 		live, state, err := kube.Get(ctx, m.Client, stub)
 		if err != nil {
-			return cs, err
+			return nil, err
 		}
 		if state != kube.Found {
 			continue
@@ -83,76 +118,83 @@ func Run(ctx context.Context, m *apply.Manager, inv *inventory.Inventory, opts O
 		}
 		switch {
 		case kube.IsCRD(id):
-			crds = append(crds, live)
+			t.crds = append(t.crds, live)
 		case strings.HasSuffix(id.GroupKind.Group, ".toolkit.fluxcd.io"):
-			fluxObjects = append(fluxObjects, live)
+			t.fluxObjects = append(t.fluxObjects, live)
 		default:
-			others = append(others, live)
+			t.others = append(t.others, live)
 		}
 	}
-	if !opts.DryRun.Changes() {
-		for _, group := range [][]*unstructured.Unstructured{fluxObjects, others, crds} {
-			for _, o := range group {
-				if opts.DryRun == kube.DryRunServer {
-					if err := m.Client.Delete(ctx, o.DeepCopy(), client.DryRunAll); err != nil && !apierrors.IsNotFound(err) {
-						return cs, kube.ObjectError(o, "server-side dry-run delete", err)
-					}
-				}
-				cs.Add(apply.Entry(o, ssa.DeletedAction))
-			}
-		}
-		return cs, nil
-	}
+	return t, nil
+}
 
-	for _, o := range fluxObjects {
-		if err := patch(ctx, m.Client, o, suspendPatch, opts.FieldManager); err != nil {
-			return cs, err
+// dryRun reports every deletion; with the server dry-run it also sends each delete as one, so
+// that the API server checks permissions and admission.
+func (t *targets) dryRun(ctx context.Context, c client.Client, dryRun kube.DryRun, cs *ssa.ChangeSet) error {
+	for _, group := range [][]*unstructured.Unstructured{t.fluxObjects, t.others, t.crds} {
+		for _, o := range group {
+			if dryRun == kube.DryRunServer {
+				if err := c.Delete(ctx, o.DeepCopy(), client.DryRunAll); err != nil && !apierrors.IsNotFound(err) {
+					return kube.ObjectError(o, "server-side dry-run delete", err)
+				}
+			}
+			cs.Add(apply.Entry(o, ssa.DeletedAction))
+		}
+	}
+	return nil
+}
+
+// suspend stops the controllers of the Flux objects about to go from acting on them (and, when
+// asked, clears their finalizers for controllers that are gone).
+func (t *targets) suspend(ctx context.Context, c client.Client, opts Options) error {
+	for _, o := range t.fluxObjects {
+		if err := patch(ctx, c, o, suspendPatch, opts.FieldManager); err != nil {
+			return err
 		}
 		if opts.RemoveFinalizers && len(o.GetFinalizers()) > 0 {
-			if err := patch(ctx, m.Client, o, finalizersPatch, opts.FieldManager); err != nil {
-				return cs, err
+			if err := patch(ctx, c, o, finalizersPatch, opts.FieldManager); err != nil {
+				return err
 			}
 		}
 	}
+	return nil
+}
+
+// delete deletes the groups in order with ssa's DeleteAll, only objects still carrying the
+// instance's owner labels. CRDs go last, after their custom resources' finalizers are cleared
+// when asked (without controllers the CRD deletion would hang).
+func (t *targets) delete(ctx context.Context, m *apply.Manager, opts Options, cs *ssa.ChangeSet) error {
 	rm := m.ResourceManager(opts.FieldManager, 1)
 	delOpts := ssa.DefaultDeleteOptions()
 	delOpts.Inclusions = map[string]string{render.LabelOwnerName: m.Name, render.LabelOwnerNamespace: m.Namespace}
-	for _, group := range [][]*unstructured.Unstructured{fluxObjects, others} {
+	if err := deleteAll(ctx, rm, delOpts, cs, t.fluxObjects, t.others); err != nil {
+		return err
+	}
+	if opts.RemoveFinalizers {
+		for _, crd := range t.crds {
+			if err := removeCustomResourceFinalizers(ctx, m.Client, crd, opts.FieldManager); err != nil {
+				return err
+			}
+		}
+	}
+	return deleteAll(ctx, rm, delOpts, cs, t.crds)
+}
+
+// deleteAll deletes each group in turn, recording what was deleted even when a group fails.
+func deleteAll(ctx context.Context, rm *ssa.ResourceManager, opts ssa.DeleteOptions, cs *ssa.ChangeSet, groups ...[]*unstructured.Unstructured) error {
+	for _, group := range groups {
 		if len(group) == 0 {
 			continue
 		}
-		res, err := rm.DeleteAll(ctx, group, delOpts)
+		res, err := rm.DeleteAll(ctx, group, opts)
 		if res != nil {
 			cs.Append(res.Entries)
 		}
 		if err != nil {
-			return cs, err
+			return err
 		}
 	}
-	if len(crds) > 0 {
-		if opts.RemoveFinalizers {
-			for _, crd := range crds {
-				if err := removeCustomResourceFinalizers(ctx, m.Client, crd, opts.FieldManager); err != nil {
-					return cs, err
-				}
-			}
-		}
-		res, err := rm.DeleteAll(ctx, crds, delOpts)
-		if res != nil {
-			cs.Append(res.Entries)
-		}
-		if err != nil {
-			return cs, err
-		}
-	}
-	kept.State, kept.RecordInfo = inventory.StateDeleted, inv.RecordInfo
-	if err := m.Store().Write(ctx, kept, opts.FieldManager); err != nil {
-		// The namespace may be gone (someone deleted it meanwhile): nothing left to record.
-		if !apierrors.IsNotFound(err) {
-			return cs, err
-		}
-	}
-	return cs, nil
+	return nil
 }
 
 func patch(ctx context.Context, c client.Client, obj *unstructured.Unstructured, patch, fieldManager string) error {
