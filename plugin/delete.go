@@ -112,7 +112,7 @@ func (o *DeleteOptions) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("nothing to delete: this plugin never applied Flux in namespace %q (%s); pass -n for another namespace", o.namespace, how)
 	}
-	cs, err := uninstall.Run(ctx, m, inv, uninstall.Options{WithCRDs: o.WithCRDs, RemoveFinalizers: o.RemoveFinalizers, DryRun: o.dryRun})
+	res, err := uninstall.Run(ctx, m, inv, uninstall.Options{WithCRDs: o.WithCRDs, RemoveFinalizers: o.RemoveFinalizers, DryRun: o.dryRun})
 	if err != nil {
 		return err
 	}
@@ -120,17 +120,20 @@ func (o *DeleteOptions) Run(ctx context.Context) error {
 	if !o.dryRun.Changes() {
 		dry = string(o.dryRun)
 	}
-	var warnings []string
+	var notes []string
 	if !o.WithCRDs {
 		if crds, err := uninstall.CRDs(inv); err == nil && len(crds) > 0 {
-			warnings = append(warnings, fmt.Sprintf("kept %d Flux CRDs and every Flux object of users; delete them with --with-crds --yes-i-know", len(crds)))
+			notes = append(notes, fmt.Sprintf("kept %d Flux CRDs and every Flux object of users; delete them with --with-crds --yes-i-know", len(crds)))
 		}
 	}
-	if err := printChanges(o.Out, o.Output, newChangeReport(cs, dry, warnings)); err != nil {
+	if err := printChanges(o.Out, o.Output, newChangeReport(res.ChangeSet, dry, append(res.Warnings, notes...))); err != nil {
 		return err
 	}
-	for _, w := range warnings {
-		fmt.Fprintf(o.ErrOut, "Note: %s\n", w)
+	for _, w := range res.Warnings {
+		fmt.Fprintf(o.ErrOut, "Warning: %s\n", w)
+	}
+	for _, n := range notes {
+		fmt.Fprintf(o.ErrOut, "Note: %s\n", n)
 	}
 	return nil
 }

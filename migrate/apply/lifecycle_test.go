@@ -429,14 +429,16 @@ func TestLifecycle(t *testing.T) {
 		require.NoError(t, err)
 		all := append([]*unstructured.Unstructured{}, full...)
 		before := resourceVersions(t, c, all)
-		cs, err := uninstall.Run(ctxT(t), m, inv, uninstall.Options{DryRun: kube.DryRunClient})
+		res, err := uninstall.Run(ctxT(t), m, inv, uninstall.Options{DryRun: kube.DryRunClient})
 		require.NoError(t, err)
+		cs := res.ChangeSet
 		assert.Equal(t, ssa.DeletedAction, actions(cs)["Deployment/flux-system/source-controller"])
 		assert.Equal(t, ssa.SkippedAction, actions(cs)["CustomResourceDefinition/gitrepositories.source.toolkit.fluxcd.io"])
 		assert.Equal(t, before, resourceVersions(t, c, all), "delete --dry-run changed the cluster")
 
-		cs, err = uninstall.Run(ctxT(t), m, inv, uninstall.Options{})
+		res, err = uninstall.Run(ctxT(t), m, inv, uninstall.Options{})
 		require.NoError(t, err)
+		cs = res.ChangeSet
 		assert.Equal(t, ssa.DeletedAction, actions(cs)["Deployment/flux-system/source-controller"])
 		assert.Equal(t, ssa.SkippedAction, actions(cs)["Namespace/flux-system"])
 		assert.False(t, exists(t, c, deploymentGVK, ns, "source-controller"))

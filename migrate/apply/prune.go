@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/fluxcd/cli-utils/pkg/object"
 	"github.com/fluxcd/pkg/ssa"
@@ -79,8 +80,13 @@ func (m *Manager) Prune(ctx context.Context, old *inventory.Inventory, newObject
 			}
 			return nil, kube.ObjectError(stub, "reading before prune", err)
 		}
-		if ownership.PruneDisabled(live) || !ownership.OwnedBy(live, m.Name, m.Namespace) {
+		if ownership.PruneDisabled(live) {
 			res.ChangeSet.Add(Entry(stub, ssa.SkippedAction))
+			continue
+		}
+		if ok, why := deletable(id, live, m.Instance, old, opts.FieldManager); !ok {
+			res.ChangeSet.Add(Entry(stub, ssa.SkippedAction))
+			res.Warnings = append(res.Warnings, fmt.Sprintf("%s is listed in %s but was not pruned: %s", kube.RefMeta(id), old.Source, why))
 			continue
 		}
 		if kube.IsCRD(id) {
@@ -123,6 +129,28 @@ func (m *Manager) Prune(ctx context.Context, old *inventory.Inventory, newObject
 		return res, fmt.Errorf("pruning: %w", err)
 	}
 	return res, nil
+}
+
+// deletable applies ownership's rule to an object a record lists, with the field managers that
+// record says applied it (the record's own, this apply's, and the operator's for a FluxInstance's
+// status.inventory). The records themselves are never deleted.
+func deletable(id object.ObjMetadata, live metav1.Object, inst kube.Instance, rec *inventory.Inventory, fieldManager string) (bool, string) {
+	if inventory.IsRecord(id) {
+		return false, "it is the plugin's own record"
+	}
+	appliedBy := []string{fieldManager, ownership.PluginFieldManager}
+	if rec.FieldManager != "" {
+		appliedBy = append(appliedBy, rec.FieldManager)
+	}
+	if strings.HasPrefix(rec.Source, "FluxInstance/") {
+		appliedBy = append(appliedBy, ownership.OperatorFieldManager)
+	}
+	return ownership.Deletable(id, live, inst.Name, inst.Namespace, appliedBy...)
+}
+
+// Deletable tells whether Delete (uninstall) may remove an object the record lists, and why not.
+func (m *Manager) Deletable(id object.ObjMetadata, live metav1.Object, rec *inventory.Inventory, fieldManager string) (bool, string) {
+	return deletable(id, live, m.Instance, rec, fieldManager)
 }
 
 func (m *Manager) labelOrphaned(ctx context.Context, crd *unstructured.Unstructured, fieldManager string) error {

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
 	"github.com/fluxinstance/kubectl-fluxinstance/render"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
@@ -20,7 +21,7 @@ import (
 // updated when the takeover is verified. It makes a re-run resume with the same FluxInstance,
 // a completed migration report "nothing to do", and --rollback know what to give back.
 const (
-	RecordConfigMap = "kubectl-fluxinstance-migration"
+	RecordConfigMap = inventory.MigrationConfigMapName
 	labelRecord     = "kubectl-fluxinstance/migration-record"
 
 	StateInProgress = "InProgress"

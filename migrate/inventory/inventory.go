@@ -34,6 +34,8 @@ const (
 	// ConfigMapName is the record's name in the instance namespace. Its presence is also the
 	// mark that this plugin applied the installation.
 	ConfigMapName = "kubectl-fluxinstance-inventory"
+	// MigrationConfigMapName is the record `migrate` keeps of a takeover from `flux bootstrap`.
+	MigrationConfigMapName = "kubectl-fluxinstance-migration"
 
 	// ConfigMap data keys.
 	keyInventory     = "inventory"
@@ -184,6 +186,13 @@ func Union(a, b *Inventory) *Inventory {
 	return out
 }
 
+// IsRecord tells whether id is one of the plugin's own records, which no record may list: a record
+// listing itself would have prune or delete remove it.
+func IsRecord(id object.ObjMetadata) bool {
+	return id.GroupKind.Group == "" && id.GroupKind.Kind == "ConfigMap" &&
+		(id.Name == ConfigMapName || id.Name == MigrationConfigMapName)
+}
+
 // Store reads and writes the record of one instance.
 type Store struct {
 	kube.Instance
@@ -273,9 +282,13 @@ func (s *Store) Write(ctx context.Context, inv *Inventory, fieldManager string) 
 		inv.State = StateApplied
 	}
 	inv.sort()
-	entries := inv.Entries
-	if entries == nil {
-		entries = []Entry{}
+	entries := []Entry{}
+	for _, e := range inv.Entries {
+		// The record never lists itself (a rendering cannot contain it; an edited record could).
+		if id, err := object.ParseObjMetadata(e.ID); err == nil && IsRecord(id) {
+			continue
+		}
+		entries = append(entries, e)
 	}
 	body, err := json.Marshal(map[string]any{"entries": entries})
 	if err != nil {

@@ -50,39 +50,46 @@ const (
 // suspended first, so that a kustomize-controller still running finalizes them without
 // garbage-collecting the users' workloads they applied. The record is rewritten with what was
 // kept (state Deleted).
-func Run(ctx context.Context, m *apply.Manager, inv *inventory.Inventory, opts Options) (*ssa.ChangeSet, error) {
+func Run(ctx context.Context, m *apply.Manager, inv *inventory.Inventory, opts Options) (*Result, error) {
 	if opts.FieldManager == "" {
 		opts.FieldManager = ownership.PluginFieldManager
 	}
-	cs := ssa.NewChangeSet()
+	res := &Result{ChangeSet: ssa.NewChangeSet()}
 	if inv == nil {
-		return cs, nil
+		return res, nil
 	}
 	ids, versions, err := inv.Objects()
 	if err != nil {
 		return nil, err
 	}
-	t, err := collect(ctx, m, ids, versions, opts.WithCRDs, cs)
+	t, err := collect(ctx, m, inv, ids, versions, opts, res)
 	if err != nil {
-		return cs, err
+		return res, err
 	}
 	if !opts.DryRun.Changes() {
-		return cs, t.dryRun(ctx, m.Client, opts.DryRun, cs)
+		return res, t.dryRun(ctx, m.Client, opts.DryRun, res.ChangeSet)
 	}
 	if err := t.suspend(ctx, m.Client, opts); err != nil {
-		return cs, err
+		return res, err
 	}
-	if err := t.delete(ctx, m, opts, cs); err != nil {
-		return cs, err
+	if err := t.delete(ctx, m, opts, res.ChangeSet); err != nil {
+		return res, err
 	}
 	t.kept.State, t.kept.RecordInfo = inventory.StateDeleted, inv.RecordInfo
 	if err := m.Store().Write(ctx, t.kept, opts.FieldManager); err != nil {
 		// The namespace may be gone (someone deleted it meanwhile): nothing left to record.
 		if !apierrors.IsNotFound(err) {
-			return cs, err
+			return res, err
 		}
 	}
-	return cs, nil
+	return res, nil
+}
+
+// Result is what Run did (or would do).
+type Result struct {
+	ChangeSet *ssa.ChangeSet
+	// Warnings name each listed object that was kept because its provenance is in doubt.
+	Warnings []string
 }
 
 // targets sorts the inventory for Run: what it keeps, and what it deletes in three groups, in
@@ -93,14 +100,15 @@ type targets struct {
 	fluxObjects, others, crds []*unstructured.Unstructured
 }
 
-// collect reads each inventory object and sorts it. Namespaces and (without withCRDs) CRDs are
-// kept and reported skipped, like objects no longer labelled as this instance's; objects already
-// gone are left out.
-func collect(ctx context.Context, m *apply.Manager, ids []object.ObjMetadata, versions []string, withCRDs bool, cs *ssa.ChangeSet) (*targets, error) {
+// collect reads each inventory object and sorts it. Namespaces and (without WithCRDs) CRDs are
+// kept and reported skipped, like objects that ownership's rule does not let the plugin delete
+// (each with a warning); objects already gone are left out.
+func collect(ctx context.Context, m *apply.Manager, inv *inventory.Inventory, ids []object.ObjMetadata, versions []string, opts Options, res *Result) (*targets, error) {
 	t := &targets{kept: &inventory.Inventory{}}
+	cs := res.ChangeSet
 	for i, id := range ids {
 		stub := kube.Stub(id, versions[i])
-		if kube.IsNamespace(id) || (kube.IsCRD(id) && !withCRDs) {
+		if kube.IsNamespace(id) || (kube.IsCRD(id) && !opts.WithCRDs) {
 			cs.Add(apply.Entry(stub, ssa.SkippedAction))
 			t.kept.Add(id, versions[i])
 			continue
@@ -112,8 +120,9 @@ func collect(ctx context.Context, m *apply.Manager, ids []object.ObjMetadata, ve
 		if state != kube.Found {
 			continue
 		}
-		if !ownership.OwnedBy(live, m.Name, m.Namespace) {
+		if ok, why := m.Deletable(id, live, inv, opts.FieldManager); !ok {
 			cs.Add(apply.Entry(stub, ssa.SkippedAction))
+			res.Warnings = append(res.Warnings, fmt.Sprintf("%s is listed in %s but was not deleted: %s", kube.RefMeta(id), inv.Source, why))
 			continue
 		}
 		switch {
