@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -59,4 +60,17 @@ func TestOversizedInputIsRefusedBeforeParsing(t *testing.T) {
 	r = runPlugin(t, strings.Repeat("# padding\n", maxInputBytes/10+1), "build", "-f", "-")
 	assert.Equal(t, 1, r.code)
 	assert.Contains(t, r.stderr, "standard input is larger than 4 MiB")
+}
+
+// A file of many documents is refused with a message that lists a few and counts the rest.
+func TestManyDocumentsAreSummarized(t *testing.T) {
+	var b strings.Builder
+	for i := range 2000 {
+		fmt.Fprintf(&b, "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-%d\n", i)
+	}
+	file := writeFile(t, t.TempDir(), "many.yaml", b.String())
+	r := runPlugin(t, "", "build", "-f", file)
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "and 1995 more")
+	assert.Less(t, len(r.stderr), 1000, "the message stays short: %d bytes", len(r.stderr))
 }

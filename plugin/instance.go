@@ -103,7 +103,7 @@ func (f *instanceFlags) readInstance(ctx context.Context, stdin io.Reader, names
 	if len(instances) != 1 || len(infos) != 1 {
 		what := "nothing"
 		if len(found) > 0 {
-			what = strings.Join(found, ", ")
+			what = summarize(found, 5)
 		}
 		return nil, "", fmt.Errorf("expected exactly one FluxInstance (%s) in %s, found %s", fluxinstance.APIVersion, strings.Join(f.Filenames, ", "), what)
 	}
