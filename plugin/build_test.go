@@ -37,8 +37,8 @@ func TestBuildOutputs(t *testing.T) {
 	file := writeFile(t, t.TempDir(), "flux.yaml", minimalInstance)
 
 	r := runPlugin(t, "", "build", "-f", file, "--distribution", dist, "-o", "name")
-	require.Equal(t, 0, r.code, r.stderr)
-	names := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	names := strings.Split(strings.TrimSpace(r.Stdout), "\n")
 	assert.Equal(t, "namespace/flux-system", names[indexOfPrefix(names, "namespace/")])
 	assert.Less(t, indexOfPrefix(names, "customresourcedefinition."), indexOfPrefix(names, "namespace/"), "CRDs come first")
 	assert.Less(t, indexOfPrefix(names, "serviceaccount/"), indexOfPrefix(names, "deployment.apps/"))
@@ -46,8 +46,8 @@ func TestBuildOutputs(t *testing.T) {
 	assert.NotContains(t, names, "deployment.apps/image-reflector-controller", "not a default component")
 
 	r = runPlugin(t, "", "build", "-f", file, "--distribution", dist)
-	require.Equal(t, 0, r.code, r.stderr)
-	objs, err := testenv.DecodeYAML([]byte(r.stdout))
+	require.Equal(t, 0, r.Code, r.Stderr)
+	objs, err := testenv.DecodeYAML([]byte(r.Stdout))
 	require.NoError(t, err)
 	assert.Len(t, objs, len(names), "YAML and name outputs list the same objects")
 	for _, o := range objs {
@@ -56,19 +56,19 @@ func TestBuildOutputs(t *testing.T) {
 	}
 
 	r = runPlugin(t, "", "build", "-f", file, "--distribution", dist, "-o", "json")
-	require.Equal(t, 0, r.code, r.stderr)
+	require.Equal(t, 0, r.Code, r.Stderr)
 	var list struct {
 		Kind  string           `json:"kind"`
 		Items []map[string]any `json:"items"`
 	}
-	require.NoError(t, json.Unmarshal([]byte(r.stdout), &list))
+	require.NoError(t, json.Unmarshal([]byte(r.Stdout), &list))
 	assert.Equal(t, "List", list.Kind)
 	assert.Len(t, list.Items, len(names))
 
 	// stdin, like kubectl's -f -.
 	r = runPlugin(t, minimalInstance, "build", "-f", "-", "--distribution", dist, "-o", "name")
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Equal(t, strings.Join(names, "\n")+"\n", r.stdout)
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Equal(t, strings.Join(names, "\n")+"\n", r.Stdout)
 }
 
 func indexOfPrefix(list []string, prefix string) int {
@@ -86,14 +86,14 @@ func TestBuildNamespace(t *testing.T) {
 	noNamespace := writeFile(t, dir, "flux.yaml", strings.Replace(minimalInstance, "  namespace: flux-system\n", "", 1))
 
 	r := runPlugin(t, "", "build", "-f", noNamespace, "--distribution", dist, "-n", "gitops", "-o", "name")
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stdout, "namespace/gitops\n")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stdout, "namespace/gitops\n")
 
 	withNamespace := writeFile(t, dir, "ns.yaml", minimalInstance)
 	r = runPlugin(t, "", "build", "-f", withNamespace, "--distribution", dist, "-n", "gitops")
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, `the namespace of FluxInstance "flux" in `+withNamespace+` is "flux-system", which does not match the namespace "gitops"`)
-	assert.Empty(t, r.stdout)
+	assert.Equal(t, 1, r.Code)
+	assert.Contains(t, r.Stderr, `the namespace of FluxInstance "flux" in `+withNamespace+` is "flux-system", which does not match the namespace "gitops"`)
+	assert.Empty(t, r.Stdout)
 }
 
 func TestBuildBadInput(t *testing.T) {
@@ -127,17 +127,17 @@ func TestBuildBadInput(t *testing.T) {
 				args = append(args, "--distribution", dist)
 			}
 			r := runPlugin(t, "", args...)
-			assert.Equal(t, tc.code, r.code, r.stderr)
-			assert.Empty(t, r.stdout, "nothing is printed when the input is bad")
+			assert.Equal(t, tc.code, r.Code, r.Stderr)
+			assert.Empty(t, r.Stdout, "nothing is printed when the input is bad")
 			for _, w := range tc.want {
-				assert.Contains(t, r.stderr, w)
+				assert.Contains(t, r.Stderr, w)
 			}
 		})
 	}
 
 	// -R finds the instance in a sub-directory.
 	r := runPlugin(t, "", "build", "-f", filepath.Dir(recursive), "-R", "--distribution", dist, "-o", "name")
-	assert.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, 0, r.Code, r.Stderr)
 }
 
 func cm(path string) string { return path }

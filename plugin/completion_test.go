@@ -59,8 +59,8 @@ func parseCompletion(t *testing.T, stdout string) completion {
 func complete(t *testing.T, args ...string) completion {
 	t.Helper()
 	r := runPlugin(t, "", append([]string{"__complete"}, args...)...)
-	require.Equal(t, 0, r.code, r.stderr)
-	return parseCompletion(t, r.stdout)
+	require.Equal(t, 0, r.Code, r.Stderr)
+	return parseCompletion(t, r.Stdout)
 }
 
 func writeKubeconfig(t *testing.T) string {
@@ -255,8 +255,8 @@ func TestCompletionNamespacesFromCluster(t *testing.T) {
 
 		// Nobody can list anything: nothing to offer, and no error on the terminal.
 		r := runPlugin(t, "", "__complete", "--kubeconfig", env.UserKubeconfig(t, "alice"), "version", "-n", "")
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Empty(t, parseCompletion(t, r.stdout).values)
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Empty(t, parseCompletion(t, r.Stdout).values)
 	})
 }
 

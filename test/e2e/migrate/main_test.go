@@ -7,7 +7,6 @@
 package migrate_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -28,7 +27,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -37,6 +35,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/plugin"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/fluxenv"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/pluginrun"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
@@ -57,21 +56,8 @@ const (
 	pluginFieldManager  = "kubectl-fluxinstance"
 )
 
-var buildInfo = plugin.BuildInfo{Version: "v0.0.0-e2e-migrate"}
-
-type result struct {
-	stdout, stderr string
-	code           int
-}
-
 // runPlugin runs the plugin in-process as main does, args as typed after `kubectl fluxinstance`.
-func runPlugin(t testing.TB, args ...string) result {
-	t.Helper()
-	var out, errOut bytes.Buffer
-	streams := genericiooptions.IOStreams{In: strings.NewReader(""), Out: &out, ErrOut: &errOut}
-	code := plugin.Run(args, streams, buildInfo)
-	return result{stdout: out.String(), stderr: errOut.String(), code: code}
-}
+var runPlugin = pluginrun.With(plugin.Run, plugin.BuildInfo{Version: "v0.0.0-e2e-migrate"}).Run
 
 // scenario is one bootstrapped fleet repository and what the test remembers about it.
 type scenario struct {
@@ -108,13 +94,13 @@ func (s *scenario) migrate(t testing.TB, extra ...string) (string, *fluxinstance
 	out := filepath.Join(t.TempDir(), "flux-instance.yaml")
 	args := append([]string{"migrate", "--kubeconfig=" + s.kubeconfig, "--distribution", s.dist, "--yes",
 		"--repo-dir", s.f.Repo.Dir, "--output-file", out}, extra...)
-	r := runPlugin(t, args...)
-	require.Equal(t, 0, r.code, "migrate failed:\n%s", r.stderr)
+	r := runPlugin(t, "", args...)
+	require.Equal(t, 0, r.Code, "migrate failed:\n%s", r.Stderr)
 	dir := s.f.Options.Dir()
-	assert.Contains(t, r.stderr, "Verified: kustomize-controller's garbage collection would delete none")
-	assert.Contains(t, r.stderr, "Next step: in the Git repository, remove "+dir+"/ (gotk-components.yaml, gotk-sync.yaml, kustomization.yaml)")
+	assert.Contains(t, r.Stderr, "Verified: kustomize-controller's garbage collection would delete none")
+	assert.Contains(t, r.Stderr, "Next step: in the Git repository, remove "+dir+"/ (gotk-components.yaml, gotk-sync.yaml, kustomization.yaml)")
 	for _, line := range []string{" D " + dir + "/gotk-components.yaml", " D " + dir + "/gotk-sync.yaml", " M " + dir + "/kustomization.yaml", "?? " + dir + "/flux-instance.yaml"} {
-		assert.Contains(t, r.stderr, line, "--repo-dir reports the change")
+		assert.Contains(t, r.Stderr, line, "--repo-dir reports the change")
 	}
 	data, err := os.ReadFile(out)
 	require.NoError(t, err)
@@ -122,7 +108,7 @@ func (s *scenario) migrate(t testing.TB, extra ...string) (string, *fluxinstance
 	require.NoError(t, err, "the generated FluxInstance")
 	assert.Equal(t, s.f.Options.Namespace, inst.Namespace)
 	assert.Equal(t, s.f.Options.Version, inst.Spec.Distribution.Version)
-	return r.stderr, inst
+	return r.Stderr, inst
 }
 
 // checkWorkTree checks that the work tree is what the next step asks for: the two generated files

@@ -104,10 +104,10 @@ func TestMigrateCLIBootstrap(t *testing.T) {
 
 	// A dry run changes nothing and prints the same plan.
 	rvBefore := resourceVersions(t, s.c, f.Kustomization(t))
-	r := runPlugin(t, "migrate", "--kubeconfig="+s.kubeconfig, "--distribution", s.dist, "--dry-run")
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stderr, `installed by `+"`flux bootstrap`"+` in namespace "flux-system"`)
-	assert.Contains(t, r.stdout, "kind: FluxInstance")
+	r := runPlugin(t, "", "migrate", "--kubeconfig="+s.kubeconfig, "--distribution", s.dist, "--dry-run")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, `installed by `+"`flux bootstrap`"+` in namespace "flux-system"`)
+	assert.Contains(t, r.Stdout, "kind: FluxInstance")
 	assert.Equal(t, rvBefore, resourceVersions(t, s.c, f.Kustomization(t)), "--dry-run changed nothing")
 
 	stderr, inst := s.migrateWithControllers(t)
@@ -117,10 +117,10 @@ func TestMigrateCLIBootstrap(t *testing.T) {
 	assert.Equal(t, "flux-system", inst.Spec.Sync.PullSecret)
 
 	// A second run, the files gone from Git and their Kustomization reconciled: nothing to do.
-	r = runPlugin(t, "migrate", "--kubeconfig="+s.kubeconfig, "--distribution", s.dist, "--repo-dir", repo.Dir, "--output-file", t.TempDir()+"/fi.yaml")
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stderr, "Nothing to do")
-	assert.Contains(t, r.stderr, "the bootstrap files are already replaced")
+	r = runPlugin(t, "", "migrate", "--kubeconfig="+s.kubeconfig, "--distribution", s.dist, "--repo-dir", repo.Dir, "--output-file", t.TempDir()+"/fi.yaml")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, "Nothing to do")
+	assert.Contains(t, r.Stderr, "the bootstrap files are already replaced")
 
 	// Then the Flux Operator takes the migrated instance over.
 	s.handoff(t)

@@ -5,7 +5,6 @@
 package operator_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -22,13 +21,13 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/plugin"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/operatorenv"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/pluginrun"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
@@ -38,18 +37,8 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-type result struct {
-	stdout, stderr string
-	code           int
-}
-
-func runPlugin(t *testing.T, args ...string) result {
-	t.Helper()
-	var out, errOut bytes.Buffer
-	streams := genericiooptions.IOStreams{In: strings.NewReader(""), Out: &out, ErrOut: &errOut}
-	code := plugin.Run(args, streams, plugin.BuildInfo{Version: "v0.0.0-e2e-operator"})
-	return result{stdout: out.String(), stderr: errOut.String(), code: code}
-}
+// runPlugin runs the plugin in-process as main does, args as typed after `kubectl fluxinstance`.
+var runPlugin = pluginrun.With(plugin.Run, plugin.BuildInfo{Version: "v0.0.0-e2e-operator"}).Run
 
 // instance is the FluxInstance of the journey; wait is off because no kubelet runs the
 // controllers' pods here (the operator would wait for them forever).
@@ -125,7 +114,7 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 	require.NoError(t, os.WriteFile(v27, []byte(instance("2.7.x")), 0o600))
 	require.NoError(t, os.WriteFile(v28, []byte(instance("2.8.x")), 0o600))
 	kc := "--kubeconfig=" + env.Kubeconfig
-	pluginRun := func(args ...string) result { return runPlugin(t, append(args, kc)...) }
+	pluginRun := func(args ...string) pluginrun.Result { return runPlugin(t, "", append(args, kc)...) }
 
 	// 1. The plugin applies Flux directly: there is no operator yet. An image component, removed
 	// again without pruning, stays in the plugin's inventory: the operator must garbage-collect it
@@ -133,7 +122,7 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 	withImages := filepath.Join(dir, "flux-2.7-images.yaml")
 	require.NoError(t, os.WriteFile(withImages, []byte(instance("2.7.x", "image-reflector-controller")), 0o600))
 	r := pluginRun("apply", "-f", withImages, "--distribution", dist, "--wait=false")
-	require.Equal(t, 0, r.code, r.stderr)
+	require.Equal(t, 0, r.Code, r.Stderr)
 
 	// 2. The team installs the Flux Operator; auto mode keeps applying directly (here without
 	// pruning the image component) and points to handoff.
@@ -143,15 +132,15 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 	_, err := op.WaitReport(reportCtx)
 	require.NoError(t, err)
 	r = pluginRun("apply", "-f", v27, "--distribution", dist, "--wait=false", "--prune=false")
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stderr, "kubectl fluxinstance handoff -n flux-system")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, "kubectl fluxinstance handoff -n flux-system")
 	ours := pluginInventory(t, c)
 	reflector := "flux-system_image-reflector-controller_apps_Deployment"
 	require.Contains(t, ids(ours), reflector)
 	before := liveFacts(t, c, ours)
 	require.NotEmpty(t, before)
 	r = pluginRun("apply", "-f", v27, "--distribution", dist, "--mode=operator")
-	assert.Equal(t, 1, r.code, "operator mode without a hand-off")
+	assert.Equal(t, 1, r.Code, "operator mode without a hand-off")
 
 	// 3. The hand-off, as re-run after a first attempt was interrupted right after it created the
 	// FluxInstance with reconciliation disabled (the operator must not have touched anything).
@@ -163,13 +152,13 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 	assert.Equal(t, before, liveFacts(t, c, ours), "a disabled FluxInstance changes nothing")
 	start := time.Now()
 	r = pluginRun("handoff", "-n", "flux-system", "--distribution", dist, "--timeout=2m")
-	require.Equal(t, 0, r.code, "handoff failed:\nstdout: %s\nstderr: %s\noperator log:\n%s", r.stdout, r.stderr, op.LogTail(40))
-	t.Logf("handoff in %s:\n%s%s", time.Since(start).Round(10*time.Millisecond), r.stderr, r.stdout)
-	assert.Contains(t, r.stderr, "Resuming an interrupted hand-off: the FluxInstance exists with reconciliation disabled\n")
-	assert.Regexp(t, `its first reconcile may create 0 and delete [1-9]\d*\n`, r.stderr)
-	assert.Contains(t, r.stderr, "  delete: Deployment/flux-system/image-reflector-controller\n")
-	assert.Contains(t, r.stdout, "handed off: the Flux Operator applied v2.7.5@sha256:")
-	assert.Regexp(t, `\(created 0, deleted [1-9]\d*, none recreated or restarted, as planned\)`, r.stdout)
+	require.Equal(t, 0, r.Code, "handoff failed:\nstdout: %s\nstderr: %s\noperator log:\n%s", r.Stdout, r.Stderr, op.LogTail(40))
+	t.Logf("handoff in %s:\n%s%s", time.Since(start).Round(10*time.Millisecond), r.Stderr, r.Stdout)
+	assert.Contains(t, r.Stderr, "Resuming an interrupted hand-off: the FluxInstance exists with reconciliation disabled\n")
+	assert.Regexp(t, `its first reconcile may create 0 and delete [1-9]\d*\n`, r.Stderr)
+	assert.Contains(t, r.Stderr, "  delete: Deployment/flux-system/image-reflector-controller\n")
+	assert.Contains(t, r.Stdout, "handed off: the Flux Operator applied v2.7.5@sha256:")
+	assert.Regexp(t, `\(created 0, deleted [1-9]\d*, none recreated or restarted, as planned\)`, r.Stdout)
 
 	fi := &unstructured.Unstructured{}
 	fi.SetGroupVersionKind(operatorenv.FluxInstanceGVK)
@@ -201,41 +190,41 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 
 	// A second handoff has nothing to do.
 	r = pluginRun("handoff", "-n", "flux-system")
-	assert.Equal(t, 0, r.code, r.stderr)
-	assert.Equal(t, "Nothing to do: FluxInstance flux-system/flux is already managed by the Flux Operator (its inventory is in FluxInstance/flux-system/flux): there is nothing to hand off\n", r.stderr)
+	assert.Equal(t, 0, r.Code, r.Stderr)
+	assert.Equal(t, "Nothing to do: FluxInstance flux-system/flux is already managed by the Flux Operator (its inventory is in FluxInstance/flux-system/flux): there is nothing to hand off\n", r.Stderr)
 
 	// 4. status and diff after the hand-off.
 	r = pluginRun("status", "-n", "flux-system")
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Regexp(t, `Flux Version: +v2\.7\.5\n`, r.stdout)
-	assert.Regexp(t, `Managed By: +flux-operator\n`, r.stdout)
-	assert.Regexp(t, `Flux Operator: +running \(FluxReport flux-system/flux updated \d+s ago\)`, r.stdout)
-	assert.Regexp(t, `FluxInstance: +flux-system/flux, reconciled by the operator: Ready=True`, r.stdout)
-	assert.Regexp(t, `Drift: +none\n`, r.stdout)
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Regexp(t, `Flux Version: +v2\.7\.5\n`, r.Stdout)
+	assert.Regexp(t, `Managed By: +flux-operator\n`, r.Stdout)
+	assert.Regexp(t, `Flux Operator: +running \(FluxReport flux-system/flux updated \d+s ago\)`, r.Stdout)
+	assert.Regexp(t, `FluxInstance: +flux-system/flux, reconciled by the operator: Ready=True`, r.Stdout)
+	assert.Regexp(t, `Drift: +none\n`, r.Stdout)
 	r = pluginRun("diff", "-f", v27, "--distribution", dist)
-	assert.Equal(t, 0, r.code, "no difference after the hand-off:\n%s%s", r.stdout, r.stderr)
+	assert.Equal(t, 0, r.Code, "no difference after the hand-off:\n%s%s", r.Stdout, r.Stderr)
 	r = pluginRun("apply", "-f", v27, "--distribution", dist, "--mode=direct", "--wait=false")
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, "would start a fight")
+	assert.Equal(t, 1, r.Code)
+	assert.Contains(t, r.Stderr, "would start a fight")
 	r = pluginRun("delete", "-n", "flux-system")
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, "to uninstall, delete the FluxInstance and let the operator remove what it applied: kubectl delete fluxinstance -n flux-system flux")
+	assert.Equal(t, 1, r.Code)
+	assert.Contains(t, r.Stderr, "to uninstall, delete the FluxInstance and let the operator remove what it applied: kubectl delete fluxinstance -n flux-system flux")
 
 	// 5. Upgrade to the next minor through the operator.
 	r = pluginRun("diff", "-f", v28, "--distribution", dist)
-	assert.Equal(t, 1, r.code, r.stderr)
-	assert.Contains(t, r.stdout, "ghcr.io/fluxcd/source-controller:v1.8")
+	assert.Equal(t, 1, r.Code, r.Stderr)
+	assert.Contains(t, r.Stdout, "ghcr.io/fluxcd/source-controller:v1.8")
 	// The plugin's own distribution need not have the version: here it knows only 2.7.5, and
 	// the operator resolves 2.8.x from its distribution.
 	only275 := distributionWith(t, dist, "v2.7.5")
 	start = time.Now()
 	r = pluginRun("apply", "-f", v28, "--distribution", only275, "--timeout=2m")
-	t.Logf("upgrade through the operator: %s\n%s", time.Since(start).Round(10*time.Millisecond), r.stderr)
-	require.Equal(t, 0, r.code, "upgrade failed:\nstdout: %s\nstderr: %s\noperator log:\n%s", r.stdout, r.stderr, op.LogTail(40))
-	assert.Equal(t, "fluxinstance.fluxcd.controlplane.io/flux configured\n", r.stdout)
-	assert.Contains(t, r.stderr, `Note: `+v28+`: spec.distribution.version: no Flux version in `)
-	assert.Contains(t, r.stderr, `the Flux Operator resolves it from its own distribution`)
-	assert.Regexp(t, `FluxInstance flux-system/flux ready after \d+s: applied v2\.8\.\d+@sha256:[0-9a-f]{64}, \d+ objects in its inventory`, r.stderr)
+	t.Logf("upgrade through the operator: %s\n%s", time.Since(start).Round(10*time.Millisecond), r.Stderr)
+	require.Equal(t, 0, r.Code, "upgrade failed:\nstdout: %s\nstderr: %s\noperator log:\n%s", r.Stdout, r.Stderr, op.LogTail(40))
+	assert.Equal(t, "fluxinstance.fluxcd.controlplane.io/flux configured\n", r.Stdout)
+	assert.Contains(t, r.Stderr, `Note: `+v28+`: spec.distribution.version: no Flux version in `)
+	assert.Contains(t, r.Stderr, `the Flux Operator resolves it from its own distribution`)
+	assert.Regexp(t, `FluxInstance flux-system/flux ready after \d+s: applied v2\.8\.\d+@sha256:[0-9a-f]{64}, \d+ objects in its inventory`, r.Stderr)
 
 	require.NoError(t, c.Get(ctx, op.InstanceKey(), fi))
 	upgraded, err := operatorenv.InventoryEntries(fi)
@@ -256,13 +245,13 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 	}
 
 	r = pluginRun("status", "-n", "flux-system", "-o", "json")
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stdout, `"version": "v2.8.`)
-	assert.Contains(t, r.stdout, `"managedBy": "flux-operator"`)
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stdout, `"version": "v2.8.`)
+	assert.Contains(t, r.Stdout, `"managedBy": "flux-operator"`)
 	r = pluginRun("status", "-n", "flux-system")
-	assert.Regexp(t, `Drift: +none\n`, r.stdout)
+	assert.Regexp(t, `Drift: +none\n`, r.Stdout)
 	r = pluginRun("diff", "-f", v28, "--distribution", dist)
-	assert.Equal(t, 0, r.code, "no difference after the upgrade:\n%s%s", r.stdout, r.stderr)
+	assert.Equal(t, 0, r.Code, "no difference after the upgrade:\n%s%s", r.Stdout, r.Stderr)
 
 	// A version nobody has: the plugin hands it to the operator, whose failure ends the wait at
 	// once with its message; direct mode refuses before connecting to anything.
@@ -270,10 +259,10 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 	require.NoError(t, os.WriteFile(v299, []byte(instance("2.99.x")), 0o600))
 	start = time.Now()
 	r = pluginRun("apply", "-f", v299, "--distribution", dist, "--timeout=2m")
-	assert.Equal(t, 1, r.code, r.stderr)
+	assert.Equal(t, 1, r.Code, r.Stderr)
 	assert.Less(t, time.Since(start), time.Minute, "a failed reconcile ends the wait")
-	assert.Contains(t, r.stderr, "error: the Flux Operator failed to reconcile FluxInstance/flux-system/flux: Ready=False")
-	t.Logf("a version the operator lacks:\n%s", r.stderr)
+	assert.Contains(t, r.Stderr, "error: the Flux Operator failed to reconcile FluxInstance/flux-system/flux: Ready=False")
+	t.Logf("a version the operator lacks:\n%s", r.Stderr)
 }
 
 // distributionWith copies the given versions of the distribution data into a new directory.
