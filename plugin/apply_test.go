@@ -44,20 +44,12 @@ spec:
 // resourceVersions snapshots every object the plugin could have touched.
 func resourceVersions(t *testing.T, c client.Client) map[string]string {
 	t.Helper()
-	out := map[string]string{}
-	for _, list := range []client.ObjectList{
-		&unstructured.UnstructuredList{Object: map[string]any{"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinitionList"}},
-		&unstructured.UnstructuredList{Object: map[string]any{"apiVersion": "v1", "kind": "NamespaceList"}},
-		&unstructured.UnstructuredList{Object: map[string]any{"apiVersion": "apps/v1", "kind": "DeploymentList"}},
-		&unstructured.UnstructuredList{Object: map[string]any{"apiVersion": "v1", "kind": "ConfigMapList"}},
-		&unstructured.UnstructuredList{Object: map[string]any{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleList"}},
-	} {
-		require.NoError(t, c.List(context.Background(), list))
-		for _, item := range list.(*unstructured.UnstructuredList).Items {
-			out[item.GetKind()+"/"+item.GetNamespace()+"/"+item.GetName()] = item.GetResourceVersion()
-		}
-	}
-	return out
+	return testenv.ListResourceVersions(t, c,
+		schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinitionList"},
+		schema.GroupVersionKind{Version: "v1", Kind: "NamespaceList"},
+		schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "DeploymentList"},
+		schema.GroupVersionKind{Version: "v1", Kind: "ConfigMapList"},
+		schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRoleList"})
 }
 
 func TestApplyDiffStatusDelete(t *testing.T) {

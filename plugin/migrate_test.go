@@ -51,18 +51,6 @@ func bootstrapForPlugin(t *testing.T, env *testenv.Env) []*unstructured.Unstruct
 	return objs
 }
 
-func resourceVersionsOf(t *testing.T, c client.Client, objs []*unstructured.Unstructured) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	for _, o := range objs {
-		m := &metav1.PartialObjectMetadata{}
-		m.SetGroupVersionKind(o.GroupVersionKind())
-		require.NoError(t, c.Get(context.Background(), client.ObjectKeyFromObject(o), m))
-		out[o.GetKind()+"/"+o.GetNamespace()+"/"+o.GetName()] = m.GetResourceVersion()
-	}
-	return out
-}
-
 func TestMigrateCommand(t *testing.T) {
 	env := testenv.Start(t)
 	dist := testenv.DistributionDir(t)
@@ -75,7 +63,7 @@ func TestMigrateCommand(t *testing.T) {
 	assert.Equal(t, 2, r.Code, r.Stderr)
 
 	// Dry run: plan on stderr, the FluxInstance on stdout, nothing changed.
-	before := resourceVersionsOf(t, c, objs)
+	before := testenv.ResourceVersions(t, c, objs)
 	r = runPlugin(t, "", "migrate", kc, "--dry-run", "--distribution", dist)
 	require.Equal(t, 0, r.Code, r.Stderr)
 	assert.Contains(t, r.Stderr, "installed by `flux bootstrap` in namespace \"flux-system\"")
@@ -84,7 +72,7 @@ func TestMigrateCommand(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "v2.7.5", inst.Spec.Distribution.Version)
 	assert.Equal(t, "refs/heads/main", inst.Spec.Sync.Ref)
-	assert.Equal(t, before, resourceVersionsOf(t, c, objs))
+	assert.Equal(t, before, testenv.ResourceVersions(t, c, objs))
 
 	r = runPlugin(t, "", "migrate", kc, "--dry-run", "--distribution", dist, "-o", "json")
 	require.Equal(t, 0, r.Code, r.Stderr)
@@ -94,7 +82,7 @@ func TestMigrateCommand(t *testing.T) {
 	r = runPlugin(t, "", "migrate", kc, "--distribution", dist)
 	assert.Equal(t, 1, r.Code)
 	assert.Contains(t, r.Stderr, "pass --yes")
-	assert.Equal(t, before, resourceVersionsOf(t, c, objs))
+	assert.Equal(t, before, testenv.ResourceVersions(t, c, objs))
 
 	// A checkout of the fleet repository with the bootstrap files and a file of the user's.
 	repo := t.TempDir()
@@ -131,11 +119,11 @@ func TestMigrateCommand(t *testing.T) {
 	}
 
 	// Second run: nothing to do.
-	mid := resourceVersionsOf(t, c, objs)
+	mid := testenv.ResourceVersions(t, c, objs)
 	r = runPlugin(t, "", "migrate", kc, "--distribution", dist, "--output-file", out)
 	require.Equal(t, 0, r.Code, r.Stderr)
 	assert.Contains(t, r.Stderr, "Nothing to do")
-	assert.Equal(t, mid, resourceVersionsOf(t, c, objs))
+	assert.Equal(t, mid, testenv.ResourceVersions(t, c, objs))
 
 	// Rollback.
 	r = runPlugin(t, "", "migrate", kc, "--rollback", "--yes")

@@ -258,9 +258,9 @@ func TestPreflightMigrate(t *testing.T) {
 	assert.Contains(t, r.Stderr, "Warning: Secret flux-system/flux-system (sync.pullSecret) does not exist, so the GitRepository cannot authenticate: "+
 		"create it with `kubectl fluxinstance create secret git flux-system -n flux-system --url=https://example.com/fleet.git --username=USERNAME --password-stdin`")
 
-	before := resourceVersionsOf(t, c, objs)
+	before := testenv.ResourceVersions(t, c, objs)
 	r = runPlugin(t, "", "migrate", kc, "--yes", "--strict", "--distribution", dist)
 	assert.Equal(t, 1, r.Code, r.Stderr)
 	assert.Contains(t, r.Stderr, "error: --strict: the sync preflight found 1 problem(s)")
-	assert.Equal(t, before, resourceVersionsOf(t, c, objs), "--strict must stop migrate before any change")
+	assert.Equal(t, before, testenv.ResourceVersions(t, c, objs), "--strict must stop migrate before any change")
 }

@@ -130,22 +130,6 @@ func countActions(cs *ssa.ChangeSet) map[ssa.Action]int {
 	return out
 }
 
-// resourceVersions snapshots the resourceVersion of every object (absent ones as "").
-func resourceVersions(t *testing.T, c client.Client, objs []*unstructured.Unstructured) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	for _, o := range objs {
-		live := &metav1.PartialObjectMetadata{}
-		live.SetGroupVersionKind(o.GroupVersionKind())
-		err := c.Get(context.Background(), client.ObjectKeyFromObject(o), live)
-		if err != nil {
-			require.True(t, kube.IsNoMatch(err) || strings.Contains(err.Error(), "not found"), "%s: %v", kube.Ref(o), err)
-		}
-		out[kube.Ref(o)] = live.GetResourceVersion()
-	}
-	return out
-}
-
 func exists(t *testing.T, c client.Client, gvk schema.GroupVersionKind, ns, name string) bool {
 	t.Helper()
 	u := &metav1.PartialObjectMetadata{}

@@ -320,16 +320,18 @@ func exists(t testing.TB, c client.Client, k objectKey) bool {
 // keep writing: equal maps mean nothing was written.
 func resourceVersions(t testing.TB, c client.Client, ks *unstructured.Unstructured) map[string]string {
 	t.Helper()
-	out := map[string]string{}
+	var objs []*metav1.PartialObjectMetadata
 	for _, k := range inventoryKeys(t, ks) {
 		if kind := k.id.GroupKind.Kind; kind == "GitRepository" || kind == "Kustomization" {
 			continue
 		}
-		m, err := getMeta(c, k)
-		require.NoError(t, err, k.String())
-		out[k.String()] = m.GetResourceVersion()
+		m := &metav1.PartialObjectMetadata{}
+		m.SetGroupVersionKind(k.gvk())
+		m.SetNamespace(k.id.Namespace)
+		m.SetName(k.id.Name)
+		objs = append(objs, m)
 	}
-	return out
+	return testenv.ResourceVersions(t, c, objs)
 }
 
 // defaultApps are the user apps most scenarios keep in the fleet repository.
