@@ -18,16 +18,13 @@
 package operatorenv
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -80,14 +77,6 @@ type Binaries struct {
 	CRDs     string
 }
 
-func buildScript() (string, error) {
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(root, "test", "binaries", "flux-operator", "build.sh"), nil
-}
-
 // Find returns the operator without building it: $FLUX_OPERATOR_BIN, else the binary cached by
 // build.sh. ok is false when there is none; err reports a FLUX_OPERATOR_BIN that is unusable.
 func Find() (b Binaries, ok bool, err error) {
@@ -104,31 +93,20 @@ func Find() (b Binaries, ok bool, err error) {
 		}
 		return Binaries{Operator: p, CRDs: crds}, true, nil
 	}
-	script, err := buildScript()
-	if err != nil {
-		return b, false, err
-	}
-	out, err := exec.Command(script, "--check").Output()
+	dir, err := testenv.RunBuildScript("flux-operator", "--check")
 	if err != nil {
 		return b, false, nil
 	}
-	return fromDir(strings.TrimSpace(string(out))), true, nil
+	return fromDir(dir), true, nil
 }
 
 // Build builds (or reuses) the operator with build.sh, which can take minutes.
 func Build() (Binaries, error) {
-	script, err := buildScript()
+	dir, err := testenv.RunBuildScript("flux-operator")
 	if err != nil {
 		return Binaries{}, err
 	}
-	var stderr bytes.Buffer
-	cmd := exec.Command(script)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return Binaries{}, fmt.Errorf("%s: %w\n%s", script, err, tail(stderr.String(), 4000))
-	}
-	return fromDir(strings.TrimSpace(string(out))), nil
+	return fromDir(dir), nil
 }
 
 func fromDir(dir string) Binaries {
@@ -570,11 +548,4 @@ func (o *Operator) WaitReport(ctx context.Context) (*unstructured.Unstructured, 
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return "…" + s[len(s)-n:]
-	}
-	return s
 }
