@@ -19,6 +19,7 @@ package operatorenv
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -521,6 +522,31 @@ func Inventory(ctx context.Context, c client.Client, fi *unstructured.Unstructur
 		objs = append(objs, obj)
 	}
 	return objs, nil
+}
+
+// PluginInventoryName is the ConfigMap of the plugin's inventory record, in the instance's
+// namespace (docs/inventory.md).
+const PluginInventoryName = "kubectl-fluxinstance-inventory"
+
+// PluginRecord is the plugin's inventory record: its entries (shaped like a FluxInstance's) and
+// its state (e.g. Applied).
+type PluginRecord struct {
+	Entries []InventoryEntry `json:"entries"`
+	State   string           `json:"-"`
+}
+
+// PluginInventory reads the plugin's inventory record in namespace ns.
+func PluginInventory(ctx context.Context, c client.Client, ns string) (PluginRecord, error) {
+	var cm corev1.ConfigMap
+	if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: PluginInventoryName}, &cm); err != nil {
+		return PluginRecord{}, fmt.Errorf("the plugin's inventory record: %w", err)
+	}
+	var record PluginRecord
+	if err := json.Unmarshal([]byte(cm.Data["inventory"]), &record); err != nil {
+		return PluginRecord{}, fmt.Errorf("the plugin's inventory record %s/%s: %w", ns, PluginInventoryName, err)
+	}
+	record.State = cm.Data["state"]
+	return record, nil
 }
 
 // WaitReport waits until the operator has written its FluxReport `flux` in its runtime namespace

@@ -31,9 +31,6 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
-// pluginInventory is the plugin's inventory record (docs/inventory.md).
-const pluginInventory = "kubectl-fluxinstance-inventory"
-
 // concurrency bounds the instances compared at once ($OPERATOR_PARITY_CONCURRENCY overrides): each
 // runs two API servers (with their etcd) and the operator.
 func concurrency() int {
@@ -285,14 +282,10 @@ func createPullSecret(ctx context.Context, t *testing.T, c client.Client, ns, na
 }
 
 func readPluginInventory(ctx context.Context, t *testing.T, c client.Client, ns string) []operatorenv.InventoryEntry {
-	var cm corev1.ConfigMap
-	require.NoError(t, c.Get(ctx, client.ObjectKey{Namespace: ns, Name: pluginInventory}, &cm), "the plugin's inventory record")
-	var inv struct {
-		Entries []operatorenv.InventoryEntry `json:"entries"`
-	}
-	require.NoError(t, json.Unmarshal([]byte(cm.Data["inventory"]), &inv))
-	require.Equal(t, "Applied", cm.Data["state"])
-	return inv.Entries
+	record, err := operatorenv.PluginInventory(ctx, c, ns)
+	require.NoError(t, err)
+	require.Equal(t, "Applied", record.State)
+	return record.Entries
 }
 
 func getObjects(ctx context.Context, t *testing.T, c client.Client, entries []operatorenv.InventoryEntry) []*unstructured.Unstructured {

@@ -2,7 +2,6 @@ package migrate_test
 
 import (
 	"context"
-	"encoding/json"
 	"testing"
 	"time"
 
@@ -52,7 +51,7 @@ func (s *scenario) handoff(t *testing.T) {
 	}
 	apps.assertSurvived(t, s.c)
 	apps.assertTemplates(t, s.c, nil)
-	err = s.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "kubectl-fluxinstance-inventory"}, &corev1.ConfigMap{})
+	err = s.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: operatorenv.PluginInventoryName}, &corev1.ConfigMap{})
 	assert.True(t, apierrors.IsNotFound(err), "the plugin's record moved to the FluxInstance: %v", err)
 
 	// kustomize-controller, now fed by the operator's GitRepository and Kustomization, still
@@ -70,15 +69,8 @@ func (s *scenario) handoff(t *testing.T) {
 // pluginObjects reads the metadata of every object in the plugin's inventory record.
 func (s *scenario) pluginObjects(t *testing.T, ns string) map[objectKey]*metav1.PartialObjectMetadata {
 	t.Helper()
-	cm := &corev1.ConfigMap{}
-	require.NoError(t, s.c.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "kubectl-fluxinstance-inventory"}, cm))
-	var record struct {
-		Entries []struct {
-			ID      string `json:"id"`
-			Version string `json:"v"`
-		} `json:"entries"`
-	}
-	require.NoError(t, json.Unmarshal([]byte(cm.Data["inventory"]), &record))
+	record, err := operatorenv.PluginInventory(context.Background(), s.c, ns)
+	require.NoError(t, err)
 	out := map[objectKey]*metav1.PartialObjectMetadata{}
 	for _, e := range record.Entries {
 		id, err := object.ParseObjMetadata(e.ID)

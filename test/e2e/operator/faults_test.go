@@ -79,10 +79,10 @@ func (hc *handoffCase) assertHandedOff(t *testing.T) {
 			assert.False(t, mf.Manager == "kubectl-fluxinstance" && mf.Subresource == "", "%s/%s still has fields of the plugin", obj.GetKind(), obj.GetName())
 		}
 	}
-	err = hc.c.Get(ctx, client.ObjectKey{Namespace: "flux-system", Name: "kubectl-fluxinstance-inventory"}, &corev1.ConfigMap{})
+	err = hc.c.Get(ctx, client.ObjectKey{Namespace: "flux-system", Name: operatorenv.PluginInventoryName}, &corev1.ConfigMap{})
 	assert.True(t, apierrors.IsNotFound(err), "the plugin's record is gone: %v", err)
 	for _, d := range hc.proxy.Deleted() {
-		assert.True(t, strings.Contains(d, "/configmaps/kubectl-fluxinstance-inventory"), "unexpected DELETE: %s", d)
+		assert.True(t, strings.Contains(d, "/configmaps/"+operatorenv.PluginInventoryName), "unexpected DELETE: %s", d)
 	}
 }
 

@@ -6,7 +6,6 @@ package operator_test
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -92,14 +91,9 @@ func liveFacts(t *testing.T, c client.Client, ids []operatorenv.InventoryEntry) 
 // pluginInventory reads the plugin's inventory record.
 func pluginInventory(t *testing.T, c client.Client) []operatorenv.InventoryEntry {
 	t.Helper()
-	cm := &corev1.ConfigMap{}
-	require.NoError(t, c.Get(context.Background(), client.ObjectKey{Namespace: "flux-system", Name: "kubectl-fluxinstance-inventory"}, cm))
-	var record struct {
-		Entries []operatorenv.InventoryEntry `json:"entries"`
-	}
-	require.NoError(t, json.Unmarshal([]byte(cm.Data["inventory"]), &record))
-	entries := record.Entries
-	return entries
+	record, err := operatorenv.PluginInventory(context.Background(), c, "flux-system")
+	require.NoError(t, err)
+	return record.Entries
 }
 
 func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
@@ -175,7 +169,7 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 	}
 	assert.Equal(t, kept, liveFacts(t, c, theirs), "no object recreated, no Deployment rolled")
 	before = kept
-	err = c.Get(ctx, client.ObjectKey{Namespace: "flux-system", Name: "kubectl-fluxinstance-inventory"}, &corev1.ConfigMap{})
+	err = c.Get(ctx, client.ObjectKey{Namespace: "flux-system", Name: operatorenv.PluginInventoryName}, &corev1.ConfigMap{})
 	assert.True(t, apierrors.IsNotFound(err), "the plugin's record is gone: %v", err)
 	objs, err := operatorenv.Inventory(ctx, c, fi)
 	require.NoError(t, err)
