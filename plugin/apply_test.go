@@ -19,27 +19,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/test/fixtures"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
-
-// applyInstance is a small instance with a sync, pinned so the test does not follow new data.
-const applyInstance = `apiVersion: fluxcd.controlplane.io/v1
-kind: FluxInstance
-metadata:
-  name: flux
-  namespace: flux-system
-spec:
-  distribution:
-    version: "2.7.5"
-    registry: ghcr.io/fluxcd
-  components: [source-controller, kustomize-controller, helm-controller, notification-controller]
-  sync:
-    kind: GitRepository
-    url: https://github.com/example/fleet.git
-    ref: refs/heads/main
-    path: clusters/test
-    pullSecret: flux-system
-`
 
 // resourceVersions snapshots every object the plugin could have touched.
 func resourceVersions(t *testing.T, c client.Client) map[string]string {
@@ -58,6 +40,7 @@ func TestApplyDiffStatusDelete(t *testing.T) {
 	c := env.Client(t)
 	ctx := context.Background()
 	dir := t.TempDir()
+	applyInstance := fixtures.Instance(t, "tests/sync-git-pull-secret-2.7.5")
 	file := writeFile(t, dir, "flux.yaml", applyInstance)
 	kc := []string{"--kubeconfig", env.Kubeconfig, "--distribution", dist}
 	plugin := func(stdin string, args ...string) result {
@@ -66,6 +49,7 @@ func TestApplyDiffStatusDelete(t *testing.T) {
 
 	t.Run("an invalid instance changes nothing", func(t *testing.T) {
 		before := resourceVersions(t, c)
+		// The variant is built here, next to the assertion on the misspelt field.
 		bad := writeFile(t, dir, "bad.yaml", strings.Replace(applyInstance, "pullSecret:", "pulSecret:", 1))
 		r := plugin("", "apply", "-f", bad, "--wait=false")
 		assert.Equal(t, 1, r.Code)
@@ -186,6 +170,7 @@ func TestApplyDiffStatusDelete(t *testing.T) {
 	})
 
 	t.Run("removing a component prunes it; diff shows it first", func(t *testing.T) {
+		// The variant without helm-controller is built here, next to the assertions on its pruning.
 		smaller := writeFile(t, dir, "smaller.yaml", strings.Replace(applyInstance, ", helm-controller", "", 1))
 		r := plugin("", "diff", "-f", smaller)
 		assert.Equal(t, 1, r.Code, r.Stderr)

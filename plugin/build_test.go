@@ -10,19 +10,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/test/fixtures"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
-
-const minimalInstance = `apiVersion: fluxcd.controlplane.io/v1
-kind: FluxInstance
-metadata:
-  name: flux
-  namespace: flux-system
-spec:
-  distribution:
-    version: "2.7.x"
-    registry: ghcr.io/fluxcd
-`
 
 func writeFile(t *testing.T, dir, name, content string) string {
 	t.Helper()
@@ -33,6 +23,7 @@ func writeFile(t *testing.T, dir, name, content string) string {
 }
 
 func TestBuildOutputs(t *testing.T) {
+	minimalInstance := fixtures.Instance(t, "tests/minimal-2.7.x")
 	dist := testenv.DistributionDir(t)
 	file := writeFile(t, t.TempDir(), "flux.yaml", minimalInstance)
 
@@ -81,8 +72,10 @@ func indexOfPrefix(list []string, prefix string) int {
 }
 
 func TestBuildNamespace(t *testing.T) {
+	minimalInstance := fixtures.Instance(t, "tests/minimal-2.7.x")
 	dist := testenv.DistributionDir(t)
 	dir := t.TempDir()
+	// The variant without a namespace is built here, next to the assertions that depend on it.
 	noNamespace := writeFile(t, dir, "flux.yaml", strings.Replace(minimalInstance, "  namespace: flux-system\n", "", 1))
 
 	r := runPlugin(t, "", "build", "-f", noNamespace, "--distribution", dist, "-n", "gitops", "-o", "name")
@@ -97,8 +90,10 @@ func TestBuildNamespace(t *testing.T) {
 }
 
 func TestBuildBadInput(t *testing.T) {
+	minimalInstance := fixtures.Instance(t, "tests/minimal-2.7.x")
 	dist := testenv.DistributionDir(t)
 	dir := t.TempDir()
+	// Each bad input is a variant of the fixture built here, next to the case that expects its error.
 	two := writeFile(t, dir, "two.yaml", minimalInstance+"---\n"+minimalInstance)
 	configMap := writeFile(t, dir, "cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n")
 	typo := writeFile(t, dir, "typo.yaml", strings.Replace(minimalInstance, "registry:", "regsitry:", 1))

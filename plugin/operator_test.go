@@ -14,6 +14,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/test/fixtures"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
@@ -26,7 +27,7 @@ func TestModeSelection(t *testing.T) {
 	env := testenv.Start(t)
 	c := env.Client(t)
 	ctx := context.Background()
-	file := writeFile(t, t.TempDir(), "flux.yaml", applyInstance)
+	file := writeFile(t, t.TempDir(), "flux.yaml", fixtures.Instance(t, "tests/sync-git-pull-secret-2.7.5"))
 	plugin := func(args ...string) result {
 		return runPlugin(t, "", append(args, "--kubeconfig", env.Kubeconfig, "--distribution", dist)...)
 	}
@@ -97,11 +98,8 @@ func TestModeSelection(t *testing.T) {
 	})
 
 	// The operator has reconciled a FluxInstance: its finalizer is the trace.
-	fi := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "fluxcd.controlplane.io/v1", "kind": "FluxInstance",
-		"metadata": map[string]any{"name": "flux", "namespace": "flux-system", "finalizers": []any{"fluxcd.controlplane.io/finalizer"}},
-		"spec":     map[string]any{"distribution": map[string]any{"version": "2.7.x", "registry": "ghcr.io/fluxcd"}},
-	}}
+	fi := fixtures.Object(t, "tests/minimal-2.7.x")
+	fi.SetFinalizers([]string{"fluxcd.controlplane.io/finalizer"})
 	require.Eventually(t, func() bool {
 		fresh, err := client.New(env.Config, client.Options{})
 		require.NoError(t, err)

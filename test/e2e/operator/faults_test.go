@@ -37,7 +37,7 @@ func newHandoffCase(t *testing.T, dist string) *handoffCase {
 	t.Helper()
 	env := testenv.Start(t)
 	file := filepath.Join(t.TempDir(), "flux.yaml")
-	require.NoError(t, os.WriteFile(file, []byte(instance("2.7.x")), 0o600))
+	require.NoError(t, os.WriteFile(file, []byte(instance(t, "2.7.x")), 0o600))
 	r := runPlugin(t, "", "apply", "-f", file, "--distribution", dist, "--wait=false", "--kubeconfig="+env.Kubeconfig)
 	require.Equal(t, 0, r.Code, r.Stderr)
 	op := operatorenv.Start(t, env, operatorenv.Options{Namespace: "flux-system", Distribution: dist})

@@ -8,7 +8,6 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -23,8 +22,10 @@ import (
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/yaml"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/plugin"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/fixtures"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/operatorenv"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/pluginrun"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
@@ -39,28 +40,18 @@ func TestMain(m *testing.M) {
 // runPlugin runs the plugin in-process as main does, args as typed after `kubectl fluxinstance`.
 var runPlugin = pluginrun.With(plugin.Run, plugin.BuildInfo{Version: "v0.0.0-e2e-operator"}).Run
 
-// instance is the FluxInstance of the journey; wait is off because no kubelet runs the
-// controllers' pods here (the operator would wait for them forever).
-func instance(version string, extra ...string) string {
-	return `apiVersion: fluxcd.controlplane.io/v1
-kind: FluxInstance
-metadata:
-  name: flux
-  namespace: flux-system
-spec:
-  distribution:
-    version: "` + version + `"
-    registry: ghcr.io/fluxcd
-  components: [source-controller, kustomize-controller, helm-controller, notification-controller` + strings.Join(append([]string{""}, extra...), ", ") + `]
-  wait: false
-  cluster:
-    networkPolicy: true
-  sync:
-    kind: GitRepository
-    url: https://git.example.com/fleet.git
-    ref: refs/heads/main
-    path: clusters/prod
-`
+// instance is the FluxInstance of the journey (wait is off: no kubelet runs the controllers' pods
+// here, and the operator would wait for them forever) at version, with extra components: the
+// steps build these variants of the fixture here, next to what they assert.
+func instance(t *testing.T, version string, extra ...string) string {
+	t.Helper()
+	obj := fixtures.Object(t, "tests/sync-git-no-wait-2.7.x")
+	require.NoError(t, unstructured.SetNestedField(obj.Object, version, "spec", "distribution", "version"))
+	components, _, _ := unstructured.NestedStringSlice(obj.Object, "spec", "components")
+	require.NoError(t, unstructured.SetNestedStringSlice(obj.Object, append(components, extra...), "spec", "components"))
+	data, err := yaml.Marshal(obj.Object)
+	require.NoError(t, err)
+	return string(data)
 }
 
 // facts are what a hand-off must not change about an object.
@@ -105,8 +96,8 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 	dir := t.TempDir()
 	v27 := filepath.Join(dir, "flux-2.7.yaml")
 	v28 := filepath.Join(dir, "flux-2.8.yaml")
-	require.NoError(t, os.WriteFile(v27, []byte(instance("2.7.x")), 0o600))
-	require.NoError(t, os.WriteFile(v28, []byte(instance("2.8.x")), 0o600))
+	require.NoError(t, os.WriteFile(v27, []byte(instance(t, "2.7.x")), 0o600))
+	require.NoError(t, os.WriteFile(v28, []byte(instance(t, "2.8.x")), 0o600))
 	kc := "--kubeconfig=" + env.Kubeconfig
 	pluginRun := func(args ...string) pluginrun.Result { return runPlugin(t, "", append(args, kc)...) }
 
@@ -114,7 +105,7 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 	// again without pruning, stays in the plugin's inventory: the operator must garbage-collect it
 	// after the hand-off, which only the inventory handed over tells it to do.
 	withImages := filepath.Join(dir, "flux-2.7-images.yaml")
-	require.NoError(t, os.WriteFile(withImages, []byte(instance("2.7.x", "image-reflector-controller")), 0o600))
+	require.NoError(t, os.WriteFile(withImages, []byte(instance(t, "2.7.x", "image-reflector-controller")), 0o600))
 	r := pluginRun("apply", "-f", withImages, "--distribution", dist, "--wait=false")
 	require.Equal(t, 0, r.Code, r.Stderr)
 
@@ -138,7 +129,7 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 
 	// 3. The hand-off, as re-run after a first attempt was interrupted right after it created the
 	// FluxInstance with reconciliation disabled (the operator must not have touched anything).
-	interrupted, err := testenv.DecodeYAML([]byte(instance("2.7.x")))
+	interrupted, err := testenv.DecodeYAML([]byte(instance(t, "2.7.x")))
 	require.NoError(t, err)
 	interrupted[0].SetAnnotations(map[string]string{"fluxcd.controlplane.io/reconcile": "disabled"})
 	require.NoError(t, operatorenv.ApplyInstance(ctx, c, interrupted[0], "kubectl-fluxinstance"))
@@ -250,7 +241,7 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 	// A version nobody has: the plugin hands it to the operator, whose failure ends the wait at
 	// once with its message; direct mode refuses before connecting to anything.
 	v299 := filepath.Join(dir, "flux-2.99.yaml")
-	require.NoError(t, os.WriteFile(v299, []byte(instance("2.99.x")), 0o600))
+	require.NoError(t, os.WriteFile(v299, []byte(instance(t, "2.99.x")), 0o600))
 	start = time.Now()
 	r = pluginRun("apply", "-f", v299, "--distribution", dist, "--timeout=2m")
 	assert.Equal(t, 1, r.Code, r.Stderr)
