@@ -49,13 +49,7 @@ func BenchmarkApply(b *testing.B) {
 	// -f` (a sync's GitRepository and Kustomization would need a second invocation after the CRDs
 	// are Established, which would only add a process start to kubectl's side).
 	instance := fixtures.Path(b, "tests/all-components-no-sync-2.9.x")
-	// The embedded distribution is what users run; without it (no `make embed`) the data directory.
-	var distArgs []string
-	distLabel := "embedded distribution"
-	if !parity.HasEmbeddedDistribution(b) {
-		distArgs = []string{"--distribution", distDir}
-		distLabel = "distribution directory " + distDir
-	}
+	distArgs, distLabel := parity.DistributionArgs(b, distDir)
 	// KUBECACHEDIR: kubectl's discovery cache lives in the benchmark's directory, cold for each
 	// fresh server (a new port) and warm for the re-apply, as for a user.
 	procEnv := append(parity.Env(b, filepath.Join(dir, "cache")), "KUBECACHEDIR="+filepath.Join(dir, "kube-cache"))

@@ -100,6 +100,16 @@ func HasEmbeddedDistribution(tb testing.TB) bool {
 	return err == nil && fi.Size() > 0
 }
 
+// DistributionArgs are the plugin's arguments for its distribution: none for the embedded one (what
+// users run), or --distribution dir when the binary has none (no `make embed`); label says which.
+func DistributionArgs(tb testing.TB, dir string) (args []string, label string) {
+	tb.Helper()
+	if HasEmbeddedDistribution(tb) {
+		return nil, "embedded distribution"
+	}
+	return []string{"--distribution", dir}, "distribution directory " + dir
+}
+
 // ServeDistribution serves the distribution data (FLUX_DISTRIBUTION_DIR) as the operator's OCI
 // artifact on a loopback registry for the rest of the test, and returns its oci:// URL.
 func ServeDistribution(tb testing.TB) string {

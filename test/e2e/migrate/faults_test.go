@@ -16,7 +16,6 @@ import (
 
 	"github.com/fluxinstance/kubectl-fluxinstance/test/faultproxy"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/fluxenv"
-	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
 // TestMigrateKilledAtEveryStep interrupts migrate after its Nth API call, for N over a complete
@@ -27,13 +26,8 @@ import (
 // `flux bootstrap`. The last migrated state then goes through the next step for real.
 func TestMigrateKilledAtEveryStep(t *testing.T) {
 	t.Parallel()
-	fluxenv.BinDir(t, false)
-	env := testenv.Start(t)
-	apps := defaultApps
-	repo := fleetWithApps(t, "clusters/test", apps...)
-	f := fluxenv.Bootstrap(t, env, repo, fluxenv.Options{})
-	s := newScenario(t, f, apps...)
-	c := s.c
+	s := bootstrapped(t, fluxenv.Options{}, defaultApps...)
+	f, env, repo, c := s.f, s.f.Env, s.f.Repo, s.c
 	before := takeSnapshot(t, c, f.Kustomization(t), secretKey(f))
 	head := repo.Head(t)
 	proxy, proxyConfig := faultproxy.Start(t, env)

@@ -18,7 +18,6 @@ import (
 	"testing"
 
 	"github.com/fluxcd/cli-utils/pkg/object"
-	"github.com/go-logr/logr"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
@@ -28,9 +27,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
-	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/plugin"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
@@ -39,13 +36,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
-// TestMain silences controller-runtime's warning (with a stack trace) that its logger is unset,
-// and client-go's klog lines about the connections the fault test cuts.
-func TestMain(m *testing.M) {
-	ctrllog.SetLogger(logr.Discard())
-	klog.SetLogger(logr.Discard())
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 // Ownership metadata (facts of kustomize-controller and of the takeover).
 const (
@@ -336,6 +327,16 @@ func resourceVersions(t testing.TB, c client.Client, ks *unstructured.Unstructur
 
 // defaultApps are the user apps most scenarios keep in the fleet repository.
 var defaultApps = []fluxenv.App{{Namespace: "apps", Name: "podinfo"}, {Namespace: "apps", Name: "other"}}
+
+// bootstrapped serves a fleet repository with the apps under o.Path and bootstraps it into a fresh
+// API server with the real controllers syncing it.
+func bootstrapped(t *testing.T, o fluxenv.Options, apps ...fluxenv.App) *scenario {
+	t.Helper()
+	fluxenv.BinDir(t, false)
+	env := testenv.Start(t)
+	repo := fleetWithApps(t, o.WithDefaults().Path, apps...)
+	return newScenario(t, fluxenv.Bootstrap(t, env, repo, o), apps...)
+}
 
 // fleetWithApps serves a fleet repository over HTTP on loopback with the apps under clusterPath,
 // not yet committed (the bootstrap commits them with its own files).

@@ -129,12 +129,9 @@ func TestMigrateCLIBootstrap(t *testing.T) {
 // TestMigrateOtherNamespaceOnTag: Flux in another namespace, at another path, following a tag.
 func TestMigrateOtherNamespaceOnTag(t *testing.T) {
 	t.Parallel()
-	fluxenv.BinDir(t, false)
-	env := testenv.Start(t)
-	apps := []fluxenv.App{{Namespace: "team", Name: "web"}, {Namespace: "team", Name: "api"}}
-	repo := fleetWithApps(t, "clusters/prod", apps...)
-	f := fluxenv.Bootstrap(t, env, repo, fluxenv.Options{Namespace: "gitops", Tag: "v1", Path: "clusters/prod"})
-	s := newScenario(t, f, apps...)
+	s := bootstrapped(t, fluxenv.Options{Namespace: "gitops", Tag: "v1", Path: "clusters/prod"},
+		fluxenv.App{Namespace: "team", Name: "web"}, fluxenv.App{Namespace: "team", Name: "api"})
+	f := s.f
 
 	_, inst := s.migrateWithControllers(t)
 	assert.Equal(t, "gitops", inst.Namespace)
@@ -148,15 +145,10 @@ func TestMigrateOtherNamespaceOnTag(t *testing.T) {
 // secret, no network policies. No pod runs, so the registry only matters to the rendering.
 func TestMigrateExtraComponentsMirror(t *testing.T) {
 	t.Parallel()
-	fluxenv.BinDir(t, false)
-	env := testenv.Start(t)
-	apps := defaultApps
-	repo := fleetWithApps(t, "clusters/test", apps...)
-	f := fluxenv.Bootstrap(t, env, repo, fluxenv.Options{
+	s := bootstrapped(t, fluxenv.Options{
 		ComponentsExtra: []string{"image-reflector-controller", "image-automation-controller"},
 		Registry:        "registry.example.com/fluxcd", ImagePullSecret: "regcred", NoNetworkPolicy: true,
-	})
-	s := newScenario(t, f, apps...)
+	}, defaultApps...)
 
 	_, inst := s.migrateWithControllers(t)
 	assert.Subset(t, inst.Spec.Components, []string{"image-reflector-controller", "image-automation-controller"})
