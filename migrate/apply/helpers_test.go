@@ -37,10 +37,7 @@ func newTestManager(t *testing.T, env *testenv.Env, ns string) (*apply.Manager, 
 
 func newManagerFor(t *testing.T, cfg *rest.Config, ns string) (*apply.Manager, client.Client) {
 	t.Helper()
-	cfg = rest.CopyConfig(cfg)
-	cfg.QPS, cfg.Burst = 100, 200
-	c, err := client.New(cfg, client.Options{})
-	require.NoError(t, err)
+	c := testenv.FastClient(t, cfg, 100, 200)
 	return apply.NewManager(kube.Instance{Client: c, Name: "flux", Namespace: ns}), c
 }
 

@@ -9,7 +9,6 @@ import (
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
@@ -36,11 +35,7 @@ func setStatus(t *testing.T, c client.Client, obj *unstructured.Unstructured, st
 
 func adminClient(t *testing.T, env *testenv.Env) client.Client {
 	t.Helper()
-	cfg := rest.CopyConfig(env.Config)
-	cfg.QPS, cfg.Burst = 100, 200
-	c, err := client.New(cfg, client.Options{})
-	require.NoError(t, err)
-	return c
+	return testenv.FastClient(t, env.Config, 100, 200)
 }
 
 // release opens the distribution data directory and loads one version.

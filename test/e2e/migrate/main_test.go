@@ -26,7 +26,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/plugin"
@@ -70,11 +69,7 @@ func newScenario(t testing.TB, f *fluxenv.Flux, apps ...fluxenv.App) *scenario {
 // fastClient is an admin client that is not rate-limited to client-go's default 5 QPS.
 func fastClient(t testing.TB, env *testenv.Env) client.Client {
 	t.Helper()
-	cfg := rest.CopyConfig(env.Config)
-	cfg.QPS, cfg.Burst = 200, 400
-	c, err := client.New(cfg, client.Options{})
-	require.NoError(t, err)
-	return c
+	return testenv.FastClient(t, env.Config, 200, 400)
 }
 
 // migrate runs `migrate --yes --repo-dir <work tree> --output-file F` and checks what it printed:
