@@ -19,45 +19,19 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/test/fixtures"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
-
-// applyInstance is a small instance with a sync, pinned so the test does not follow new data.
-const applyInstance = `apiVersion: fluxcd.controlplane.io/v1
-kind: FluxInstance
-metadata:
-  name: flux
-  namespace: flux-system
-spec:
-  distribution:
-    version: "2.7.5"
-    registry: ghcr.io/fluxcd
-  components: [source-controller, kustomize-controller, helm-controller, notification-controller]
-  sync:
-    kind: GitRepository
-    url: https://github.com/example/fleet.git
-    ref: refs/heads/main
-    path: clusters/test
-    pullSecret: flux-system
-`
 
 // resourceVersions snapshots every object the plugin could have touched.
 func resourceVersions(t *testing.T, c client.Client) map[string]string {
 	t.Helper()
-	out := map[string]string{}
-	for _, list := range []client.ObjectList{
-		&unstructured.UnstructuredList{Object: map[string]any{"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinitionList"}},
-		&unstructured.UnstructuredList{Object: map[string]any{"apiVersion": "v1", "kind": "NamespaceList"}},
-		&unstructured.UnstructuredList{Object: map[string]any{"apiVersion": "apps/v1", "kind": "DeploymentList"}},
-		&unstructured.UnstructuredList{Object: map[string]any{"apiVersion": "v1", "kind": "ConfigMapList"}},
-		&unstructured.UnstructuredList{Object: map[string]any{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleList"}},
-	} {
-		require.NoError(t, c.List(context.Background(), list))
-		for _, item := range list.(*unstructured.UnstructuredList).Items {
-			out[item.GetKind()+"/"+item.GetNamespace()+"/"+item.GetName()] = item.GetResourceVersion()
-		}
-	}
-	return out
+	return testenv.ListResourceVersions(t, c,
+		schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinitionList"},
+		schema.GroupVersionKind{Version: "v1", Kind: "NamespaceList"},
+		schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "DeploymentList"},
+		schema.GroupVersionKind{Version: "v1", Kind: "ConfigMapList"},
+		schema.GroupVersionKind{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRoleList"})
 }
 
 func TestApplyDiffStatusDelete(t *testing.T) {
@@ -66,6 +40,7 @@ func TestApplyDiffStatusDelete(t *testing.T) {
 	c := env.Client(t)
 	ctx := context.Background()
 	dir := t.TempDir()
+	applyInstance := fixtures.Instance(t, "tests/sync-git-pull-secret-2.7.5")
 	file := writeFile(t, dir, "flux.yaml", applyInstance)
 	kc := []string{"--kubeconfig", env.Kubeconfig, "--distribution", dist}
 	plugin := func(stdin string, args ...string) result {
@@ -74,10 +49,11 @@ func TestApplyDiffStatusDelete(t *testing.T) {
 
 	t.Run("an invalid instance changes nothing", func(t *testing.T) {
 		before := resourceVersions(t, c)
+		// The variant is built here, next to the assertion on the misspelt field.
 		bad := writeFile(t, dir, "bad.yaml", strings.Replace(applyInstance, "pullSecret:", "pulSecret:", 1))
 		r := plugin("", "apply", "-f", bad, "--wait=false")
-		assert.Equal(t, 1, r.code)
-		assert.Contains(t, r.stderr, "pulSecret")
+		assert.Equal(t, 1, r.Code)
+		assert.Contains(t, r.Stderr, "pulSecret")
 		assert.Equal(t, before, resourceVersions(t, c))
 	})
 
@@ -85,22 +61,22 @@ func TestApplyDiffStatusDelete(t *testing.T) {
 		before := resourceVersions(t, c)
 		for _, mode := range []string{"client", "server"} {
 			r := plugin("", "apply", "-f", file, "--dry-run="+mode)
-			require.Equal(t, 0, r.code, r.stderr)
-			assert.Contains(t, r.stdout, "deployment.apps/source-controller created ("+mode+" dry run)\n")
+			require.Equal(t, 0, r.Code, r.Stderr)
+			assert.Contains(t, r.Stdout, "deployment.apps/source-controller created ("+mode+" dry run)\n")
 		}
 		assert.Equal(t, before, resourceVersions(t, c))
 	})
 
 	t.Run("diff before the first apply", func(t *testing.T) {
 		r := plugin("", "diff", "-f", file)
-		assert.Equal(t, 1, r.code, r.stderr)
-		assert.Contains(t, r.stdout, "Deployment/flux-system/source-controller")
+		assert.Equal(t, 1, r.Code, r.Stderr)
+		assert.Contains(t, r.Stdout, "Deployment/flux-system/source-controller")
 	})
 
 	t.Run("first apply creates everything", func(t *testing.T) {
 		r := plugin("", "apply", "-f", file, "--wait=false")
-		require.Equal(t, 0, r.code, r.stderr)
-		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+		require.Equal(t, 0, r.Code, r.Stderr)
+		lines := strings.Split(strings.TrimSpace(r.Stdout), "\n")
 		assert.Greater(t, len(lines), 20)
 		for _, l := range lines {
 			assert.True(t, strings.HasSuffix(l, " created"), l)
@@ -112,9 +88,9 @@ func TestApplyDiffStatusDelete(t *testing.T) {
 	t.Run("re-apply reports everything unchanged, as JSON too", func(t *testing.T) {
 		before := resourceVersions(t, c)
 		r := plugin("", "apply", "-f", file, "--wait=false", "-o", "json")
-		require.Equal(t, 0, r.code, r.stderr)
+		require.Equal(t, 0, r.Code, r.Stderr)
 		var report ChangeReport
-		require.NoError(t, json.Unmarshal([]byte(r.stdout), &report))
+		require.NoError(t, json.Unmarshal([]byte(r.Stdout), &report))
 		require.NotEmpty(t, report.Changes)
 		for _, ch := range report.Changes {
 			assert.Equal(t, "unchanged", ch.Action, ch.Kind+"/"+ch.Name)
@@ -126,23 +102,23 @@ func TestApplyDiffStatusDelete(t *testing.T) {
 		assert.Equal(t, before, after)
 
 		r = plugin("", "diff", "-f", file)
-		assert.Equal(t, 0, r.code, r.stdout+r.stderr)
-		assert.Empty(t, r.stdout)
+		assert.Equal(t, 0, r.Code, r.Stdout+r.Stderr)
+		assert.Empty(t, r.Stdout)
 	})
 
 	t.Run("version and status say the plugin manages it", func(t *testing.T) {
 		r := runPlugin(t, "", "version", "--kubeconfig", env.Kubeconfig)
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Contains(t, r.stdout, "Managed By: kubectl-fluxinstance\n")
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Contains(t, r.Stdout, "Managed By: kubectl-fluxinstance\n")
 
 		r = runPlugin(t, "", "status", "--kubeconfig", env.Kubeconfig)
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Regexp(t, `Managed By:\s+kubectl-fluxinstance`, r.stdout)
-		assert.Regexp(t, `Last Applied:\s+\S+ by testenv-admin \(field manager kubectl-fluxinstance, plugin v1.2.3-test\)`, r.stdout)
-		assert.Regexp(t, `Revision:\s+v2.7.5@sha256:[0-9a-f]{64}`, r.stdout)
-		assert.Regexp(t, `Drift:\s+none`, r.stdout)
-		assert.Regexp(t, `source-controller\s+false\s+0/1\s+ghcr.io/fluxcd/source-controller:v`, r.stdout)
-		assert.Regexp(t, `GitRepository/flux-system\s+Unknown`, r.stdout)
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Regexp(t, `Managed By:\s+kubectl-fluxinstance`, r.Stdout)
+		assert.Regexp(t, `Last Applied:\s+\S+ by testenv-admin \(field manager kubectl-fluxinstance, plugin v1.2.3-test\)`, r.Stdout)
+		assert.Regexp(t, `Revision:\s+v2.7.5@sha256:[0-9a-f]{64}`, r.Stdout)
+		assert.Regexp(t, `Drift:\s+none`, r.Stdout)
+		assert.Regexp(t, `source-controller\s+false\s+0/1\s+ghcr.io/fluxcd/source-controller:v`, r.Stdout)
+		assert.Regexp(t, `GitRepository/flux-system\s+Unknown`, r.Stdout)
 	})
 
 	t.Run("a field owned by another manager is a conflict until forced", func(t *testing.T) {
@@ -155,19 +131,19 @@ func TestApplyDiffStatusDelete(t *testing.T) {
 		require.NoError(t, c.Patch(ctx, patch, client.Apply, client.FieldOwner("user-tool"), client.ForceOwnership))
 
 		r := plugin("", "apply", "-f", file, "--wait=false")
-		assert.Equal(t, 1, r.code)
-		assert.Contains(t, r.stderr, "user-tool")
-		assert.Contains(t, r.stderr, "--force-conflicts")
+		assert.Equal(t, 1, r.Code)
+		assert.Contains(t, r.Stderr, "user-tool")
+		assert.Contains(t, r.Stderr, "--force-conflicts")
 
 		r = plugin("", "apply", "-f", file, "--wait=false", "--force-conflicts")
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Contains(t, r.stdout, "deployment.apps/source-controller configured\n")
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Contains(t, r.Stdout, "deployment.apps/source-controller configured\n")
 	})
 
 	t.Run("wait times out naming what is not ready, then succeeds", func(t *testing.T) {
 		r := plugin("", "apply", "-f", file, "--timeout=3s")
-		assert.Equal(t, 1, r.code)
-		assert.Contains(t, r.stderr, "Deployment/flux-system/source-controller")
+		assert.Equal(t, 1, r.Code)
+		assert.Contains(t, r.Stderr, "Deployment/flux-system/source-controller")
 		for _, d := range []string{"source-controller", "kustomize-controller", "helm-controller", "notification-controller"} {
 			require.NoError(t, testenv.MarkAvailable(ctx, c, "flux-system", d))
 		}
@@ -176,8 +152,8 @@ func TestApplyDiffStatusDelete(t *testing.T) {
 		markReady(t, c, "source.toolkit.fluxcd.io/v1", "GitRepository", "flux-system")
 		markReady(t, c, "kustomize.toolkit.fluxcd.io/v1", "Kustomization", "flux-system")
 		r = plugin("", "apply", "-f", file, "--timeout=30s")
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Contains(t, r.stderr, "objects ready after")
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Contains(t, r.Stderr, "objects ready after")
 	})
 
 	t.Run("drift is reported", func(t *testing.T) {
@@ -185,19 +161,20 @@ func TestApplyDiffStatusDelete(t *testing.T) {
 		require.NoError(t, c.Get(ctx, client.ObjectKey{Namespace: "flux-system", Name: "helm-controller"}, d))
 		require.NoError(t, c.Delete(ctx, d))
 		r := runPlugin(t, "", "status", "--kubeconfig", env.Kubeconfig, "-o", "json")
-		require.Equal(t, 0, r.code, r.stderr)
+		require.Equal(t, 0, r.Code, r.Stderr)
 		var report StatusReport
-		require.NoError(t, json.Unmarshal([]byte(r.stdout), &report))
+		require.NoError(t, json.Unmarshal([]byte(r.Stdout), &report))
 		require.NotNil(t, report.Drift)
 		assert.True(t, report.Drift.Checked, report.Drift.Reason)
 		assert.Equal(t, []string{"Deployment/flux-system/helm-controller"}, report.Drift.Missing)
 	})
 
 	t.Run("removing a component prunes it; diff shows it first", func(t *testing.T) {
+		// The variant without helm-controller is built here, next to the assertions on its pruning.
 		smaller := writeFile(t, dir, "smaller.yaml", strings.Replace(applyInstance, ", helm-controller", "", 1))
 		r := plugin("", "diff", "-f", smaller)
-		assert.Equal(t, 1, r.code, r.stderr)
-		assert.Contains(t, r.stdout, "ServiceAccount/flux-system/helm-controller")
+		assert.Equal(t, 1, r.Code, r.Stderr)
+		assert.Contains(t, r.Stdout, "ServiceAccount/flux-system/helm-controller")
 
 		// A user's HelmRelease keeps the HelmRelease CRD alive.
 		hr := &unstructured.Unstructured{}
@@ -209,9 +186,9 @@ func TestApplyDiffStatusDelete(t *testing.T) {
 		require.NoError(t, c.Create(ctx, hr))
 
 		r = plugin("", "apply", "-f", smaller, "--wait=false")
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Contains(t, r.stdout, "serviceaccount/helm-controller deleted\n")
-		assert.Contains(t, r.stderr, "helmreleases.helm.toolkit.fluxcd.io")
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Contains(t, r.Stdout, "serviceaccount/helm-controller deleted\n")
+		assert.Contains(t, r.Stderr, "helmreleases.helm.toolkit.fluxcd.io")
 		crd := &unstructured.Unstructured{}
 		crd.SetAPIVersion("apiextensions.k8s.io/v1")
 		crd.SetKind("CustomResourceDefinition")
@@ -226,7 +203,7 @@ func TestApplyDiffStatusDelete(t *testing.T) {
 		require.NoError(t, os.Chmod(script, 0o755))
 		t.Setenv("KUBECTL_EXTERNAL_DIFF", script)
 		r := plugin("", "diff", "-f", file)
-		assert.Equal(t, 1, r.code, r.stderr)
+		assert.Equal(t, 1, r.Code, r.Stderr)
 		args, err := os.ReadFile(out)
 		require.NoError(t, err)
 		assert.Regexp(t, `/live /.*/merged\n`, string(args))
@@ -234,30 +211,30 @@ func TestApplyDiffStatusDelete(t *testing.T) {
 
 	t.Run("diff errors exit 2", func(t *testing.T) {
 		r := runPlugin(t, "", "diff", "-f", file, "--distribution", dist, "--kubeconfig", env.ExpiredKubeconfig(t))
-		assert.Equal(t, 2, r.code)
-		assert.Contains(t, r.stderr, "rejected the credentials")
+		assert.Equal(t, 2, r.Code)
+		assert.Contains(t, r.Stderr, "rejected the credentials")
 	})
 
 	t.Run("a user without permissions gets the verb, resource and namespace", func(t *testing.T) {
 		r := runPlugin(t, "", "apply", "-f", file, "--distribution", dist, "--wait=false", "--kubeconfig", env.UserKubeconfig(t, "bob"))
-		assert.Equal(t, 1, r.code)
-		assert.Regexp(t, `User "bob" cannot (get|list|patch) resource "\w+"`, r.stderr)
+		assert.Equal(t, 1, r.Code)
+		assert.Regexp(t, `User "bob" cannot (get|list|patch) resource "\w+"`, r.Stderr)
 	})
 
 	t.Run("delete keeps CRDs and users' objects", func(t *testing.T) {
 		before := resourceVersions(t, c)
 		r := runPlugin(t, "", "delete", "--kubeconfig", env.Kubeconfig, "--dry-run")
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Contains(t, r.stdout, "deployment.apps/source-controller deleted (client dry run)\n")
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Contains(t, r.Stdout, "deployment.apps/source-controller deleted (client dry run)\n")
 		assert.Equal(t, before, resourceVersions(t, c))
 
 		r = runPlugin(t, "", "delete", "--kubeconfig", env.Kubeconfig, "--with-crds")
-		assert.Equal(t, 2, r.code, "--with-crds needs its confirmation")
+		assert.Equal(t, 2, r.Code, "--with-crds needs its confirmation")
 
 		r = runPlugin(t, "", "delete", "--kubeconfig", env.Kubeconfig)
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Contains(t, r.stdout, "deployment.apps/source-controller deleted\n")
-		assert.Contains(t, r.stderr, "kept")
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Contains(t, r.Stdout, "deployment.apps/source-controller deleted\n")
+		assert.Contains(t, r.Stderr, "kept")
 		err := c.Get(ctx, client.ObjectKey{Namespace: "flux-system", Name: "source-controller"}, &appsv1.Deployment{})
 		assert.True(t, apierrors.IsNotFound(err), "the controller is gone: %v", err)
 		require.NoError(t, c.Get(ctx, client.ObjectKey{Name: "flux-system"}, &corev1.Namespace{}), "the namespace stays")

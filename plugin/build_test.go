@@ -10,19 +10,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/test/fixtures"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
-
-const minimalInstance = `apiVersion: fluxcd.controlplane.io/v1
-kind: FluxInstance
-metadata:
-  name: flux
-  namespace: flux-system
-spec:
-  distribution:
-    version: "2.7.x"
-    registry: ghcr.io/fluxcd
-`
 
 func writeFile(t *testing.T, dir, name, content string) string {
 	t.Helper()
@@ -33,12 +23,13 @@ func writeFile(t *testing.T, dir, name, content string) string {
 }
 
 func TestBuildOutputs(t *testing.T) {
+	minimalInstance := fixtures.Instance(t, "tests/minimal-2.7.x")
 	dist := testenv.DistributionDir(t)
 	file := writeFile(t, t.TempDir(), "flux.yaml", minimalInstance)
 
 	r := runPlugin(t, "", "build", "-f", file, "--distribution", dist, "-o", "name")
-	require.Equal(t, 0, r.code, r.stderr)
-	names := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	names := strings.Split(strings.TrimSpace(r.Stdout), "\n")
 	assert.Equal(t, "namespace/flux-system", names[indexOfPrefix(names, "namespace/")])
 	assert.Less(t, indexOfPrefix(names, "customresourcedefinition."), indexOfPrefix(names, "namespace/"), "CRDs come first")
 	assert.Less(t, indexOfPrefix(names, "serviceaccount/"), indexOfPrefix(names, "deployment.apps/"))
@@ -46,8 +37,8 @@ func TestBuildOutputs(t *testing.T) {
 	assert.NotContains(t, names, "deployment.apps/image-reflector-controller", "not a default component")
 
 	r = runPlugin(t, "", "build", "-f", file, "--distribution", dist)
-	require.Equal(t, 0, r.code, r.stderr)
-	objs, err := testenv.DecodeYAML([]byte(r.stdout))
+	require.Equal(t, 0, r.Code, r.Stderr)
+	objs, err := testenv.DecodeYAML([]byte(r.Stdout))
 	require.NoError(t, err)
 	assert.Len(t, objs, len(names), "YAML and name outputs list the same objects")
 	for _, o := range objs {
@@ -56,19 +47,19 @@ func TestBuildOutputs(t *testing.T) {
 	}
 
 	r = runPlugin(t, "", "build", "-f", file, "--distribution", dist, "-o", "json")
-	require.Equal(t, 0, r.code, r.stderr)
+	require.Equal(t, 0, r.Code, r.Stderr)
 	var list struct {
 		Kind  string           `json:"kind"`
 		Items []map[string]any `json:"items"`
 	}
-	require.NoError(t, json.Unmarshal([]byte(r.stdout), &list))
+	require.NoError(t, json.Unmarshal([]byte(r.Stdout), &list))
 	assert.Equal(t, "List", list.Kind)
 	assert.Len(t, list.Items, len(names))
 
 	// stdin, like kubectl's -f -.
 	r = runPlugin(t, minimalInstance, "build", "-f", "-", "--distribution", dist, "-o", "name")
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Equal(t, strings.Join(names, "\n")+"\n", r.stdout)
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Equal(t, strings.Join(names, "\n")+"\n", r.Stdout)
 }
 
 func indexOfPrefix(list []string, prefix string) int {
@@ -81,24 +72,28 @@ func indexOfPrefix(list []string, prefix string) int {
 }
 
 func TestBuildNamespace(t *testing.T) {
+	minimalInstance := fixtures.Instance(t, "tests/minimal-2.7.x")
 	dist := testenv.DistributionDir(t)
 	dir := t.TempDir()
+	// The variant without a namespace is built here, next to the assertions that depend on it.
 	noNamespace := writeFile(t, dir, "flux.yaml", strings.Replace(minimalInstance, "  namespace: flux-system\n", "", 1))
 
 	r := runPlugin(t, "", "build", "-f", noNamespace, "--distribution", dist, "-n", "gitops", "-o", "name")
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stdout, "namespace/gitops\n")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stdout, "namespace/gitops\n")
 
 	withNamespace := writeFile(t, dir, "ns.yaml", minimalInstance)
 	r = runPlugin(t, "", "build", "-f", withNamespace, "--distribution", dist, "-n", "gitops")
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, `the namespace of FluxInstance "flux" in `+withNamespace+` is "flux-system", which does not match the namespace "gitops"`)
-	assert.Empty(t, r.stdout)
+	assert.Equal(t, 1, r.Code)
+	assert.Contains(t, r.Stderr, `the namespace of FluxInstance "flux" in `+withNamespace+` is "flux-system", which does not match the namespace "gitops"`)
+	assert.Empty(t, r.Stdout)
 }
 
 func TestBuildBadInput(t *testing.T) {
+	minimalInstance := fixtures.Instance(t, "tests/minimal-2.7.x")
 	dist := testenv.DistributionDir(t)
 	dir := t.TempDir()
+	// Each bad input is a variant of the fixture built here, next to the case that expects its error.
 	two := writeFile(t, dir, "two.yaml", minimalInstance+"---\n"+minimalInstance)
 	configMap := writeFile(t, dir, "cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n")
 	typo := writeFile(t, dir, "typo.yaml", strings.Replace(minimalInstance, "registry:", "regsitry:", 1))
@@ -127,17 +122,17 @@ func TestBuildBadInput(t *testing.T) {
 				args = append(args, "--distribution", dist)
 			}
 			r := runPlugin(t, "", args...)
-			assert.Equal(t, tc.code, r.code, r.stderr)
-			assert.Empty(t, r.stdout, "nothing is printed when the input is bad")
+			assert.Equal(t, tc.code, r.Code, r.Stderr)
+			assert.Empty(t, r.Stdout, "nothing is printed when the input is bad")
 			for _, w := range tc.want {
-				assert.Contains(t, r.stderr, w)
+				assert.Contains(t, r.Stderr, w)
 			}
 		})
 	}
 
 	// -R finds the instance in a sub-directory.
 	r := runPlugin(t, "", "build", "-f", filepath.Dir(recursive), "-R", "--distribution", dist, "-o", "name")
-	assert.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, 0, r.Code, r.Stderr)
 }
 
 func cm(path string) string { return path }

@@ -26,6 +26,7 @@ import (
 
 	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution/embedded"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/fixtures"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
@@ -59,8 +60,8 @@ func parseCompletion(t *testing.T, stdout string) completion {
 func complete(t *testing.T, args ...string) completion {
 	t.Helper()
 	r := runPlugin(t, "", append([]string{"__complete"}, args...)...)
-	require.Equal(t, 0, r.code, r.stderr)
-	return parseCompletion(t, r.stdout)
+	require.Equal(t, 0, r.Code, r.Stderr)
+	return parseCompletion(t, r.Stdout)
 }
 
 func writeKubeconfig(t *testing.T) string {
@@ -255,8 +256,8 @@ func TestCompletionNamespacesFromCluster(t *testing.T) {
 
 		// Nobody can list anything: nothing to offer, and no error on the terminal.
 		r := runPlugin(t, "", "__complete", "--kubeconfig", env.UserKubeconfig(t, "alice"), "version", "-n", "")
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Empty(t, parseCompletion(t, r.stdout).values)
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Empty(t, parseCompletion(t, r.Stdout).values)
 	})
 }
 
@@ -288,17 +289,12 @@ func createFluxInstance(t *testing.T, env *testenv.Env, namespace string) {
 	objs, err := testenv.DecodeYAML([]byte(testenv.FluxInstanceStandInCRD))
 	require.NoError(t, err)
 	require.NoError(t, env.Client(t).Create(ctx, objs[0]))
-	instance := `apiVersion: fluxcd.controlplane.io/v1
-kind: FluxInstance
-metadata: {name: flux, namespace: ` + namespace + `}
-spec: {distribution: {version: 2.x, registry: ghcr.io/fluxcd}}
-`
+	instance := fixtures.Object(t, "tests/minimal-2.x")
+	instance.SetNamespace(namespace)
 	// The CRD is served once established; a fresh client rediscovers the API each attempt.
 	require.Eventually(t, func() bool {
-		objs, err := testenv.DecodeYAML([]byte(instance))
-		require.NoError(t, err)
 		c, err := client.New(env.Config, client.Options{})
 		require.NoError(t, err)
-		return c.Create(ctx, objs[0]) == nil
+		return c.Create(ctx, instance.DeepCopy()) == nil
 	}, 20*time.Second, 200*time.Millisecond)
 }

@@ -33,22 +33,22 @@ func TestCreateSecretOverAnExistingSecret(t *testing.T) {
 		return runPlugin(t, "new-value", append([]string{"create", "secret", "git", name, "-n", "apps", "--url=https://example.com/r.git", "--username=git", "--password-stdin", kc}, extra...)...)
 	}
 	r := git("someone-elses")
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, "Secret apps/someone-elses exists and was not created by this plugin: applying would change its keys password; pass --overwrite")
-	assert.NotContains(t, r.stderr, "new-value")
-	assert.NotContains(t, r.stderr, "old-value")
+	assert.Equal(t, 1, r.Code)
+	assert.Contains(t, r.Stderr, "Secret apps/someone-elses exists and was not created by this plugin: applying would change its keys password; pass --overwrite")
+	assert.NotContains(t, r.Stderr, "new-value")
+	assert.NotContains(t, r.Stderr, "old-value")
 	assert.Equal(t, "old-value", string(getSecret(t, c, "apps", "someone-elses").Data["password"]), "refused: nothing changed")
 
 	r = git("someone-elses", "--overwrite")
-	require.Equal(t, 0, r.code, r.stderr)
+	require.Equal(t, 0, r.Code, r.Stderr)
 	after := getSecret(t, c, "apps", "someone-elses")
 	assert.Equal(t, "new-value", string(after.Data["password"]))
 	assert.Equal(t, "kept", string(after.Data["other"]), "keys the command does not set stay")
 
 	r = git("someone-elses")
-	assert.Equal(t, 0, r.code, "now the plugin manages it: a re-run needs no --overwrite\n%s", r.stderr)
+	assert.Equal(t, 0, r.Code, "now the plugin manages it: a re-run needs no --overwrite\n%s", r.Stderr)
 
 	r = git("tls-one", "--overwrite")
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, "Secret apps/tls-one exists with type kubernetes.io/tls, not Opaque")
+	assert.Equal(t, 1, r.Code)
+	assert.Contains(t, r.Stderr, "Secret apps/tls-one exists with type kubernetes.io/tls, not Opaque")
 }

@@ -141,12 +141,12 @@ func TestCreateSecret(t *testing.T) {
 	applied := func(t *testing.T, ns, name, stdin string, args ...string) *corev1.Secret {
 		t.Helper()
 		r := plugin(stdin, args...)
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Equal(t, "secret/"+name+" created\n", r.stdout)
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Equal(t, "secret/"+name+" created\n", r.Stdout)
 		first := getSecret(t, c, ns, name)
 		r = plugin(stdin, args...)
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Equal(t, "secret/"+name+" unchanged\n", r.stdout)
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Equal(t, "secret/"+name+" unchanged\n", r.Stdout)
 		second := getSecret(t, c, ns, name)
 		assert.Equal(t, first.ResourceVersion, second.ResourceVersion)
 		assert.Contains(t, managers(second), "kubectl-fluxinstance")
@@ -158,10 +158,10 @@ func TestCreateSecret(t *testing.T) {
 		exportName := want.Name + "-export"
 		args = append([]string{args[0], exportName}, args[2:]...)
 		r := plugin(stdin, append(args, "--export")...)
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Contains(t, r.stdout, "stringData:")
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Contains(t, r.Stdout, "stringData:")
 		assertNoSecret(t, c, want.Namespace, exportName)
-		file := writeFile(t, t.TempDir(), "secret.yaml", r.stdout)
+		file := writeFile(t, t.TempDir(), "secret.yaml", r.Stdout)
 		out, err := env.Kubectl(ctx, nil, "apply", "-f", file)
 		require.NoError(t, err, string(out))
 		got := getSecret(t, c, want.Namespace, exportName)
@@ -181,8 +181,8 @@ func TestCreateSecret(t *testing.T) {
 
 	t.Run("git over HTTPS with --password, in the context namespace", func(t *testing.T) {
 		r := plugin("", "git", "git-flag", "--url=https://gitlab.com/org/fleet.git", "--username=flux", "--password", fx.password)
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Contains(t, r.stderr, "Warning: --password on the command line is visible in shell history")
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Contains(t, r.Stderr, "Warning: --password on the command line is visible in shell history")
 		s := getSecret(t, c, "default", "git-flag")
 		assert.Equal(t, fx.password, string(s.Data["password"]))
 	})
@@ -194,7 +194,7 @@ func TestCreateSecret(t *testing.T) {
 		assert.Equal(t, fx.sshKey, s.Data["identity"])
 		assert.Equal(t, fx.sshPub, string(s.Data["identity.pub"]))
 		assert.Equal(t, "github.com "+fx.sshPub, string(s.Data["known_hosts"]))
-		assert.Contains(t, runs[len(runs)-1].r.stderr, "Deploy key (add it to the repository with read access): "+fx.sshPub)
+		assert.Contains(t, runs[len(runs)-1].r.Stderr, "Deploy key (add it to the repository with read access): "+fx.sshPub)
 		exported(t, s, "", args...)
 	})
 
@@ -245,14 +245,14 @@ func TestCreateSecret(t *testing.T) {
 		exported(t, s, fx.bucketSecret+"\n", args...)
 
 		r := plugin("", "bucket", "bucket-flag", "-n", "apps", "--access-key=AKIAFIXTURE", "--secret-key", fx.bucketSecret)
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Contains(t, r.stderr, "prefer --secret-key-stdin")
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Contains(t, r.Stderr, "prefer --secret-key-stdin")
 	})
 
 	t.Run("a changed value is applied over the old one", func(t *testing.T) {
 		r := plugin(fx.password, "git", "git-https", "-n", "apps", "--url=https://github.com/org/fleet.git", "--username=flux", "--password-stdin")
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Equal(t, "secret/git-https configured\n", r.stdout)
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Equal(t, "secret/git-https configured\n", r.Stdout)
 		s := getSecret(t, c, "apps", "git-https")
 		assert.Equal(t, fx.password, string(s.Data["password"]))
 		// ca.crt was ours and is no longer given: server-side apply removes it.
@@ -305,9 +305,9 @@ func TestCreateSecret(t *testing.T) {
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				r := plugin(tc.stdin, tc.args...)
-				assert.Equal(t, tc.code, r.code, r.stderr)
-				assert.Contains(t, r.stderr, tc.want)
-				assert.Empty(t, r.stdout)
+				assert.Equal(t, tc.code, r.Code, r.Stderr)
+				assert.Contains(t, r.Stderr, tc.want)
+				assert.Empty(t, r.Stdout)
 				assertNoSecret(t, c, "apps", "bad")
 			})
 		}
@@ -318,9 +318,9 @@ func TestCreateSecret(t *testing.T) {
 		exports := 0
 		for _, run := range runs {
 			for _, v := range fx.secretValues() {
-				assert.NotContains(t, run.r.stderr, v, "stderr of %v", run.args)
+				assert.NotContains(t, run.r.Stderr, v, "stderr of %v", run.args)
 				if !run.export {
-					assert.NotContains(t, run.r.stdout, v, "stdout of %v", run.args)
+					assert.NotContains(t, run.r.Stdout, v, "stdout of %v", run.args)
 				}
 			}
 			if run.export {

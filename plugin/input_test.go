@@ -31,15 +31,15 @@ func TestBuildFromAServerThatNeverAnswers(t *testing.T) {
 	url := "http://" + l.Addr().String() + "/flux-instance.yaml"
 	start := time.Now()
 	r := runPlugin(t, "", "build", "-f", url, "--request-timeout=1s")
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, "error: reading "+url+": ")
-	assert.Contains(t, r.stderr, "Client.Timeout exceeded")
-	assert.NotContains(t, r.stderr, "unable to reach the cluster")
+	assert.Equal(t, 1, r.Code)
+	assert.Contains(t, r.Stderr, "error: reading "+url+": ")
+	assert.Contains(t, r.Stderr, "Client.Timeout exceeded")
+	assert.NotContains(t, r.Stderr, "unable to reach the cluster")
 	assert.Less(t, time.Since(start), 20*time.Second, "bounded by --request-timeout, not by the server")
 
 	r = runPlugin(t, "", "build", "-f", url, "--request-timeout=soon")
-	assert.Equal(t, 2, r.code)
-	assert.Contains(t, r.stderr, `invalid --request-timeout "soon"`)
+	assert.Equal(t, 2, r.Code)
+	assert.Contains(t, r.Stderr, `invalid --request-timeout "soon"`)
 }
 
 // Inputs above the documented bound are refused before they are parsed: a file, a file in a -f
@@ -50,16 +50,16 @@ func TestOversizedInputIsRefusedBeforeParsing(t *testing.T) {
 	require.NoError(t, os.WriteFile(big, []byte(strings.Repeat("# padding\n", maxInputBytes/10+1)), 0o600))
 
 	r := runPlugin(t, "", "build", "-f", big)
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, big+" is larger than 4 MiB")
+	assert.Equal(t, 1, r.Code)
+	assert.Contains(t, r.Stderr, big+" is larger than 4 MiB")
 
 	r = runPlugin(t, "", "build", "-f", dir)
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, big+" is larger than 4 MiB")
+	assert.Equal(t, 1, r.Code)
+	assert.Contains(t, r.Stderr, big+" is larger than 4 MiB")
 
 	r = runPlugin(t, strings.Repeat("# padding\n", maxInputBytes/10+1), "build", "-f", "-")
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, "standard input is larger than 4 MiB")
+	assert.Equal(t, 1, r.Code)
+	assert.Contains(t, r.Stderr, "standard input is larger than 4 MiB")
 }
 
 // A file of many documents is refused with a message that lists a few and counts the rest.
@@ -70,7 +70,7 @@ func TestManyDocumentsAreSummarized(t *testing.T) {
 	}
 	file := writeFile(t, t.TempDir(), "many.yaml", b.String())
 	r := runPlugin(t, "", "build", "-f", file)
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, "and 1995 more")
-	assert.Less(t, len(r.stderr), 1000, "the message stays short: %d bytes", len(r.stderr))
+	assert.Equal(t, 1, r.Code)
+	assert.Contains(t, r.Stderr, "and 1995 more")
+	assert.Less(t, len(r.Stderr), 1000, "the message stays short: %d bytes", len(r.Stderr))
 }

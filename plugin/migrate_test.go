@@ -51,18 +51,6 @@ func bootstrapForPlugin(t *testing.T, env *testenv.Env) []*unstructured.Unstruct
 	return objs
 }
 
-func resourceVersionsOf(t *testing.T, c client.Client, objs []*unstructured.Unstructured) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	for _, o := range objs {
-		m := &metav1.PartialObjectMetadata{}
-		m.SetGroupVersionKind(o.GroupVersionKind())
-		require.NoError(t, c.Get(context.Background(), client.ObjectKeyFromObject(o), m))
-		out[o.GetKind()+"/"+o.GetNamespace()+"/"+o.GetName()] = m.GetResourceVersion()
-	}
-	return out
-}
-
 func TestMigrateCommand(t *testing.T) {
 	env := testenv.Start(t)
 	dist := testenv.DistributionDir(t)
@@ -72,29 +60,29 @@ func TestMigrateCommand(t *testing.T) {
 
 	// Flag mistakes exit 2.
 	r := runPlugin(t, "", "migrate", kc, "-o", "table")
-	assert.Equal(t, 2, r.code, r.stderr)
+	assert.Equal(t, 2, r.Code, r.Stderr)
 
 	// Dry run: plan on stderr, the FluxInstance on stdout, nothing changed.
-	before := resourceVersionsOf(t, c, objs)
+	before := testenv.ResourceVersions(t, c, objs)
 	r = runPlugin(t, "", "migrate", kc, "--dry-run", "--distribution", dist)
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stderr, "installed by `flux bootstrap` in namespace \"flux-system\"")
-	assert.Contains(t, r.stderr, "image-automation-controller")
-	inst, err := fluxinstance.Decode([]byte(r.stdout), "stdout")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, "installed by `flux bootstrap` in namespace \"flux-system\"")
+	assert.Contains(t, r.Stderr, "image-automation-controller")
+	inst, err := fluxinstance.Decode([]byte(r.Stdout), "stdout")
 	require.NoError(t, err)
 	assert.Equal(t, "v2.7.5", inst.Spec.Distribution.Version)
 	assert.Equal(t, "refs/heads/main", inst.Spec.Sync.Ref)
-	assert.Equal(t, before, resourceVersionsOf(t, c, objs))
+	assert.Equal(t, before, testenv.ResourceVersions(t, c, objs))
 
 	r = runPlugin(t, "", "migrate", kc, "--dry-run", "--distribution", dist, "-o", "json")
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.True(t, strings.HasPrefix(strings.TrimSpace(r.stdout), "{"))
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.True(t, strings.HasPrefix(strings.TrimSpace(r.Stdout), "{"))
 
 	// No terminal and no --yes: refuses, changes nothing.
 	r = runPlugin(t, "", "migrate", kc, "--distribution", dist)
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, "pass --yes")
-	assert.Equal(t, before, resourceVersionsOf(t, c, objs))
+	assert.Equal(t, 1, r.Code)
+	assert.Contains(t, r.Stderr, "pass --yes")
+	assert.Equal(t, before, testenv.ResourceVersions(t, c, objs))
 
 	// A checkout of the fleet repository with the bootstrap files and a file of the user's.
 	repo := t.TempDir()
@@ -106,11 +94,11 @@ func TestMigrateCommand(t *testing.T) {
 
 	out := filepath.Join(t.TempDir(), "flux.yaml")
 	r = runPlugin(t, "", "migrate", kc, "--distribution", dist, "--yes", "--repo-dir", repo, "--output-file", out)
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stderr, "Verified: kustomize-controller's garbage collection would delete none")
-	assert.Contains(t, r.stderr, "remove clusters/prod/flux-system/ (gotk-components.yaml, gotk-sync.yaml, kustomization.yaml)")
-	assert.Contains(t, r.stderr, " D clusters/prod/flux-system/gotk-components.yaml")
-	assert.Contains(t, r.stderr, "?? clusters/prod/flux-system/flux-instance.yaml")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, "Verified: kustomize-controller's garbage collection would delete none")
+	assert.Contains(t, r.Stderr, "remove clusters/prod/flux-system/ (gotk-components.yaml, gotk-sync.yaml, kustomization.yaml)")
+	assert.Contains(t, r.Stderr, " D clusters/prod/flux-system/gotk-components.yaml")
+	assert.Contains(t, r.Stderr, "?? clusters/prod/flux-system/flux-instance.yaml")
 	_, err = os.Stat(filepath.Join(dir, "gotk-components.yaml"))
 	assert.True(t, os.IsNotExist(err))
 	kust, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
@@ -131,19 +119,19 @@ func TestMigrateCommand(t *testing.T) {
 	}
 
 	// Second run: nothing to do.
-	mid := resourceVersionsOf(t, c, objs)
+	mid := testenv.ResourceVersions(t, c, objs)
 	r = runPlugin(t, "", "migrate", kc, "--distribution", dist, "--output-file", out)
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stderr, "Nothing to do")
-	assert.Equal(t, mid, resourceVersionsOf(t, c, objs))
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, "Nothing to do")
+	assert.Equal(t, mid, testenv.ResourceVersions(t, c, objs))
 
 	// Rollback.
 	r = runPlugin(t, "", "migrate", kc, "--rollback", "--yes")
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stderr, "Restored bootstrap ownership")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, "Restored bootstrap ownership")
 	r = runPlugin(t, "", "migrate", kc, "--rollback", "--yes")
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, "nothing to roll back")
+	assert.Equal(t, 1, r.Code)
+	assert.Contains(t, r.Stderr, "nothing to roll back")
 }
 
 func TestMigrateCheckPermissions(t *testing.T) {
@@ -152,8 +140,8 @@ func TestMigrateCheckPermissions(t *testing.T) {
 	c := env.Client(t)
 
 	r := runPlugin(t, "", "migrate", "--check-permissions", "--kubeconfig", env.Kubeconfig)
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stdout, "You have every permission migrate needs")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stdout, "You have every permission migrate needs")
 
 	// A user who may only read Deployments cluster-wide.
 	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "deploy-reader"},
@@ -166,15 +154,15 @@ func TestMigrateCheckPermissions(t *testing.T) {
 	carol := env.UserKubeconfig(t, "carol")
 
 	r = runPlugin(t, "", "migrate", "--check-permissions", "-n", "flux-system", "--kubeconfig", carol)
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stdout, "patch deployments.apps in namespace flux-system")
-	assert.Contains(t, r.stdout, "patch customresourcedefinitions.apiextensions.k8s.io cluster-wide")
-	assert.NotContains(t, r.stdout, "list deployments.apps cluster-wide", "carol may list deployments")
-	assert.Contains(t, r.stderr, `permissions missing for migrate in namespace "flux-system"`)
+	assert.Equal(t, 1, r.Code)
+	assert.Contains(t, r.Stdout, "patch deployments.apps in namespace flux-system")
+	assert.Contains(t, r.Stdout, "patch customresourcedefinitions.apiextensions.k8s.io cluster-wide")
+	assert.NotContains(t, r.Stdout, "list deployments.apps cluster-wide", "carol may list deployments")
+	assert.Contains(t, r.Stderr, `permissions missing for migrate in namespace "flux-system"`)
 
 	// The migration itself fails on the first forbidden call and points at --check-permissions.
 	r = runPlugin(t, "", "migrate", "--dry-run", "--kubeconfig", carol)
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, `User "carol" cannot`)
-	assert.Contains(t, r.stderr, "--check-permissions")
+	assert.Equal(t, 1, r.Code)
+	assert.Contains(t, r.Stderr, `User "carol" cannot`)
+	assert.Contains(t, r.Stderr, "--check-permissions")
 }

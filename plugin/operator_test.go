@@ -14,6 +14,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/test/fixtures"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
@@ -26,32 +27,32 @@ func TestModeSelection(t *testing.T) {
 	env := testenv.Start(t)
 	c := env.Client(t)
 	ctx := context.Background()
-	file := writeFile(t, t.TempDir(), "flux.yaml", applyInstance)
+	file := writeFile(t, t.TempDir(), "flux.yaml", fixtures.Instance(t, "tests/sync-git-pull-secret-2.7.5"))
 	plugin := func(args ...string) result {
 		return runPlugin(t, "", append(args, "--kubeconfig", env.Kubeconfig, "--distribution", dist)...)
 	}
 
 	t.Run("operator mode and handoff need a running operator", func(t *testing.T) {
 		r := plugin("apply", "-f", file, "--mode=operator")
-		assert.Equal(t, 1, r.code)
-		assert.Contains(t, r.stderr, "the Flux Operator does not run in this cluster (the FluxInstance CRD (fluxinstances.fluxcd.controlplane.io) is not installed)")
+		assert.Equal(t, 1, r.Code)
+		assert.Contains(t, r.Stderr, "the Flux Operator does not run in this cluster (the FluxInstance CRD (fluxinstances.fluxcd.controlplane.io) is not installed)")
 		r = plugin("handoff", "-n", "flux-system")
-		assert.Equal(t, 1, r.code)
-		assert.Contains(t, r.stderr, "no instance applied by kubectl-fluxinstance in namespace flux-system")
+		assert.Equal(t, 1, r.Code)
+		assert.Contains(t, r.Stderr, "no instance applied by kubectl-fluxinstance in namespace flux-system")
 	})
 
 	t.Run("bad flags are usage errors", func(t *testing.T) {
 		r := plugin("apply", "-f", file, "--mode=pilot")
-		assert.Equal(t, 2, r.code)
-		assert.Contains(t, r.stderr, `--mode must be "auto", "direct" or "operator", got "pilot"`)
+		assert.Equal(t, 2, r.Code)
+		assert.Contains(t, r.Stderr, `--mode must be "auto", "direct" or "operator", got "pilot"`)
 		r = plugin("apply", "-f", file, "--mode=operator", "--force")
-		assert.Equal(t, 2, r.code)
+		assert.Equal(t, 2, r.Code)
 	})
 
 	t.Run("auto applies directly without an operator", func(t *testing.T) {
 		r := plugin("apply", "-f", file, "--wait=false")
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Contains(t, r.stdout, "deployment.apps/source-controller created")
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Contains(t, r.Stdout, "deployment.apps/source-controller created")
 	})
 
 	// The operator's traces: its CRD and its Deployment (never Ready here: no kubelet).
@@ -74,34 +75,31 @@ func TestModeSelection(t *testing.T) {
 
 	t.Run("auto stays direct for an instance the plugin applied, and points to handoff", func(t *testing.T) {
 		r := plugin("apply", "-f", file, "--wait=false")
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Contains(t, r.stderr, "Note: the Flux Operator runs in this cluster (Deployment operator-system/flux-operator)")
-		assert.Contains(t, r.stderr, "kubectl fluxinstance handoff -n flux-system")
-		assert.Contains(t, r.stdout, "deployment.apps/source-controller unchanged")
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Contains(t, r.Stderr, "Note: the Flux Operator runs in this cluster (Deployment operator-system/flux-operator)")
+		assert.Contains(t, r.Stderr, "kubectl fluxinstance handoff -n flux-system")
+		assert.Contains(t, r.Stdout, "deployment.apps/source-controller unchanged")
 	})
 
 	t.Run("operator mode refuses an instance the plugin applied directly", func(t *testing.T) {
 		r := plugin("apply", "-f", file, "--mode=operator")
-		assert.Equal(t, 1, r.code)
-		assert.Contains(t, r.stderr, "was applied directly by kubectl-fluxinstance: hand it to the operator with `kubectl fluxinstance handoff -n flux-system`")
+		assert.Equal(t, 1, r.Code)
+		assert.Contains(t, r.Stderr, "was applied directly by kubectl-fluxinstance: hand it to the operator with `kubectl fluxinstance handoff -n flux-system`")
 	})
 
 	t.Run("handoff --dry-run prints the plan and changes nothing", func(t *testing.T) {
 		before := resourceVersions(t, c)
 		r := plugin("handoff", "-n", "flux-system", "--dry-run")
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Contains(t, r.stderr, "Flux Operator: running (Deployment operator-system/flux-operator)")
-		assert.Regexp(t, `Hand-off plan for namespace flux-system: \d+ objects move to the operator; its first reconcile may create 0 and delete 0`, r.stderr)
-		assert.Contains(t, r.stdout, "would be handed to the Flux Operator (dry run)")
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Contains(t, r.Stderr, "Flux Operator: running (Deployment operator-system/flux-operator)")
+		assert.Regexp(t, `Hand-off plan for namespace flux-system: \d+ objects move to the operator; its first reconcile may create 0 and delete 0`, r.Stderr)
+		assert.Contains(t, r.Stdout, "would be handed to the Flux Operator (dry run)")
 		assert.Equal(t, before, resourceVersions(t, c))
 	})
 
 	// The operator has reconciled a FluxInstance: its finalizer is the trace.
-	fi := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "fluxcd.controlplane.io/v1", "kind": "FluxInstance",
-		"metadata": map[string]any{"name": "flux", "namespace": "flux-system", "finalizers": []any{"fluxcd.controlplane.io/finalizer"}},
-		"spec":     map[string]any{"distribution": map[string]any{"version": "2.7.x", "registry": "ghcr.io/fluxcd"}},
-	}}
+	fi := fixtures.Object(t, "tests/minimal-2.7.x")
+	fi.SetFinalizers([]string{"fluxcd.controlplane.io/finalizer"})
 	require.Eventually(t, func() bool {
 		fresh, err := client.New(env.Config, client.Options{})
 		require.NoError(t, err)
@@ -111,21 +109,21 @@ func TestModeSelection(t *testing.T) {
 	t.Run("direct mode refuses to fight the operator unless forced", func(t *testing.T) {
 		before := resourceVersions(t, c)
 		r := plugin("apply", "-f", file, "--mode=direct", "--wait=false")
-		assert.Equal(t, 1, r.code)
-		assert.Contains(t, r.stderr, "FluxInstance flux-system/flux is reconciled by the Flux Operator (Deployment operator-system/flux-operator): applying its manifests directly would start a fight")
-		assert.Contains(t, r.stderr, "--mode=operator")
+		assert.Equal(t, 1, r.Code)
+		assert.Contains(t, r.Stderr, "FluxInstance flux-system/flux is reconciled by the Flux Operator (Deployment operator-system/flux-operator): applying its manifests directly would start a fight")
+		assert.Contains(t, r.Stderr, "--mode=operator")
 		assert.Equal(t, before, resourceVersions(t, c))
 
 		r = plugin("apply", "-f", file, "--mode=direct", "--force", "--wait=false")
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Contains(t, r.stderr, "applying its manifests directly anyway (--force)")
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Contains(t, r.Stderr, "applying its manifests directly anyway (--force)")
 	})
 
 	t.Run("auto applies the FluxInstance object for the operator", func(t *testing.T) {
 		before := resourceVersions(t, c)
 		r := plugin("apply", "-f", file, "--wait=false")
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Equal(t, "fluxinstance.fluxcd.controlplane.io/flux configured\n", r.stdout)
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Equal(t, "fluxinstance.fluxcd.controlplane.io/flux configured\n", r.Stdout)
 		// Only the FluxInstance changed: no manifest was applied directly.
 		assert.Equal(t, before, resourceVersions(t, c))
 		live := &unstructured.Unstructured{}
@@ -138,15 +136,15 @@ func TestModeSelection(t *testing.T) {
 		assert.Equal(t, "refs/heads/main", sync["ref"])
 
 		r = plugin("apply", "-f", file, "--wait=false", "--dry-run=server")
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Equal(t, "fluxinstance.fluxcd.controlplane.io/flux unchanged (server dry run)\n", r.stdout)
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Equal(t, "fluxinstance.fluxcd.controlplane.io/flux unchanged (server dry run)\n", r.Stdout)
 	})
 
 	t.Run("status says who manages the instance", func(t *testing.T) {
 		r := runPlugin(t, "", "status", "-n", "flux-system", "--kubeconfig", env.Kubeconfig)
-		require.Equal(t, 0, r.code, r.stderr)
-		assert.Regexp(t, `Managed By: +flux-operator\n`, r.stdout)
-		assert.Regexp(t, `Flux Operator: +running \(Deployment operator-system/flux-operator\)\n`, r.stdout)
-		assert.Regexp(t, `FluxInstance: +flux-system/flux, reconciled by the operator: Ready=Unknown`, r.stdout)
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Regexp(t, `Managed By: +flux-operator\n`, r.Stdout)
+		assert.Regexp(t, `Flux Operator: +running \(Deployment operator-system/flux-operator\)\n`, r.Stdout)
+		assert.Regexp(t, `FluxInstance: +flux-system/flux, reconciled by the operator: Ready=Unknown`, r.Stdout)
 	})
 }

@@ -41,7 +41,7 @@ spec:
 		return runPlugin(t, "", append(args, "--kubeconfig", env.Kubeconfig, "--distribution", dist)...)
 	}
 	r := plugin("apply", "-f", file, "--wait=false")
-	require.Equal(t, 0, r.code, r.stderr)
+	require.Equal(t, 0, r.Code, r.Stderr)
 
 	owner := map[string]string{"fluxcd.controlplane.io/name": "flux", "fluxcd.controlplane.io/namespace": "flux-system"}
 	env.CreateNamespace(t, "victim")
@@ -87,9 +87,9 @@ spec:
 
 	// An apply prunes what the new rendering dropped: none of the three.
 	r = plugin("apply", "-f", file, "--wait=false")
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stderr, "Warning: Deployment/victim/app is listed in ConfigMap/flux-system/kubectl-fluxinstance-inventory but was not pruned: it is in namespace victim, not the instance's (flux-system)")
-	assert.Contains(t, r.stderr, "Warning: CustomResourceDefinition/widgets.example.com is listed in ConfigMap/flux-system/kubectl-fluxinstance-inventory but was not pruned: it is not a Flux CustomResourceDefinition (*.fluxcd.io)")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, "Warning: Deployment/victim/app is listed in ConfigMap/flux-system/kubectl-fluxinstance-inventory but was not pruned: it is in namespace victim, not the instance's (flux-system)")
+	assert.Contains(t, r.Stderr, "Warning: CustomResourceDefinition/widgets.example.com is listed in ConfigMap/flux-system/kubectl-fluxinstance-inventory but was not pruned: it is not a Flux CustomResourceDefinition (*.fluxcd.io)")
 	require.NoError(t, c.Get(ctx, client.ObjectKeyFromObject(victim), &appsv1.Deployment{}))
 	require.NoError(t, c.Get(ctx, client.ObjectKeyFromObject(widgets), crdStub()))
 	require.NoError(t, c.Get(ctx, client.ObjectKeyFromObject(record), &corev1.ConfigMap{}))
@@ -100,10 +100,10 @@ spec:
 	record.Data["inventory"] = string(raw)
 	require.NoError(t, c.Update(ctx, record))
 	r = runPlugin(t, "", "delete", "-n", "flux-system", "--with-crds", "--yes-i-know", "--remove-finalizers", "--kubeconfig", env.Kubeconfig)
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stderr, "Warning: Deployment/victim/app is listed in ConfigMap/flux-system/kubectl-fluxinstance-inventory but was not deleted: it is in namespace victim")
-	assert.Contains(t, r.stderr, "Warning: CustomResourceDefinition/widgets.example.com is listed in ConfigMap/flux-system/kubectl-fluxinstance-inventory but was not deleted: it is not a Flux CustomResourceDefinition")
-	assert.Contains(t, r.stderr, "Warning: ConfigMap/flux-system/kubectl-fluxinstance-inventory is listed in ConfigMap/flux-system/kubectl-fluxinstance-inventory but was not deleted: it is the plugin's own record")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, "Warning: Deployment/victim/app is listed in ConfigMap/flux-system/kubectl-fluxinstance-inventory but was not deleted: it is in namespace victim")
+	assert.Contains(t, r.Stderr, "Warning: CustomResourceDefinition/widgets.example.com is listed in ConfigMap/flux-system/kubectl-fluxinstance-inventory but was not deleted: it is not a Flux CustomResourceDefinition")
+	assert.Contains(t, r.Stderr, "Warning: ConfigMap/flux-system/kubectl-fluxinstance-inventory is listed in ConfigMap/flux-system/kubectl-fluxinstance-inventory but was not deleted: it is the plugin's own record")
 	require.NoError(t, c.Get(ctx, client.ObjectKeyFromObject(victim), &appsv1.Deployment{}))
 	require.NoError(t, c.Get(ctx, client.ObjectKeyFromObject(widgets), crdStub()))
 	// What the plugin did apply is gone.

@@ -9,17 +9,17 @@ import (
 
 func TestRootHelpSaysKubectlFluxinstance(t *testing.T) {
 	r := runPlugin(t, "", "--help")
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stdout, "kubectl fluxinstance [command]")
-	assert.NotContains(t, r.stdout, "kubectl-fluxinstance")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stdout, "kubectl fluxinstance [command]")
+	assert.NotContains(t, r.Stdout, "kubectl-fluxinstance")
 	// kubectl's connection flags, under kubectl's names.
 	for _, flag := range []string{"--kubeconfig", "--context", "--cluster", "--user", "--namespace", "--as", "--as-group", "--request-timeout", "--certificate-authority", "--insecure-skip-tls-verify"} {
-		assert.Contains(t, r.stdout, flag)
+		assert.Contains(t, r.Stdout, flag)
 	}
 
 	r = runPlugin(t, "", "version", "--help")
-	require.Equal(t, 0, r.code)
-	assert.Contains(t, r.stdout, "kubectl fluxinstance version [flags]")
+	require.Equal(t, 0, r.Code)
+	assert.Contains(t, r.Stdout, "kubectl fluxinstance version [flags]")
 }
 
 func TestUsageErrorsExitTwoWithoutUsageText(t *testing.T) {
@@ -32,10 +32,10 @@ func TestUsageErrorsExitTwoWithoutUsageText(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			r := runPlugin(t, "", args...)
-			assert.Equal(t, 2, r.code)
-			assert.Regexp(t, `^error: `, r.stderr)
-			assert.NotContains(t, r.stderr, "Flags:", "usage errors must not dump the help text")
-			assert.Empty(t, r.stdout)
+			assert.Equal(t, 2, r.Code)
+			assert.Regexp(t, `^error: `, r.Stderr)
+			assert.NotContains(t, r.Stderr, "Flags:", "usage errors must not dump the help text")
+			assert.Empty(t, r.Stdout)
 		})
 	}
 }

@@ -9,14 +9,12 @@ import (
 	"time"
 
 	"github.com/fluxcd/pkg/ssa"
-	"github.com/go-logr/logr"
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
@@ -29,10 +27,7 @@ const testVersion = "v2.7.5"
 
 var defaultComponents = []string{"source-controller", "kustomize-controller", "helm-controller", "notification-controller"}
 
-func TestMain(m *testing.M) {
-	ctrllog.SetLogger(logr.Discard())
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 // newTestManager connects like Connect does (raised client-side rate limits) as the admin.
 func newTestManager(t *testing.T, env *testenv.Env, ns string) (*apply.Manager, client.Client) {
@@ -42,10 +37,7 @@ func newTestManager(t *testing.T, env *testenv.Env, ns string) (*apply.Manager, 
 
 func newManagerFor(t *testing.T, cfg *rest.Config, ns string) (*apply.Manager, client.Client) {
 	t.Helper()
-	cfg = rest.CopyConfig(cfg)
-	cfg.QPS, cfg.Burst = 100, 200
-	c, err := client.New(cfg, client.Options{})
-	require.NoError(t, err)
+	c := testenv.FastClient(t, cfg, 100, 200)
 	return apply.NewManager(kube.Instance{Client: c, Name: "flux", Namespace: ns}), c
 }
 
@@ -126,22 +118,6 @@ func countActions(cs *ssa.ChangeSet) map[ssa.Action]int {
 	out := map[ssa.Action]int{}
 	for _, e := range cs.Entries {
 		out[e.Action]++
-	}
-	return out
-}
-
-// resourceVersions snapshots the resourceVersion of every object (absent ones as "").
-func resourceVersions(t *testing.T, c client.Client, objs []*unstructured.Unstructured) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	for _, o := range objs {
-		live := &metav1.PartialObjectMetadata{}
-		live.SetGroupVersionKind(o.GroupVersionKind())
-		err := c.Get(context.Background(), client.ObjectKeyFromObject(o), live)
-		if err != nil {
-			require.True(t, kube.IsNoMatch(err) || strings.Contains(err.Error(), "not found"), "%s: %v", kube.Ref(o), err)
-		}
-		out[kube.Ref(o)] = live.GetResourceVersion()
 	}
 	return out
 }

@@ -88,11 +88,11 @@ func TestLifecycle(t *testing.T) {
 	})
 
 	t.Run("re-apply reports everything unchanged and diff finds nothing", func(t *testing.T) {
-		before := resourceVersions(t, c, full)
+		before := testenv.ResourceVersions(t, c, full)
 		res, err := m.Reconcile(ctxT(t), full, apply.ReconcileOptions{Prune: true})
 		require.NoError(t, err)
 		assert.Equal(t, map[ssa.Action]int{ssa.UnchangedAction: len(full)}, countActions(res.ChangeSet))
-		assert.Equal(t, before, resourceVersions(t, c, full))
+		assert.Equal(t, before, testenv.ResourceVersions(t, c, full))
 
 		entries, err := diff.Objects(ctxT(t), m, full, nil, diff.Options{})
 		require.NoError(t, err)
@@ -192,7 +192,7 @@ func TestLifecycle(t *testing.T) {
 
 	t.Run("dry runs change nothing", func(t *testing.T) {
 		all := append(append([]*unstructured.Unstructured{}, full...), next...)
-		before := resourceVersions(t, c, all)
+		before := testenv.ResourceVersions(t, c, all)
 		for _, mode := range []kube.DryRun{kube.DryRunClient, kube.DryRunServer} {
 			res, err := m.Reconcile(ctxT(t), next, apply.ReconcileOptions{Options: apply.Options{DryRun: mode}, Prune: true})
 			require.NoError(t, err, mode)
@@ -202,7 +202,7 @@ func TestLifecycle(t *testing.T) {
 			assert.Equal(t, ssa.UnchangedAction, got["Deployment/flux-system/kustomize-controller"], mode)
 			assert.Equal(t, ssa.DeletedAction, got["Deployment/flux-system/helm-controller"], mode)
 			assert.Nil(t, res.Inventory, mode)
-			assert.Equal(t, before, resourceVersions(t, c, all), "dry-run=%s changed the cluster", mode)
+			assert.Equal(t, before, testenv.ResourceVersions(t, c, all), "dry-run=%s changed the cluster", mode)
 		}
 	})
 
@@ -268,7 +268,7 @@ func TestLifecycle(t *testing.T) {
 		// Changing replicas away from the rendered value also conflicts.
 		other.Object["spec"].(map[string]any)["replicas"] = int64(2)
 		require.NoError(t, c.Patch(ctxT(t), other, client.Apply, client.FieldOwner("user-tool"), client.ForceOwnership))
-		before := resourceVersions(t, c, next)
+		before := testenv.ResourceVersions(t, c, next)
 
 		_, err := m.Reconcile(ctxT(t), next, apply.ReconcileOptions{Prune: true})
 		require.Error(t, err)
@@ -279,7 +279,7 @@ func TestLifecycle(t *testing.T) {
 		assert.Contains(t, err.Error(), ".spec.replicas")
 		assert.Contains(t, err.Error(), "--force-conflicts")
 		assert.NotContains(t, err.Error(), "kustomize-controller")
-		assert.Equal(t, before, resourceVersions(t, c, next), "a conflict must change nothing")
+		assert.Equal(t, before, testenv.ResourceVersions(t, c, next), "a conflict must change nothing")
 
 		// The server dry run reports it the same way.
 		_, err = m.Apply(ctxT(t), next, apply.Options{DryRun: kube.DryRunServer})
@@ -428,13 +428,13 @@ func TestLifecycle(t *testing.T) {
 		inv, err := m.Store().Read(ctxT(t))
 		require.NoError(t, err)
 		all := append([]*unstructured.Unstructured{}, full...)
-		before := resourceVersions(t, c, all)
+		before := testenv.ResourceVersions(t, c, all)
 		res, err := uninstall.Run(ctxT(t), m, inv, uninstall.Options{DryRun: kube.DryRunClient})
 		require.NoError(t, err)
 		cs := res.ChangeSet
 		assert.Equal(t, ssa.DeletedAction, actions(cs)["Deployment/flux-system/source-controller"])
 		assert.Equal(t, ssa.SkippedAction, actions(cs)["CustomResourceDefinition/gitrepositories.source.toolkit.fluxcd.io"])
-		assert.Equal(t, before, resourceVersions(t, c, all), "delete --dry-run changed the cluster")
+		assert.Equal(t, before, testenv.ResourceVersions(t, c, all), "delete --dry-run changed the cluster")
 
 		res, err = uninstall.Run(ctxT(t), m, inv, uninstall.Options{})
 		require.NoError(t, err)

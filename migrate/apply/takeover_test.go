@@ -26,6 +26,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
 	"github.com/fluxinstance/kubectl-fluxinstance/render"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/faultproxy"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/fixtures"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
@@ -61,11 +62,8 @@ func TestTakeoverFromBootstrap(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, c.Create(ctx, crdObjs[0]))
 	require.Eventually(t, func() bool {
-		fi := &unstructured.Unstructured{}
-		fi.SetGroupVersionKind(operator.FluxInstanceGVK)
+		fi := fixtures.Object(t, "tests/minimal-2.7.x")
 		fi.SetNamespace(ns)
-		fi.SetName("flux")
-		fi.Object["spec"] = map[string]any{"distribution": map[string]any{"version": "2.7.x", "registry": "ghcr.io/fluxcd"}}
 		return c.Create(ctx, fi) == nil
 	}, 20*time.Second, 100*time.Millisecond)
 

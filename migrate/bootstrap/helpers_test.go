@@ -3,27 +3,20 @@ package bootstrap
 import (
 	"context"
 	"fmt"
-	"os"
 	"sync/atomic"
 	"testing"
 
-	"github.com/go-logr/logr"
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
-func TestMain(m *testing.M) {
-	ctrllog.SetLogger(logr.Discard())
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 // bootstrap and simulateBootstrap are the harness's simulated `flux bootstrap`.
 type bootstrap = testenv.Bootstrap
@@ -42,11 +35,7 @@ func setStatus(t *testing.T, c client.Client, obj *unstructured.Unstructured, st
 
 func adminClient(t *testing.T, env *testenv.Env) client.Client {
 	t.Helper()
-	cfg := rest.CopyConfig(env.Config)
-	cfg.QPS, cfg.Burst = 100, 200
-	c, err := client.New(cfg, client.Options{})
-	require.NoError(t, err)
-	return c
+	return testenv.FastClient(t, env.Config, 100, 200)
 }
 
 // release opens the distribution data directory and loads one version.

@@ -8,29 +8,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
-)
 
-// operatorInstance is a FluxInstance as the Flux Operator leaves it mid-upgrade (its status fields).
-const operatorInstance = `apiVersion: fluxcd.controlplane.io/v1
-kind: FluxInstance
-metadata:
-  name: flux
-  namespace: flux-system
-  generation: 3
-  finalizers: [fluxcd.controlplane.io/finalizer]
-spec:
-  distribution: {version: 2.8.x, registry: ghcr.io/fluxcd}
-status:
-  lastHandledReconcileAt: "1700000000"
-  lastAttemptedRevision: v2.8.8@sha256:bbb
-  lastAppliedRevision: v2.7.5@sha256:aaa
-  inventory:
-    entries:
-    - {id: flux-system_source-controller_apps_Deployment, v: v1}
-    - {id: _flux-system__Namespace, v: v1}
-  conditions:
-  - {type: Ready, status: Unknown, reason: Progressing, message: Reconciliation in progress, observedGeneration: 2}
-`
+	"github.com/fluxinstance/kubectl-fluxinstance/test/fixtures"
+)
 
 func decodeInstance(t *testing.T, doc string) *unstructured.Unstructured {
 	t.Helper()
@@ -52,7 +32,7 @@ func decodeInstance(t *testing.T, doc string) *unstructured.Unstructured {
 }
 
 func TestStateFollowsTheOperator(t *testing.T) {
-	obj := decodeInstance(t, operatorInstance)
+	obj := decodeInstance(t, fixtures.Instance(t, "tests/operator-mid-upgrade"))
 	s := fluxInstanceState(obj)
 	assert.True(t, s.Reconciled, "the finalizer shows the operator acted")
 	assert.False(t, s.Disabled)

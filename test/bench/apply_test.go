@@ -21,37 +21,10 @@ import (
 
 	"k8s.io/client-go/rest"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/test/fixtures"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/parity"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
-
-// applyInstance is the benchmarked FluxInstance: every component (source-watcher needs Flux 2.7+)
-// and no spec.sync. Without sync the rendering holds no custom resources, so the harness's kubectl
-// applies it the way a user would, with one `kubectl apply --server-side -f` (a sync's
-// GitRepository and Kustomization would need a second invocation after the CRDs are Established,
-// which would only add a process start to kubectl's side).
-const applyInstance = `apiVersion: fluxcd.controlplane.io/v1
-kind: FluxInstance
-metadata:
-  name: flux
-  namespace: flux-system
-spec:
-  distribution:
-    version: "2.9.x"
-    registry: "ghcr.io/fluxcd"
-  components:
-    - source-controller
-    - kustomize-controller
-    - helm-controller
-    - notification-controller
-    - image-reflector-controller
-    - image-automation-controller
-    - source-watcher
-  cluster:
-    type: kubernetes
-    networkPolicy: true
-    domain: cluster.local
-`
 
 // applyResults are the four measured processes of one round.
 type applyResults struct {
@@ -71,17 +44,12 @@ func BenchmarkApply(b *testing.B) {
 	ctx := context.Background()
 
 	dir := b.TempDir()
-	instance := filepath.Join(dir, "instance.yaml")
-	if err := os.WriteFile(instance, []byte(applyInstance), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	// The embedded distribution is what users run; without it (no `make embed`) the data directory.
-	var distArgs []string
-	distLabel := "embedded distribution"
-	if !parity.HasEmbeddedDistribution(b) {
-		distArgs = []string{"--distribution", distDir}
-		distLabel = "distribution directory " + distDir
-	}
+	// Every component and no spec.sync: without sync the rendering holds no custom resources, so
+	// the harness's kubectl applies it the way a user would, with one `kubectl apply --server-side
+	// -f` (a sync's GitRepository and Kustomization would need a second invocation after the CRDs
+	// are Established, which would only add a process start to kubectl's side).
+	instance := fixtures.Path(b, "tests/all-components-no-sync-2.9.x")
+	distArgs, distLabel := parity.DistributionArgs(b, distDir)
 	// KUBECACHEDIR: kubectl's discovery cache lives in the benchmark's directory, cold for each
 	// fresh server (a new port) and warm for the re-apply, as for a user.
 	procEnv := append(parity.Env(b, filepath.Join(dir, "cache")), "KUBECACHEDIR="+filepath.Join(dir, "kube-cache"))

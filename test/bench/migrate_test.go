@@ -67,12 +67,7 @@ func BenchmarkMigrateScale(b *testing.B) {
 		migrateBootstrapVersion, bootstrapTime.Round(time.Millisecond), scaleNamespaces, created,
 		generateTime.Round(time.Millisecond), float64(created+scaleNamespaces)/generateTime.Seconds())
 
-	var distArgs []string
-	distLabel := "embedded distribution"
-	if !parity.HasEmbeddedDistribution(b) {
-		distArgs = []string{"--distribution", distDir}
-		distLabel = "distribution directory " + distDir
-	}
+	distArgs, distLabel := parity.DistributionArgs(b, distDir)
 	procEnv := append(parity.Env(b, filepath.Join(dir, "cache")), "KUBECACHEDIR="+filepath.Join(dir, "kube-cache"))
 	kubectl := filepath.Join(env.BinDir, "kubectl")
 	oursArgs := append([]string{"migrate", "--dry-run", "--kubeconfig", env.Kubeconfig}, distArgs...)

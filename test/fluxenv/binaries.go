@@ -10,11 +10,7 @@
 package fluxenv
 
 import (
-	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
@@ -36,22 +32,6 @@ const (
 	ControllersVersion = "v1.9.4"
 )
 
-func runBuild() (string, error) {
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		return "", err
-	}
-	cmd := exec.Command(filepath.Join(root, "test", "binaries", "flux-controllers", "build.sh"))
-	cmd.Dir = root
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("building the Flux binaries with test/binaries/flux-controllers/build.sh: %v\n%s", err, stderr.String())
-	}
-	return strings.TrimSpace(string(out)), nil
-}
-
 // BinDir returns the directory holding the Flux binaries (source-controller, kustomize-controller,
 // fluxgen and, when withCLI, flux). In CI (CI=true) missing binaries are built, and a build failure
 // fails the test; on a developer machine the test is skipped with the command to run.
@@ -61,9 +41,9 @@ func BinDir(t testing.TB, withCLI bool) string {
 	if withCLI {
 		want = append(want, FluxCLI)
 	}
-	dir, err := binDir()
+	dir, err := testenv.BinaryDir("FLUX_TEST_BIN_DIR", "flux")
 	if err == nil {
-		err = checkBinaries(dir, want)
+		err = testenv.CheckBinaries(dir, want...)
 	}
 	if err == nil {
 		return dir
@@ -76,33 +56,12 @@ func BinDir(t testing.TB, withCLI bool) string {
 	}
 	// build.sh serializes concurrent builds with a lock and reuses its cache, so packages that
 	// get here at the same time build once.
-	built, buildErr := runBuild()
+	built, buildErr := testenv.RunBuildScript("flux-controllers")
 	if buildErr != nil {
 		t.Fatalf("CI=true and %v; building them failed: %v", err, buildErr)
 	}
-	if err := checkBinaries(built, want); err != nil {
+	if err := testenv.CheckBinaries(built, want...); err != nil {
 		t.Fatalf("CI=true and the Flux binaries are still missing after the build: %v", err)
 	}
 	return built
-}
-
-func binDir() (string, error) {
-	if dir := os.Getenv("FLUX_TEST_BIN_DIR"); dir != "" {
-		return dir, nil
-	}
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(root, "bin", "flux"), nil
-}
-
-func checkBinaries(dir string, names []string) error {
-	for _, name := range names {
-		// Stat follows the symlinks build.sh makes, so a dangling link (cache wiped) counts as missing.
-		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
-			return fmt.Errorf("%s not found in %s", name, dir)
-		}
-	}
-	return nil
 }

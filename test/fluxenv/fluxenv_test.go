@@ -3,14 +3,12 @@ package fluxenv_test
 import (
 	"context"
 	"net/http"
-	"os"
 	"path"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
@@ -18,17 +16,12 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/test/fluxenv"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
-// TestMain silences controller-runtime's warning (with a stack trace) that its logger is unset.
-func TestMain(m *testing.M) {
-	ctrllog.SetLogger(logr.Discard())
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 // TestBootstrapReconcilePrune bootstraps a fleet repository holding a user app with the real
 // controllers, checks what kustomize-controller did to the Flux objects, and prunes the app.

@@ -6,16 +6,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/fluxcd/cli-utils/pkg/kstatus/polling"
-	"github.com/fluxcd/pkg/ssa"
 	"github.com/fluxcd/pkg/ssa/normalize"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
@@ -50,57 +45,13 @@ func (f *Flux) simulateReconcile(ctx context.Context, commit string) ([]string, 
 	if err := normalize.UnstructuredList(objs); err != nil {
 		return nil, err
 	}
-	rm := ssa.NewResourceManager(f.Client, polling.NewStatusPoller(f.Client, f.Client.RESTMapper(), polling.Options{}),
-		ssa.Owner{Field: "kustomize-controller", Group: "kustomize.toolkit.fluxcd.io"})
-	rm.SetOwnerLabels(objs, f.Key().Name, f.Key().Namespace)
-	opts := ssa.DefaultApplyOptions()
-	opts.Cleanup = ssa.ApplyCleanupOptions{
-		Annotations: []string{"kubectl.kubernetes.io/last-applied-configuration"},
-		FieldManagers: []ssa.FieldManager{
-			{Name: "kubectl", OperationType: metav1.ManagedFieldsOperationApply},
-			{Name: "kubectl", OperationType: metav1.ManagedFieldsOperationUpdate},
-			{Name: "before-first-apply", OperationType: metav1.ManagedFieldsOperationUpdate},
-			{Name: "kustomize-controller", OperationType: metav1.ManagedFieldsOperationUpdate},
-		},
-	}
-	changeSet, err := rm.ApplyAllStaged(ctx, objs, opts)
-	if err != nil {
-		return nil, fmt.Errorf("applying %s as kustomize-controller: %w", f.Options.Path, err)
-	}
-	ids := make([]string, 0, len(changeSet.Entries))
-	entries := make([]any, 0, len(changeSet.Entries))
-	for _, e := range changeSet.Entries {
-		id := e.ObjMetadata.String()
-		ids = append(ids, id)
-		entries = append(entries, map[string]any{"id": id, "v": e.GroupVersion[strings.LastIndex(e.GroupVersion, "/")+1:]})
-	}
-
-	ks := &unstructured.Unstructured{}
-	ks.SetGroupVersionKind(KustomizationKind())
-	if err := f.Client.Get(ctx, f.Key(), ks); err != nil {
-		return nil, fmt.Errorf("getting Kustomization %s: %w", f.Key(), err)
-	}
 	ref := f.Options.Branch
 	if f.Options.Tag != "" {
 		ref = f.Options.Tag
 	}
-	revision := ref + "@sha1:" + commit
-	now := metav1.Now().UTC().Format(time.RFC3339)
-	ks.Object["status"] = map[string]any{
-		"observedGeneration":    ks.GetGeneration(),
-		"lastAppliedRevision":   revision,
-		"lastAttemptedRevision": revision,
-		"inventory":             map[string]any{"entries": entries},
-		"conditions": []any{map[string]any{
-			"type": "Ready", "status": "True", "reason": "ReconciliationSucceeded",
-			"message": "Applied revision: " + revision, "lastTransitionTime": now,
-			"observedGeneration": ks.GetGeneration(),
-		}},
-	}
-	if err := f.Client.Status().Update(ctx, ks, client.FieldOwner("kustomize-controller")); err != nil {
-		return nil, fmt.Errorf("writing the status of Kustomization %s: %w", f.Key(), err)
-	}
-	return ids, nil
+	return testenv.SimulateReconcile(ctx, f.Client, objs, testenv.Reconcile{
+		Kustomization: f.Key(), Revision: ref + "@sha1:" + commit, Ready: true, Cleanup: true,
+	})
 }
 
 // collectManifests gathers the objects kustomize-controller would apply from root when root has

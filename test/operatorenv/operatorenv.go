@@ -18,16 +18,14 @@
 package operatorenv
 
 import (
-	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -80,14 +78,6 @@ type Binaries struct {
 	CRDs     string
 }
 
-func buildScript() (string, error) {
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(root, "test", "binaries", "flux-operator", "build.sh"), nil
-}
-
 // Find returns the operator without building it: $FLUX_OPERATOR_BIN, else the binary cached by
 // build.sh. ok is false when there is none; err reports a FLUX_OPERATOR_BIN that is unusable.
 func Find() (b Binaries, ok bool, err error) {
@@ -104,31 +94,20 @@ func Find() (b Binaries, ok bool, err error) {
 		}
 		return Binaries{Operator: p, CRDs: crds}, true, nil
 	}
-	script, err := buildScript()
-	if err != nil {
-		return b, false, err
-	}
-	out, err := exec.Command(script, "--check").Output()
+	dir, err := testenv.RunBuildScript("flux-operator", "--check")
 	if err != nil {
 		return b, false, nil
 	}
-	return fromDir(strings.TrimSpace(string(out))), true, nil
+	return fromDir(dir), true, nil
 }
 
 // Build builds (or reuses) the operator with build.sh, which can take minutes.
 func Build() (Binaries, error) {
-	script, err := buildScript()
+	dir, err := testenv.RunBuildScript("flux-operator")
 	if err != nil {
 		return Binaries{}, err
 	}
-	var stderr bytes.Buffer
-	cmd := exec.Command(script)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return Binaries{}, fmt.Errorf("%s: %w\n%s", script, err, tail(stderr.String(), 4000))
-	}
-	return fromDir(strings.TrimSpace(string(out))), nil
+	return fromDir(dir), nil
 }
 
 func fromDir(dir string) Binaries {
@@ -545,6 +524,31 @@ func Inventory(ctx context.Context, c client.Client, fi *unstructured.Unstructur
 	return objs, nil
 }
 
+// PluginInventoryName is the ConfigMap of the plugin's inventory record, in the instance's
+// namespace (docs/inventory.md).
+const PluginInventoryName = "kubectl-fluxinstance-inventory"
+
+// PluginRecord is the plugin's inventory record: its entries (shaped like a FluxInstance's) and
+// its state (e.g. Applied).
+type PluginRecord struct {
+	Entries []InventoryEntry `json:"entries"`
+	State   string           `json:"-"`
+}
+
+// PluginInventory reads the plugin's inventory record in namespace ns.
+func PluginInventory(ctx context.Context, c client.Client, ns string) (PluginRecord, error) {
+	var cm corev1.ConfigMap
+	if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: PluginInventoryName}, &cm); err != nil {
+		return PluginRecord{}, fmt.Errorf("the plugin's inventory record: %w", err)
+	}
+	var record PluginRecord
+	if err := json.Unmarshal([]byte(cm.Data["inventory"]), &record); err != nil {
+		return PluginRecord{}, fmt.Errorf("the plugin's inventory record %s/%s: %w", ns, PluginInventoryName, err)
+	}
+	record.State = cm.Data["state"]
+	return record, nil
+}
+
 // WaitReport waits until the operator has written its FluxReport `flux` in its runtime namespace
 // and returns it: out of cluster, with no operator Deployment, that report (with the operator's
 // CRDs) is how a client can tell that an operator is at work. The report is written at start-up
@@ -570,11 +574,4 @@ func (o *Operator) WaitReport(ctx context.Context) (*unstructured.Unstructured, 
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return "…" + s[len(s)-n:]
-	}
-	return s
 }

@@ -14,25 +14,17 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/test/fixtures"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
+// instance is the fixture with the namespace and the version each step needs.
 func instance(t *testing.T, ns, version string) *unstructured.Unstructured {
 	t.Helper()
-	objs, err := testenv.DecodeYAML([]byte(`apiVersion: fluxcd.controlplane.io/v1
-kind: FluxInstance
-metadata:
-  name: flux
-  namespace: ` + ns + `
-spec:
-  distribution:
-    version: "` + version + `"
-    registry: ghcr.io/fluxcd
-  components: [source-controller, kustomize-controller]
-  wait: false
-`))
-	require.NoError(t, err)
-	return objs[0]
+	obj := fixtures.Object(t, "tests/source-kustomize-no-wait-2.7.x")
+	obj.SetNamespace(ns)
+	require.NoError(t, unstructured.SetNestedField(obj.Object, version, "spec", "distribution", "version"))
+	return obj
 }
 
 // The real operator, out of cluster: it writes its FluxReport, reconciles a FluxInstance in its

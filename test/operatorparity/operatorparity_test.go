@@ -26,13 +26,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/test/fixtures"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/operatorenv"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/parity"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
-
-// pluginInventory is the plugin's inventory record (docs/inventory.md).
-const pluginInventory = "kubectl-fluxinstance-inventory"
 
 // concurrency bounds the instances compared at once ($OPERATOR_PARITY_CONCURRENCY overrides): each
 // runs two API servers (with their etcd) and the operator.
@@ -55,16 +53,13 @@ func concurrency() int {
 // cluster IPs: serverNormalise). Unlike the parity test against the Flux Operator CLI
 // (test/parity), no difference is excused: every operator behaviour the CLI lacks (digest
 // pinning, variants, sharding storage, network policies of a cluster block) is the plugin's too.
-// Instances that must fail (rejectedInstances) fail on both sides.
+// Instances that must fail (test/fixtures/instances/rejected, outside the corpus, which the
+// renderer's golden tests need to render) fail on both sides.
 func TestParityWithOperator(t *testing.T) {
 	bins := operatorenv.Require(t)
 	testenv.RequireBinDir(t)
 	dist := testenv.DistributionDir(t)
-	root, err := testenv.RepoRoot()
-	require.NoError(t, err)
-	files, err := filepath.Glob(filepath.Join(root, "test", "fixtures", "instances", "*.yaml"))
-	require.NoError(t, err)
-	require.NotEmpty(t, files, "no FluxInstances in test/fixtures/instances")
+	files := fixtures.Glob(t, "*.yaml")
 
 	plugin := parity.PluginBinary(t)
 	// An instance that names an OCI artifact gets the distribution served from a loopback
@@ -82,13 +77,11 @@ func TestParityWithOperator(t *testing.T) {
 	sem := make(chan struct{}, concurrency())
 	var started, compared, rejected atomic.Int32
 	t.Run("rejected", func(t *testing.T) {
-		for name, doc := range rejectedInstances {
-			t.Run(name, func(t *testing.T) {
+		for _, file := range fixtures.Glob(t, "rejected/*.yaml") {
+			t.Run(strings.TrimSuffix(filepath.Base(file), ".yaml"), func(t *testing.T) {
 				t.Parallel()
 				sem <- struct{}{}
 				defer func() { <-sem }()
-				file := filepath.Join(t.TempDir(), name+".yaml")
-				require.NoError(t, os.WriteFile(file, []byte(doc), 0o644))
 				c := &instanceCase{file: file, dist: dist, plugin: plugin, pluginEnv: pluginEnv}
 				require.Equal(t, outcomeBothRejected, c.run(t), "the operator and the plugin must both reject it")
 			})
@@ -115,34 +108,6 @@ func TestParityWithOperator(t *testing.T) {
 	t.Logf("%d instances compared, %d rejected by both", compared.Load(), rejected.Load())
 	// Guards against a run that compared nothing (every instance rejected) and so proved nothing.
 	assert.GreaterOrEqual(t, int(compared.Load()), int(started.Load())*3/4, "too few instances compared with the operator")
-}
-
-// rejectedInstances are FluxInstances outside the corpus (which the renderer's golden tests need
-// to render) that the operator and the plugin must both refuse.
-var rejectedInstances = map[string]string{
-	// kustomize (and so the operator's build) wants a strategic merge patch without a target to
-	// match one object; with sharding, naming a controller matches its shard copies too.
-	"untargeted-patch-with-sharding": `apiVersion: fluxcd.controlplane.io/v1
-kind: FluxInstance
-metadata:
-  name: flux
-  namespace: flux-system
-spec:
-  distribution:
-    version: "2.7.5"
-    registry: ghcr.io/fluxcd
-  sharding:
-    shards: [a]
-  kustomize:
-    patches:
-      - patch: |
-          apiVersion: apps/v1
-          kind: Deployment
-          metadata:
-            name: source-controller
-          spec:
-            replicas: 2
-`,
 }
 
 type outcome int
@@ -285,14 +250,10 @@ func createPullSecret(ctx context.Context, t *testing.T, c client.Client, ns, na
 }
 
 func readPluginInventory(ctx context.Context, t *testing.T, c client.Client, ns string) []operatorenv.InventoryEntry {
-	var cm corev1.ConfigMap
-	require.NoError(t, c.Get(ctx, client.ObjectKey{Namespace: ns, Name: pluginInventory}, &cm), "the plugin's inventory record")
-	var inv struct {
-		Entries []operatorenv.InventoryEntry `json:"entries"`
-	}
-	require.NoError(t, json.Unmarshal([]byte(cm.Data["inventory"]), &inv))
-	require.Equal(t, "Applied", cm.Data["state"])
-	return inv.Entries
+	record, err := operatorenv.PluginInventory(ctx, c, ns)
+	require.NoError(t, err)
+	require.Equal(t, "Applied", record.State)
+	return record.Entries
 }
 
 func getObjects(ctx context.Context, t *testing.T, c client.Client, entries []operatorenv.InventoryEntry) []*unstructured.Unstructured {

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/test/distribution/distdata"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/fixtures"
 )
 
 // referenceCLI returns the reference CLI. It is cached by build.sh; when it is not, CI builds it
@@ -45,11 +46,8 @@ func referenceCLI(t *testing.T) string {
 // modulo the documented differences between that CLI and the operator (see normalise).
 func TestParityWithReferenceCLI(t *testing.T) {
 	cli := referenceCLI(t)
-	root := RepoRoot(t)
 	dir := distdata.Dir(t)
-	files, err := filepath.Glob(filepath.Join(root, "test", "fixtures", "instances", "*.yaml"))
-	require.NoError(t, err)
-	require.NotEmpty(t, files, "no FluxInstances in test/fixtures/instances")
+	files := fixtures.Glob(t, "*.yaml")
 
 	plugin := PluginBinary(t)
 	oci := ServeDistribution(t)

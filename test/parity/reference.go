@@ -26,6 +26,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/test/distribution/distdata"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
 // ReferenceCLIEnv names a flux-operator binary to use instead of the cached build.
@@ -39,25 +40,11 @@ const ReferenceCLIHint = "build it with test/binaries/flux-operator-cli/build.sh
 // RepoRoot is the directory of the plugin's go.mod.
 func RepoRoot(tb testing.TB) string {
 	tb.Helper()
-	dir, err := os.Getwd()
+	root, err := testenv.RepoRoot()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	for {
-		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil &&
-			bytes.Contains(b, []byte("module github.com/fluxinstance/kubectl-fluxinstance\n")) {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			tb.Fatal("cannot find the repository root (the go.mod of github.com/fluxinstance/kubectl-fluxinstance) above the working directory")
-		}
-		dir = parent
-	}
-}
-
-func buildScript(tb testing.TB) string {
-	return filepath.Join(RepoRoot(tb), "test", "binaries", "flux-operator-cli", "build.sh")
+	return root
 }
 
 // FindReferenceCLI returns the reference CLI without building it: $FLUX_OPERATOR_CLI, else the
@@ -70,26 +57,23 @@ func FindReferenceCLI(tb testing.TB) (path string, ok bool) {
 		}
 		return p, true
 	}
-	out, err := exec.Command(buildScript(tb), "--check").Output()
+	dir, err := testenv.RunBuildScript("flux-operator-cli", "--check")
 	if err != nil {
 		return "", false
 	}
-	return filepath.Join(strings.TrimSpace(string(out)), "flux-operator"), true
+	return filepath.Join(dir, "flux-operator"), true
 }
 
 // BuildReferenceCLI builds (or reuses) the reference CLI with build.sh, which can take minutes.
 func BuildReferenceCLI(tb testing.TB) (string, error) {
 	tb.Helper()
-	var stderr bytes.Buffer
-	cmd := exec.Command(buildScript(tb))
-	cmd.Stderr = &stderr
 	start := time.Now()
-	out, err := cmd.Output()
+	dir, err := testenv.RunBuildScript("flux-operator-cli")
 	if err != nil {
-		return "", fmt.Errorf("%s: %w\n%s", buildScript(tb), err, tail(stderr.String(), 4000))
+		return "", err
 	}
 	tb.Logf("reference CLI ready in %s", time.Since(start).Round(time.Second))
-	return filepath.Join(strings.TrimSpace(string(out)), "flux-operator"), nil
+	return filepath.Join(dir, "flux-operator"), nil
 }
 
 // PluginBinary builds cmd/kubectl-fluxinstance like `make build` does (the default distribution
@@ -114,6 +98,16 @@ func HasEmbeddedDistribution(tb testing.TB) bool {
 	tb.Helper()
 	fi, err := os.Stat(filepath.Join(RepoRoot(tb), "render", "distribution", "embedded", "data", "distribution.tar.gz"))
 	return err == nil && fi.Size() > 0
+}
+
+// DistributionArgs are the plugin's arguments for its distribution: none for the embedded one (what
+// users run), or --distribution dir when the binary has none (no `make embed`); label says which.
+func DistributionArgs(tb testing.TB, dir string) (args []string, label string) {
+	tb.Helper()
+	if HasEmbeddedDistribution(tb) {
+		return nil, "embedded distribution"
+	}
+	return []string{"--distribution", dir}, "distribution directory " + dir
 }
 
 // ServeDistribution serves the distribution data (FLUX_DISTRIBUTION_DIR) as the operator's OCI
@@ -181,7 +175,7 @@ func Run(ctx context.Context, env []string, name string, args ...string) Result 
 	res.Stdout, res.Stderr = stdout.Bytes(), stderr.Bytes()
 	var exit *exec.ExitError
 	if errors.As(err, &exit) {
-		res.Err = fmt.Errorf("%s %s: %w: %s", filepath.Base(name), strings.Join(args, " "), err, tail(string(res.Stderr), 2000))
+		res.Err = fmt.Errorf("%s %s: %w: %s", filepath.Base(name), strings.Join(args, " "), err, testenv.Last(string(res.Stderr), 2000))
 	}
 	return res
 }
@@ -201,11 +195,4 @@ func PluginArgs(file, distribution string) []string {
 		}
 	}
 	return args
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return "…" + s[len(s)-n:]
-	}
-	return s
 }

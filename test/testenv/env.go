@@ -211,6 +211,19 @@ func (e *Env) Client(t testing.TB) client.Client {
 	return c
 }
 
+// FastClient is a client for cfg (the admin's env.Config, or a user's) with client-go's default
+// rate limit of 5 QPS raised to qps and burst, for tests that read or write many objects.
+func FastClient(t testing.TB, cfg *rest.Config, qps float32, burst int) client.Client {
+	t.Helper()
+	cfg = rest.CopyConfig(cfg)
+	cfg.QPS, cfg.Burst = qps, burst
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // UserKubeconfig writes a kubeconfig for a user authenticated by a client certificate with the
 // given name and groups, who has no permissions until the test grants them with RBAC.
 func (e *Env) UserKubeconfig(t testing.TB, user string, groups ...string) string {

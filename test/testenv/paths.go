@@ -5,9 +5,11 @@
 package testenv
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -48,21 +50,34 @@ func missing(t testing.TB, format string, args ...any) {
 
 // BinDir returns the directory holding etcd, kube-apiserver and kubectl.
 func BinDir() (string, error) {
-	if dir := os.Getenv("KUBEBUILDER_ASSETS"); dir != "" {
-		return dir, checkBinaries(dir)
+	dir, err := BinaryDir("KUBEBUILDER_ASSETS", "testenv")
+	if err != nil {
+		return "", err
+	}
+	if err := CheckBinaries(dir, "etcd", "kube-apiserver", "kubectl"); err != nil {
+		return dir, fmt.Errorf("%w: run `make testenv` to build the test binaries", err)
+	}
+	return dir, nil
+}
+
+// BinaryDir is where a harness's binaries are: $envVar when set, else the repository's bin/<sub>.
+func BinaryDir(envVar, sub string) (string, error) {
+	if dir := os.Getenv(envVar); dir != "" {
+		return dir, nil
 	}
 	root, err := RepoRoot()
 	if err != nil {
 		return "", err
 	}
-	dir := filepath.Join(root, "bin", "testenv")
-	return dir, checkBinaries(dir)
+	return filepath.Join(root, "bin", sub), nil
 }
 
-func checkBinaries(dir string) error {
-	for _, b := range []string{"etcd", "kube-apiserver", "kubectl"} {
-		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			return fmt.Errorf("%s not found in %s: run `make testenv` to build the test binaries", b, dir)
+// CheckBinaries reports the first of names missing from dir. Stat follows the symlinks the build
+// scripts make, so a dangling link (cache wiped) counts as missing.
+func CheckBinaries(dir string, names ...string) error {
+	for _, name := range names {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			return fmt.Errorf("%s not found in %s", name, dir)
 		}
 	}
 	return nil
@@ -98,4 +113,31 @@ func DistributionDir(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return abs
+}
+
+// RunBuildScript runs test/binaries/<name>/build.sh with args (e.g. --check) from the repository
+// root and returns the directory it prints. Its error ends with the script's last standard error.
+func RunBuildScript(name string, args ...string) (string, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	script := filepath.Join(root, "test", "binaries", name, "build.sh")
+	cmd := exec.Command(script, args...)
+	cmd.Dir = root
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("%s: %w\n%s", script, err, Last(stderr.String(), 4000))
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// Last returns the last n bytes of s, marked with "…" when it is cut.
+func Last(s string, n int) string {
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
 }

@@ -16,7 +16,6 @@ import (
 
 	"github.com/fluxinstance/kubectl-fluxinstance/test/faultproxy"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/fluxenv"
-	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
 // TestMigrateKilledAtEveryStep interrupts migrate after its Nth API call, for N over a complete
@@ -27,13 +26,8 @@ import (
 // `flux bootstrap`. The last migrated state then goes through the next step for real.
 func TestMigrateKilledAtEveryStep(t *testing.T) {
 	t.Parallel()
-	fluxenv.BinDir(t, false)
-	env := testenv.Start(t)
-	apps := defaultApps
-	repo := fleetWithApps(t, "clusters/test", apps...)
-	f := fluxenv.Bootstrap(t, env, repo, fluxenv.Options{})
-	s := newScenario(t, f, apps...)
-	c := s.c
+	s := bootstrapped(t, fluxenv.Options{}, defaultApps...)
+	f, env, repo, c := s.f, s.f.Env, s.f.Repo, s.c
 	before := takeSnapshot(t, c, f.Kustomization(t), secretKey(f))
 	head := repo.Head(t)
 	proxy, proxyConfig := faultproxy.Start(t, env)
@@ -43,11 +37,11 @@ func TestMigrateKilledAtEveryStep(t *testing.T) {
 	converged := func(t *testing.T, what string) {
 		t.Helper()
 		proxy.Reset(-1)
-		r := runPlugin(t, migrateArgs(proxyConfig)...)
-		require.Equal(t, 0, r.code, "%s: the re-run failed:\n%s", what, r.stderr)
+		r := runPlugin(t, "", migrateArgs(proxyConfig)...)
+		require.Equal(t, 0, r.Code, "%s: the re-run failed:\n%s", what, r.Stderr)
 		// Either it finished the takeover, or the interrupted run had (but for its output).
-		if !assert.Regexp(t, "Verified: kustomize-controller's garbage collection would delete none|Nothing to do", r.stderr, what) {
-			t.Log(r.stderr)
+		if !assert.Regexp(t, "Verified: kustomize-controller's garbage collection would delete none|Nothing to do", r.Stderr, what) {
+			t.Log(r.Stderr)
 		}
 		assert.Empty(t, proxy.Deleted(), "%s: no DELETE reached the API server", what)
 		before.assertSurvived(t, c)
@@ -58,8 +52,8 @@ func TestMigrateKilledAtEveryStep(t *testing.T) {
 	}
 	rollback := func(t *testing.T) {
 		t.Helper()
-		r := runPlugin(t, "migrate", "--kubeconfig="+s.kubeconfig, "--rollback", "--yes")
-		require.Equal(t, 0, r.code, "rollback: %s", r.stderr)
+		r := runPlugin(t, "", "migrate", "--kubeconfig="+s.kubeconfig, "--rollback", "--yes")
+		require.Equal(t, 0, r.Code, "rollback: %s", r.Stderr)
 		f.Reconcile(t, head)
 		settle(t, f)
 		before.assertSurvived(t, c)
@@ -69,8 +63,8 @@ func TestMigrateKilledAtEveryStep(t *testing.T) {
 	// A complete run through the proxy counts the calls.
 	start := time.Now()
 	proxy.Reset(-1)
-	r := runPlugin(t, migrateArgs(proxyConfig)...)
-	require.Equal(t, 0, r.code, r.stderr)
+	r := runPlugin(t, "", migrateArgs(proxyConfig)...)
+	require.Equal(t, 0, r.Code, r.Stderr)
 	total := proxy.Count()
 	require.Greater(t, total, 20)
 	assert.Empty(t, proxy.Deleted())
@@ -84,14 +78,14 @@ func TestMigrateKilledAtEveryStep(t *testing.T) {
 	start = time.Now()
 	for i, n := range points {
 		proxy.Reset(n)
-		r := runPlugin(t, migrateArgs(proxyConfig)...)
-		if r.code != 0 {
+		r := runPlugin(t, "", migrateArgs(proxyConfig)...)
+		if r.Code != 0 {
 			failed++
 		}
 		states[recordState(t, s)]++
 		converged(t, "killed after call "+strconv.Itoa(n))
 		if t.Failed() {
-			t.Fatalf("stopping at kill point %d; the killed run printed:\n%s", n, r.stderr)
+			t.Fatalf("stopping at kill point %d; the killed run printed:\n%s", n, r.Stderr)
 		}
 		if i < len(points)-1 {
 			rollback(t)
@@ -157,8 +151,8 @@ func recordState(t *testing.T, s *scenario) string {
 // the cluster, the bootstrap files replaced in the work tree.
 func (s *scenario) migrateRepoOnly(t *testing.T) {
 	t.Helper()
-	r := runPlugin(t, "migrate", "--kubeconfig="+s.kubeconfig, "--distribution", s.dist, "--repo-dir", s.f.Repo.Dir, "--output-file", filepath.Join(t.TempDir(), "fi.yaml"))
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stderr, "Nothing to do")
+	r := runPlugin(t, "", "migrate", "--kubeconfig="+s.kubeconfig, "--distribution", s.dist, "--repo-dir", s.f.Repo.Dir, "--output-file", filepath.Join(t.TempDir(), "fi.yaml"))
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, "Nothing to do")
 	s.checkWorkTree(t)
 }

@@ -2,7 +2,6 @@ package migrate_test
 
 import (
 	"context"
-	"encoding/json"
 	"testing"
 	"time"
 
@@ -37,11 +36,11 @@ func (s *scenario) handoff(t *testing.T) {
 	require.NoError(t, err)
 
 	start := time.Now()
-	r := runPlugin(t, "handoff", "-n", ns, "--kubeconfig="+s.kubeconfig, "--distribution", s.dist, "--timeout=3m")
-	t.Logf("handoff in %s:\n%s%s", time.Since(start).Round(10*time.Millisecond), r.stderr, r.stdout)
-	require.Equal(t, 0, r.code, "handoff failed:\n%s\noperator log:\n%s", r.stderr, op.LogTail(40))
-	assert.Contains(t, r.stderr, "its first reconcile may create 0 and delete 0\n")
-	assert.Contains(t, r.stdout, "(created 0, deleted 0, none recreated or restarted, as planned)")
+	r := runPlugin(t, "", "handoff", "-n", ns, "--kubeconfig="+s.kubeconfig, "--distribution", s.dist, "--timeout=3m")
+	t.Logf("handoff in %s:\n%s%s", time.Since(start).Round(10*time.Millisecond), r.Stderr, r.Stdout)
+	require.Equal(t, 0, r.Code, "handoff failed:\n%s\noperator log:\n%s", r.Stderr, op.LogTail(40))
+	assert.Contains(t, r.Stderr, "its first reconcile may create 0 and delete 0\n")
+	assert.Contains(t, r.Stdout, "(created 0, deleted 0, none recreated or restarted, as planned)")
 
 	for key, was := range flux {
 		now := &metav1.PartialObjectMetadata{}
@@ -52,7 +51,7 @@ func (s *scenario) handoff(t *testing.T) {
 	}
 	apps.assertSurvived(t, s.c)
 	apps.assertTemplates(t, s.c, nil)
-	err = s.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "kubectl-fluxinstance-inventory"}, &corev1.ConfigMap{})
+	err = s.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: operatorenv.PluginInventoryName}, &corev1.ConfigMap{})
 	assert.True(t, apierrors.IsNotFound(err), "the plugin's record moved to the FluxInstance: %v", err)
 
 	// kustomize-controller, now fed by the operator's GitRepository and Kustomization, still
@@ -61,24 +60,17 @@ func (s *scenario) handoff(t *testing.T) {
 	assert.ElementsMatch(t, fluxenv.Inventory(s.f.Kustomization(t)), fluxenv.Inventory(ks))
 	apps.assertSurvived(t, s.c)
 
-	r = runPlugin(t, "status", "-n", ns, "--kubeconfig="+s.kubeconfig)
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Regexp(t, `Managed By: +flux-operator\n`, r.stdout)
-	assert.Regexp(t, `FluxInstance: +`+ns+`/flux, reconciled by the operator: Ready=True`, r.stdout)
+	r = runPlugin(t, "", "status", "-n", ns, "--kubeconfig="+s.kubeconfig)
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Regexp(t, `Managed By: +flux-operator\n`, r.Stdout)
+	assert.Regexp(t, `FluxInstance: +`+ns+`/flux, reconciled by the operator: Ready=True`, r.Stdout)
 }
 
 // pluginObjects reads the metadata of every object in the plugin's inventory record.
 func (s *scenario) pluginObjects(t *testing.T, ns string) map[objectKey]*metav1.PartialObjectMetadata {
 	t.Helper()
-	cm := &corev1.ConfigMap{}
-	require.NoError(t, s.c.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "kubectl-fluxinstance-inventory"}, cm))
-	var record struct {
-		Entries []struct {
-			ID      string `json:"id"`
-			Version string `json:"v"`
-		} `json:"entries"`
-	}
-	require.NoError(t, json.Unmarshal([]byte(cm.Data["inventory"]), &record))
+	record, err := operatorenv.PluginInventory(context.Background(), s.c, ns)
+	require.NoError(t, err)
 	out := map[objectKey]*metav1.PartialObjectMetadata{}
 	for _, e := range record.Entries {
 		id, err := object.ParseObjMetadata(e.ID)

@@ -7,7 +7,6 @@
 package migrate_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -19,7 +18,6 @@ import (
 	"testing"
 
 	"github.com/fluxcd/cli-utils/pkg/object"
-	"github.com/go-logr/logr"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
@@ -28,25 +26,16 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/cli-runtime/pkg/genericiooptions"
-	"k8s.io/client-go/rest"
-	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/plugin"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/fluxenv"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/pluginrun"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
-// TestMain silences controller-runtime's warning (with a stack trace) that its logger is unset,
-// and client-go's klog lines about the connections the fault test cuts.
-func TestMain(m *testing.M) {
-	ctrllog.SetLogger(logr.Discard())
-	klog.SetLogger(logr.Discard())
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 // Ownership metadata (facts of kustomize-controller and of the takeover).
 const (
@@ -57,21 +46,8 @@ const (
 	pluginFieldManager  = "kubectl-fluxinstance"
 )
 
-var buildInfo = plugin.BuildInfo{Version: "v0.0.0-e2e-migrate"}
-
-type result struct {
-	stdout, stderr string
-	code           int
-}
-
 // runPlugin runs the plugin in-process as main does, args as typed after `kubectl fluxinstance`.
-func runPlugin(t testing.TB, args ...string) result {
-	t.Helper()
-	var out, errOut bytes.Buffer
-	streams := genericiooptions.IOStreams{In: strings.NewReader(""), Out: &out, ErrOut: &errOut}
-	code := plugin.Run(args, streams, buildInfo)
-	return result{stdout: out.String(), stderr: errOut.String(), code: code}
-}
+var runPlugin = pluginrun.With(plugin.Run, plugin.BuildInfo{Version: "v0.0.0-e2e-migrate"}).Run
 
 // scenario is one bootstrapped fleet repository and what the test remembers about it.
 type scenario struct {
@@ -93,11 +69,7 @@ func newScenario(t testing.TB, f *fluxenv.Flux, apps ...fluxenv.App) *scenario {
 // fastClient is an admin client that is not rate-limited to client-go's default 5 QPS.
 func fastClient(t testing.TB, env *testenv.Env) client.Client {
 	t.Helper()
-	cfg := rest.CopyConfig(env.Config)
-	cfg.QPS, cfg.Burst = 200, 400
-	c, err := client.New(cfg, client.Options{})
-	require.NoError(t, err)
-	return c
+	return testenv.FastClient(t, env.Config, 200, 400)
 }
 
 // migrate runs `migrate --yes --repo-dir <work tree> --output-file F` and checks what it printed:
@@ -108,13 +80,13 @@ func (s *scenario) migrate(t testing.TB, extra ...string) (string, *fluxinstance
 	out := filepath.Join(t.TempDir(), "flux-instance.yaml")
 	args := append([]string{"migrate", "--kubeconfig=" + s.kubeconfig, "--distribution", s.dist, "--yes",
 		"--repo-dir", s.f.Repo.Dir, "--output-file", out}, extra...)
-	r := runPlugin(t, args...)
-	require.Equal(t, 0, r.code, "migrate failed:\n%s", r.stderr)
+	r := runPlugin(t, "", args...)
+	require.Equal(t, 0, r.Code, "migrate failed:\n%s", r.Stderr)
 	dir := s.f.Options.Dir()
-	assert.Contains(t, r.stderr, "Verified: kustomize-controller's garbage collection would delete none")
-	assert.Contains(t, r.stderr, "Next step: in the Git repository, remove "+dir+"/ (gotk-components.yaml, gotk-sync.yaml, kustomization.yaml)")
+	assert.Contains(t, r.Stderr, "Verified: kustomize-controller's garbage collection would delete none")
+	assert.Contains(t, r.Stderr, "Next step: in the Git repository, remove "+dir+"/ (gotk-components.yaml, gotk-sync.yaml, kustomization.yaml)")
 	for _, line := range []string{" D " + dir + "/gotk-components.yaml", " D " + dir + "/gotk-sync.yaml", " M " + dir + "/kustomization.yaml", "?? " + dir + "/flux-instance.yaml"} {
-		assert.Contains(t, r.stderr, line, "--repo-dir reports the change")
+		assert.Contains(t, r.Stderr, line, "--repo-dir reports the change")
 	}
 	data, err := os.ReadFile(out)
 	require.NoError(t, err)
@@ -122,7 +94,7 @@ func (s *scenario) migrate(t testing.TB, extra ...string) (string, *fluxinstance
 	require.NoError(t, err, "the generated FluxInstance")
 	assert.Equal(t, s.f.Options.Namespace, inst.Namespace)
 	assert.Equal(t, s.f.Options.Version, inst.Spec.Distribution.Version)
-	return r.stderr, inst
+	return r.Stderr, inst
 }
 
 // checkWorkTree checks that the work tree is what the next step asks for: the two generated files
@@ -334,20 +306,32 @@ func exists(t testing.TB, c client.Client, k objectKey) bool {
 // keep writing: equal maps mean nothing was written.
 func resourceVersions(t testing.TB, c client.Client, ks *unstructured.Unstructured) map[string]string {
 	t.Helper()
-	out := map[string]string{}
+	var objs []*metav1.PartialObjectMetadata
 	for _, k := range inventoryKeys(t, ks) {
 		if kind := k.id.GroupKind.Kind; kind == "GitRepository" || kind == "Kustomization" {
 			continue
 		}
-		m, err := getMeta(c, k)
-		require.NoError(t, err, k.String())
-		out[k.String()] = m.GetResourceVersion()
+		m := &metav1.PartialObjectMetadata{}
+		m.SetGroupVersionKind(k.gvk())
+		m.SetNamespace(k.id.Namespace)
+		m.SetName(k.id.Name)
+		objs = append(objs, m)
 	}
-	return out
+	return testenv.ResourceVersions(t, c, objs)
 }
 
 // defaultApps are the user apps most scenarios keep in the fleet repository.
 var defaultApps = []fluxenv.App{{Namespace: "apps", Name: "podinfo"}, {Namespace: "apps", Name: "other"}}
+
+// bootstrapped serves a fleet repository with the apps under o.Path and bootstraps it into a fresh
+// API server with the real controllers syncing it.
+func bootstrapped(t *testing.T, o fluxenv.Options, apps ...fluxenv.App) *scenario {
+	t.Helper()
+	fluxenv.BinDir(t, false)
+	env := testenv.Start(t)
+	repo := fleetWithApps(t, o.WithDefaults().Path, apps...)
+	return newScenario(t, fluxenv.Bootstrap(t, env, repo, o), apps...)
+}
 
 // fleetWithApps serves a fleet repository over HTTP on loopback with the apps under clusterPath,
 // not yet committed (the bootstrap commits them with its own files).

@@ -104,10 +104,10 @@ func TestMigrateCLIBootstrap(t *testing.T) {
 
 	// A dry run changes nothing and prints the same plan.
 	rvBefore := resourceVersions(t, s.c, f.Kustomization(t))
-	r := runPlugin(t, "migrate", "--kubeconfig="+s.kubeconfig, "--distribution", s.dist, "--dry-run")
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stderr, `installed by `+"`flux bootstrap`"+` in namespace "flux-system"`)
-	assert.Contains(t, r.stdout, "kind: FluxInstance")
+	r := runPlugin(t, "", "migrate", "--kubeconfig="+s.kubeconfig, "--distribution", s.dist, "--dry-run")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, `installed by `+"`flux bootstrap`"+` in namespace "flux-system"`)
+	assert.Contains(t, r.Stdout, "kind: FluxInstance")
 	assert.Equal(t, rvBefore, resourceVersions(t, s.c, f.Kustomization(t)), "--dry-run changed nothing")
 
 	stderr, inst := s.migrateWithControllers(t)
@@ -117,10 +117,10 @@ func TestMigrateCLIBootstrap(t *testing.T) {
 	assert.Equal(t, "flux-system", inst.Spec.Sync.PullSecret)
 
 	// A second run, the files gone from Git and their Kustomization reconciled: nothing to do.
-	r = runPlugin(t, "migrate", "--kubeconfig="+s.kubeconfig, "--distribution", s.dist, "--repo-dir", repo.Dir, "--output-file", t.TempDir()+"/fi.yaml")
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stderr, "Nothing to do")
-	assert.Contains(t, r.stderr, "the bootstrap files are already replaced")
+	r = runPlugin(t, "", "migrate", "--kubeconfig="+s.kubeconfig, "--distribution", s.dist, "--repo-dir", repo.Dir, "--output-file", t.TempDir()+"/fi.yaml")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, "Nothing to do")
+	assert.Contains(t, r.Stderr, "the bootstrap files are already replaced")
 
 	// Then the Flux Operator takes the migrated instance over.
 	s.handoff(t)
@@ -129,12 +129,9 @@ func TestMigrateCLIBootstrap(t *testing.T) {
 // TestMigrateOtherNamespaceOnTag: Flux in another namespace, at another path, following a tag.
 func TestMigrateOtherNamespaceOnTag(t *testing.T) {
 	t.Parallel()
-	fluxenv.BinDir(t, false)
-	env := testenv.Start(t)
-	apps := []fluxenv.App{{Namespace: "team", Name: "web"}, {Namespace: "team", Name: "api"}}
-	repo := fleetWithApps(t, "clusters/prod", apps...)
-	f := fluxenv.Bootstrap(t, env, repo, fluxenv.Options{Namespace: "gitops", Tag: "v1", Path: "clusters/prod"})
-	s := newScenario(t, f, apps...)
+	s := bootstrapped(t, fluxenv.Options{Namespace: "gitops", Tag: "v1", Path: "clusters/prod"},
+		fluxenv.App{Namespace: "team", Name: "web"}, fluxenv.App{Namespace: "team", Name: "api"})
+	f := s.f
 
 	_, inst := s.migrateWithControllers(t)
 	assert.Equal(t, "gitops", inst.Namespace)
@@ -148,15 +145,10 @@ func TestMigrateOtherNamespaceOnTag(t *testing.T) {
 // secret, no network policies. No pod runs, so the registry only matters to the rendering.
 func TestMigrateExtraComponentsMirror(t *testing.T) {
 	t.Parallel()
-	fluxenv.BinDir(t, false)
-	env := testenv.Start(t)
-	apps := defaultApps
-	repo := fleetWithApps(t, "clusters/test", apps...)
-	f := fluxenv.Bootstrap(t, env, repo, fluxenv.Options{
+	s := bootstrapped(t, fluxenv.Options{
 		ComponentsExtra: []string{"image-reflector-controller", "image-automation-controller"},
 		Registry:        "registry.example.com/fluxcd", ImagePullSecret: "regcred", NoNetworkPolicy: true,
-	})
-	s := newScenario(t, f, apps...)
+	}, defaultApps...)
 
 	_, inst := s.migrateWithControllers(t)
 	assert.Subset(t, inst.Spec.Components, []string{"image-reflector-controller", "image-automation-controller"})

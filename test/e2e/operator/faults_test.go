@@ -18,6 +18,7 @@ import (
 
 	"github.com/fluxinstance/kubectl-fluxinstance/test/faultproxy"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/operatorenv"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/pluginrun"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
@@ -36,9 +37,9 @@ func newHandoffCase(t *testing.T, dist string) *handoffCase {
 	t.Helper()
 	env := testenv.Start(t)
 	file := filepath.Join(t.TempDir(), "flux.yaml")
-	require.NoError(t, os.WriteFile(file, []byte(instance("2.7.x")), 0o600))
-	r := runPlugin(t, "apply", "-f", file, "--distribution", dist, "--wait=false", "--kubeconfig="+env.Kubeconfig)
-	require.Equal(t, 0, r.code, r.stderr)
+	require.NoError(t, os.WriteFile(file, []byte(instance(t, "2.7.x")), 0o600))
+	r := runPlugin(t, "", "apply", "-f", file, "--distribution", dist, "--wait=false", "--kubeconfig="+env.Kubeconfig)
+	require.Equal(t, 0, r.Code, r.Stderr)
 	op := operatorenv.Start(t, env, operatorenv.Options{Namespace: "flux-system", Distribution: dist})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -51,9 +52,9 @@ func newHandoffCase(t *testing.T, dist string) *handoffCase {
 	return hc
 }
 
-func (hc *handoffCase) handoff(t *testing.T, kubeconfig, dist string) result {
+func (hc *handoffCase) handoff(t *testing.T, kubeconfig, dist string) pluginrun.Result {
 	t.Helper()
-	return runPlugin(t, "handoff", "-n", "flux-system", "--distribution", dist, "--timeout=2m", "--kubeconfig="+kubeconfig)
+	return runPlugin(t, "", "handoff", "-n", "flux-system", "--distribution", dist, "--timeout=2m", "--kubeconfig="+kubeconfig)
 }
 
 // assertHandedOff checks the end state: the operator reconciled the instance with the plugin's
@@ -78,10 +79,10 @@ func (hc *handoffCase) assertHandedOff(t *testing.T) {
 			assert.False(t, mf.Manager == "kubectl-fluxinstance" && mf.Subresource == "", "%s/%s still has fields of the plugin", obj.GetKind(), obj.GetName())
 		}
 	}
-	err = hc.c.Get(ctx, client.ObjectKey{Namespace: "flux-system", Name: "kubectl-fluxinstance-inventory"}, &corev1.ConfigMap{})
+	err = hc.c.Get(ctx, client.ObjectKey{Namespace: "flux-system", Name: operatorenv.PluginInventoryName}, &corev1.ConfigMap{})
 	assert.True(t, apierrors.IsNotFound(err), "the plugin's record is gone: %v", err)
 	for _, d := range hc.proxy.Deleted() {
-		assert.True(t, strings.Contains(d, "/configmaps/kubectl-fluxinstance-inventory"), "unexpected DELETE: %s", d)
+		assert.True(t, strings.Contains(d, "/configmaps/"+operatorenv.PluginInventoryName), "unexpected DELETE: %s", d)
 	}
 }
 
@@ -98,7 +99,7 @@ func TestHandoffKilledAtEveryStep(t *testing.T) {
 	hc := newHandoffCase(t, dist)
 	hc.proxy.Reset(-1)
 	r := hc.handoff(t, hc.viaKC, dist)
-	require.Equal(t, 0, r.code, r.stderr)
+	require.Equal(t, 0, r.Code, r.Stderr)
 	total := hc.proxy.Count()
 	t.Logf("a complete handoff makes %d API calls", total)
 	hc.assertHandedOff(t)
@@ -125,13 +126,13 @@ func TestHandoffKilledAtEveryStep(t *testing.T) {
 			}
 			killed := hc.handoff(t, hc.viaKC, dist)
 			if n < 0 || hc.proxy.Count() > n {
-				assert.NotEqual(t, 0, killed.code, "the interrupted run fails:\n%s", killed.stderr)
+				assert.NotEqual(t, 0, killed.Code, "the interrupted run fails:\n%s", killed.Stderr)
 			} else {
 				t.Logf("this run made %d calls and finished before the kill", hc.proxy.Count())
 			}
 			hc.proxy.Reset(-1)
 			r := hc.handoff(t, hc.viaKC, dist)
-			require.Equal(t, 0, r.code, "the re-run after a kill at call %d:\n%s\nthe killed run:\n%s", n, r.stderr, killed.stderr)
+			require.Equal(t, 0, r.Code, "the re-run after a kill at call %d:\n%s\nthe killed run:\n%s", n, r.Stderr, killed.Stderr)
 			hc.assertHandedOff(t)
 		})
 	}

@@ -5,16 +5,12 @@
 package operator_test
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
@@ -22,57 +18,33 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/cli-runtime/pkg/genericiooptions"
-	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/yaml"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/plugin"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/fixtures"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/operatorenv"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/pluginrun"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
-func TestMain(m *testing.M) {
-	ctrllog.SetLogger(logr.Discard())
-	klog.SetLogger(logr.Discard())
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
-type result struct {
-	stdout, stderr string
-	code           int
-}
+// runPlugin runs the plugin in-process as main does, args as typed after `kubectl fluxinstance`.
+var runPlugin = pluginrun.With(plugin.Run, plugin.BuildInfo{Version: "v0.0.0-e2e-operator"}).Run
 
-func runPlugin(t *testing.T, args ...string) result {
+// instance is the FluxInstance of the journey (wait is off: no kubelet runs the controllers' pods
+// here, and the operator would wait for them forever) at version, with extra components: the
+// steps build these variants of the fixture here, next to what they assert.
+func instance(t *testing.T, version string, extra ...string) string {
 	t.Helper()
-	var out, errOut bytes.Buffer
-	streams := genericiooptions.IOStreams{In: strings.NewReader(""), Out: &out, ErrOut: &errOut}
-	code := plugin.Run(args, streams, plugin.BuildInfo{Version: "v0.0.0-e2e-operator"})
-	return result{stdout: out.String(), stderr: errOut.String(), code: code}
-}
-
-// instance is the FluxInstance of the journey; wait is off because no kubelet runs the
-// controllers' pods here (the operator would wait for them forever).
-func instance(version string, extra ...string) string {
-	return `apiVersion: fluxcd.controlplane.io/v1
-kind: FluxInstance
-metadata:
-  name: flux
-  namespace: flux-system
-spec:
-  distribution:
-    version: "` + version + `"
-    registry: ghcr.io/fluxcd
-  components: [source-controller, kustomize-controller, helm-controller, notification-controller` + strings.Join(append([]string{""}, extra...), ", ") + `]
-  wait: false
-  cluster:
-    networkPolicy: true
-  sync:
-    kind: GitRepository
-    url: https://git.example.com/fleet.git
-    ref: refs/heads/main
-    path: clusters/prod
-`
+	obj := fixtures.Object(t, "tests/sync-git-no-wait-2.7.x")
+	require.NoError(t, unstructured.SetNestedField(obj.Object, version, "spec", "distribution", "version"))
+	components, _, _ := unstructured.NestedStringSlice(obj.Object, "spec", "components")
+	require.NoError(t, unstructured.SetNestedStringSlice(obj.Object, append(components, extra...), "spec", "components"))
+	data, err := yaml.Marshal(obj.Object)
+	require.NoError(t, err)
+	return string(data)
 }
 
 // facts are what a hand-off must not change about an object.
@@ -103,14 +75,9 @@ func liveFacts(t *testing.T, c client.Client, ids []operatorenv.InventoryEntry) 
 // pluginInventory reads the plugin's inventory record.
 func pluginInventory(t *testing.T, c client.Client) []operatorenv.InventoryEntry {
 	t.Helper()
-	cm := &corev1.ConfigMap{}
-	require.NoError(t, c.Get(context.Background(), client.ObjectKey{Namespace: "flux-system", Name: "kubectl-fluxinstance-inventory"}, cm))
-	var record struct {
-		Entries []operatorenv.InventoryEntry `json:"entries"`
-	}
-	require.NoError(t, json.Unmarshal([]byte(cm.Data["inventory"]), &record))
-	entries := record.Entries
-	return entries
+	record, err := operatorenv.PluginInventory(context.Background(), c, "flux-system")
+	require.NoError(t, err)
+	return record.Entries
 }
 
 func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
@@ -122,18 +89,18 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 	dir := t.TempDir()
 	v27 := filepath.Join(dir, "flux-2.7.yaml")
 	v28 := filepath.Join(dir, "flux-2.8.yaml")
-	require.NoError(t, os.WriteFile(v27, []byte(instance("2.7.x")), 0o600))
-	require.NoError(t, os.WriteFile(v28, []byte(instance("2.8.x")), 0o600))
+	require.NoError(t, os.WriteFile(v27, []byte(instance(t, "2.7.x")), 0o600))
+	require.NoError(t, os.WriteFile(v28, []byte(instance(t, "2.8.x")), 0o600))
 	kc := "--kubeconfig=" + env.Kubeconfig
-	pluginRun := func(args ...string) result { return runPlugin(t, append(args, kc)...) }
+	pluginRun := func(args ...string) pluginrun.Result { return runPlugin(t, "", append(args, kc)...) }
 
 	// 1. The plugin applies Flux directly: there is no operator yet. An image component, removed
 	// again without pruning, stays in the plugin's inventory: the operator must garbage-collect it
 	// after the hand-off, which only the inventory handed over tells it to do.
 	withImages := filepath.Join(dir, "flux-2.7-images.yaml")
-	require.NoError(t, os.WriteFile(withImages, []byte(instance("2.7.x", "image-reflector-controller")), 0o600))
+	require.NoError(t, os.WriteFile(withImages, []byte(instance(t, "2.7.x", "image-reflector-controller")), 0o600))
 	r := pluginRun("apply", "-f", withImages, "--distribution", dist, "--wait=false")
-	require.Equal(t, 0, r.code, r.stderr)
+	require.Equal(t, 0, r.Code, r.Stderr)
 
 	// 2. The team installs the Flux Operator; auto mode keeps applying directly (here without
 	// pruning the image component) and points to handoff.
@@ -143,19 +110,19 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 	_, err := op.WaitReport(reportCtx)
 	require.NoError(t, err)
 	r = pluginRun("apply", "-f", v27, "--distribution", dist, "--wait=false", "--prune=false")
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stderr, "kubectl fluxinstance handoff -n flux-system")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, "kubectl fluxinstance handoff -n flux-system")
 	ours := pluginInventory(t, c)
 	reflector := "flux-system_image-reflector-controller_apps_Deployment"
 	require.Contains(t, ids(ours), reflector)
 	before := liveFacts(t, c, ours)
 	require.NotEmpty(t, before)
 	r = pluginRun("apply", "-f", v27, "--distribution", dist, "--mode=operator")
-	assert.Equal(t, 1, r.code, "operator mode without a hand-off")
+	assert.Equal(t, 1, r.Code, "operator mode without a hand-off")
 
 	// 3. The hand-off, as re-run after a first attempt was interrupted right after it created the
 	// FluxInstance with reconciliation disabled (the operator must not have touched anything).
-	interrupted, err := testenv.DecodeYAML([]byte(instance("2.7.x")))
+	interrupted, err := testenv.DecodeYAML([]byte(instance(t, "2.7.x")))
 	require.NoError(t, err)
 	interrupted[0].SetAnnotations(map[string]string{"fluxcd.controlplane.io/reconcile": "disabled"})
 	require.NoError(t, operatorenv.ApplyInstance(ctx, c, interrupted[0], "kubectl-fluxinstance"))
@@ -163,13 +130,13 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 	assert.Equal(t, before, liveFacts(t, c, ours), "a disabled FluxInstance changes nothing")
 	start := time.Now()
 	r = pluginRun("handoff", "-n", "flux-system", "--distribution", dist, "--timeout=2m")
-	require.Equal(t, 0, r.code, "handoff failed:\nstdout: %s\nstderr: %s\noperator log:\n%s", r.stdout, r.stderr, op.LogTail(40))
-	t.Logf("handoff in %s:\n%s%s", time.Since(start).Round(10*time.Millisecond), r.stderr, r.stdout)
-	assert.Contains(t, r.stderr, "Resuming an interrupted hand-off: the FluxInstance exists with reconciliation disabled\n")
-	assert.Regexp(t, `its first reconcile may create 0 and delete [1-9]\d*\n`, r.stderr)
-	assert.Contains(t, r.stderr, "  delete: Deployment/flux-system/image-reflector-controller\n")
-	assert.Contains(t, r.stdout, "handed off: the Flux Operator applied v2.7.5@sha256:")
-	assert.Regexp(t, `\(created 0, deleted [1-9]\d*, none recreated or restarted, as planned\)`, r.stdout)
+	require.Equal(t, 0, r.Code, "handoff failed:\nstdout: %s\nstderr: %s\noperator log:\n%s", r.Stdout, r.Stderr, op.LogTail(40))
+	t.Logf("handoff in %s:\n%s%s", time.Since(start).Round(10*time.Millisecond), r.Stderr, r.Stdout)
+	assert.Contains(t, r.Stderr, "Resuming an interrupted hand-off: the FluxInstance exists with reconciliation disabled\n")
+	assert.Regexp(t, `its first reconcile may create 0 and delete [1-9]\d*\n`, r.Stderr)
+	assert.Contains(t, r.Stderr, "  delete: Deployment/flux-system/image-reflector-controller\n")
+	assert.Contains(t, r.Stdout, "handed off: the Flux Operator applied v2.7.5@sha256:")
+	assert.Regexp(t, `\(created 0, deleted [1-9]\d*, none recreated or restarted, as planned\)`, r.Stdout)
 
 	fi := &unstructured.Unstructured{}
 	fi.SetGroupVersionKind(operatorenv.FluxInstanceGVK)
@@ -186,7 +153,7 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 	}
 	assert.Equal(t, kept, liveFacts(t, c, theirs), "no object recreated, no Deployment rolled")
 	before = kept
-	err = c.Get(ctx, client.ObjectKey{Namespace: "flux-system", Name: "kubectl-fluxinstance-inventory"}, &corev1.ConfigMap{})
+	err = c.Get(ctx, client.ObjectKey{Namespace: "flux-system", Name: operatorenv.PluginInventoryName}, &corev1.ConfigMap{})
 	assert.True(t, apierrors.IsNotFound(err), "the plugin's record is gone: %v", err)
 	objs, err := operatorenv.Inventory(ctx, c, fi)
 	require.NoError(t, err)
@@ -201,41 +168,41 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 
 	// A second handoff has nothing to do.
 	r = pluginRun("handoff", "-n", "flux-system")
-	assert.Equal(t, 0, r.code, r.stderr)
-	assert.Equal(t, "Nothing to do: FluxInstance flux-system/flux is already managed by the Flux Operator (its inventory is in FluxInstance/flux-system/flux): there is nothing to hand off\n", r.stderr)
+	assert.Equal(t, 0, r.Code, r.Stderr)
+	assert.Equal(t, "Nothing to do: FluxInstance flux-system/flux is already managed by the Flux Operator (its inventory is in FluxInstance/flux-system/flux): there is nothing to hand off\n", r.Stderr)
 
 	// 4. status and diff after the hand-off.
 	r = pluginRun("status", "-n", "flux-system")
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Regexp(t, `Flux Version: +v2\.7\.5\n`, r.stdout)
-	assert.Regexp(t, `Managed By: +flux-operator\n`, r.stdout)
-	assert.Regexp(t, `Flux Operator: +running \(FluxReport flux-system/flux updated \d+s ago\)`, r.stdout)
-	assert.Regexp(t, `FluxInstance: +flux-system/flux, reconciled by the operator: Ready=True`, r.stdout)
-	assert.Regexp(t, `Drift: +none\n`, r.stdout)
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Regexp(t, `Flux Version: +v2\.7\.5\n`, r.Stdout)
+	assert.Regexp(t, `Managed By: +flux-operator\n`, r.Stdout)
+	assert.Regexp(t, `Flux Operator: +running \(FluxReport flux-system/flux updated \d+s ago\)`, r.Stdout)
+	assert.Regexp(t, `FluxInstance: +flux-system/flux, reconciled by the operator: Ready=True`, r.Stdout)
+	assert.Regexp(t, `Drift: +none\n`, r.Stdout)
 	r = pluginRun("diff", "-f", v27, "--distribution", dist)
-	assert.Equal(t, 0, r.code, "no difference after the hand-off:\n%s%s", r.stdout, r.stderr)
+	assert.Equal(t, 0, r.Code, "no difference after the hand-off:\n%s%s", r.Stdout, r.Stderr)
 	r = pluginRun("apply", "-f", v27, "--distribution", dist, "--mode=direct", "--wait=false")
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, "would start a fight")
+	assert.Equal(t, 1, r.Code)
+	assert.Contains(t, r.Stderr, "would start a fight")
 	r = pluginRun("delete", "-n", "flux-system")
-	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, "to uninstall, delete the FluxInstance and let the operator remove what it applied: kubectl delete fluxinstance -n flux-system flux")
+	assert.Equal(t, 1, r.Code)
+	assert.Contains(t, r.Stderr, "to uninstall, delete the FluxInstance and let the operator remove what it applied: kubectl delete fluxinstance -n flux-system flux")
 
 	// 5. Upgrade to the next minor through the operator.
 	r = pluginRun("diff", "-f", v28, "--distribution", dist)
-	assert.Equal(t, 1, r.code, r.stderr)
-	assert.Contains(t, r.stdout, "ghcr.io/fluxcd/source-controller:v1.8")
+	assert.Equal(t, 1, r.Code, r.Stderr)
+	assert.Contains(t, r.Stdout, "ghcr.io/fluxcd/source-controller:v1.8")
 	// The plugin's own distribution need not have the version: here it knows only 2.7.5, and
 	// the operator resolves 2.8.x from its distribution.
 	only275 := distributionWith(t, dist, "v2.7.5")
 	start = time.Now()
 	r = pluginRun("apply", "-f", v28, "--distribution", only275, "--timeout=2m")
-	t.Logf("upgrade through the operator: %s\n%s", time.Since(start).Round(10*time.Millisecond), r.stderr)
-	require.Equal(t, 0, r.code, "upgrade failed:\nstdout: %s\nstderr: %s\noperator log:\n%s", r.stdout, r.stderr, op.LogTail(40))
-	assert.Equal(t, "fluxinstance.fluxcd.controlplane.io/flux configured\n", r.stdout)
-	assert.Contains(t, r.stderr, `Note: `+v28+`: spec.distribution.version: no Flux version in `)
-	assert.Contains(t, r.stderr, `the Flux Operator resolves it from its own distribution`)
-	assert.Regexp(t, `FluxInstance flux-system/flux ready after \d+s: applied v2\.8\.\d+@sha256:[0-9a-f]{64}, \d+ objects in its inventory`, r.stderr)
+	t.Logf("upgrade through the operator: %s\n%s", time.Since(start).Round(10*time.Millisecond), r.Stderr)
+	require.Equal(t, 0, r.Code, "upgrade failed:\nstdout: %s\nstderr: %s\noperator log:\n%s", r.Stdout, r.Stderr, op.LogTail(40))
+	assert.Equal(t, "fluxinstance.fluxcd.controlplane.io/flux configured\n", r.Stdout)
+	assert.Contains(t, r.Stderr, `Note: `+v28+`: spec.distribution.version: no Flux version in `)
+	assert.Contains(t, r.Stderr, `the Flux Operator resolves it from its own distribution`)
+	assert.Regexp(t, `FluxInstance flux-system/flux ready after \d+s: applied v2\.8\.\d+@sha256:[0-9a-f]{64}, \d+ objects in its inventory`, r.Stderr)
 
 	require.NoError(t, c.Get(ctx, op.InstanceKey(), fi))
 	upgraded, err := operatorenv.InventoryEntries(fi)
@@ -256,24 +223,24 @@ func TestDirectApplyHandoffOperatorUpgrade(t *testing.T) {
 	}
 
 	r = pluginRun("status", "-n", "flux-system", "-o", "json")
-	require.Equal(t, 0, r.code, r.stderr)
-	assert.Contains(t, r.stdout, `"version": "v2.8.`)
-	assert.Contains(t, r.stdout, `"managedBy": "flux-operator"`)
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stdout, `"version": "v2.8.`)
+	assert.Contains(t, r.Stdout, `"managedBy": "flux-operator"`)
 	r = pluginRun("status", "-n", "flux-system")
-	assert.Regexp(t, `Drift: +none\n`, r.stdout)
+	assert.Regexp(t, `Drift: +none\n`, r.Stdout)
 	r = pluginRun("diff", "-f", v28, "--distribution", dist)
-	assert.Equal(t, 0, r.code, "no difference after the upgrade:\n%s%s", r.stdout, r.stderr)
+	assert.Equal(t, 0, r.Code, "no difference after the upgrade:\n%s%s", r.Stdout, r.Stderr)
 
 	// A version nobody has: the plugin hands it to the operator, whose failure ends the wait at
 	// once with its message; direct mode refuses before connecting to anything.
 	v299 := filepath.Join(dir, "flux-2.99.yaml")
-	require.NoError(t, os.WriteFile(v299, []byte(instance("2.99.x")), 0o600))
+	require.NoError(t, os.WriteFile(v299, []byte(instance(t, "2.99.x")), 0o600))
 	start = time.Now()
 	r = pluginRun("apply", "-f", v299, "--distribution", dist, "--timeout=2m")
-	assert.Equal(t, 1, r.code, r.stderr)
+	assert.Equal(t, 1, r.Code, r.Stderr)
 	assert.Less(t, time.Since(start), time.Minute, "a failed reconcile ends the wait")
-	assert.Contains(t, r.stderr, "error: the Flux Operator failed to reconcile FluxInstance/flux-system/flux: Ready=False")
-	t.Logf("a version the operator lacks:\n%s", r.stderr)
+	assert.Contains(t, r.Stderr, "error: the Flux Operator failed to reconcile FluxInstance/flux-system/flux: Ready=False")
+	t.Logf("a version the operator lacks:\n%s", r.Stderr)
 }
 
 // distributionWith copies the given versions of the distribution data into a new directory.
