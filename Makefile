@@ -52,6 +52,27 @@ flux-testenv: ## Build (or reuse) source-controller, kustomize-controller, the b
 flux-operator: ## Build (or reuse) the Flux Operator v0.59.0 (AGPL: built and run only) for the operator tests
 	test/binaries/flux-operator/build.sh >/dev/null
 
+.PHONY: flux-operator-cli
+flux-operator-cli: ## Build (or reuse) the Flux Operator CLI v0.59.0, the parity test's reference renderer
+	test/binaries/flux-operator-cli/build.sh >/dev/null
+
+.PHONY: krew-tools
+krew-tools: ## Build (or reuse) krew and validate-krew-manifest for the Krew packaging test
+	test/binaries/krew/build.sh >/dev/null
+
+# Every real program the tests run, each built once (cached by stamp under ~/.cache, see the scripts) and
+# found there by the tests, which otherwise build a missing one inside go test's timeout. Independent builds
+# run concurrently: on 2 cores one build's module downloads and single-threaded links overlap another's
+# compiling. The Flux Operator CLI comes right after the operator, whose compiled packages it reuses.
+HARNESS_JOBS ?= 4
+.PHONY: harness
+harness: ## Build (or reuse) all of the above, several at once
+	$(MAKE) --no-print-directory -j$(HARNESS_JOBS) testenv flux-testenv flux-operators krew-tools
+
+.PHONY: flux-operators
+flux-operators: flux-operator
+	$(MAKE) --no-print-directory flux-operator-cli
+
 .PHONY: fmt-check
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); \
@@ -64,7 +85,7 @@ vet: embed
 # go test -v goes to $(TEST_LOG); the console gets every package result, failures and skips, and a
 # closing count. test/run-tests.sh exits non-zero on failure (and, with CI=true, on any skip).
 .PHONY: test
-test: testenv flux-testenv flux-operator embed fmt-check vet ## Vet, gofmt check, unit and real-cluster tests, a short fuzz run
+test: harness embed fmt-check vet ## Vet, gofmt check, unit and real-cluster tests, a short fuzz run
 	KUBEBUILDER_ASSETS=$$(readlink -f $(TESTENV)) test/run-tests.sh $(TEST_LOG) $(GO_TEST_FLAGS) ./...
 	$(MAKE) fuzz
 
