@@ -203,16 +203,12 @@ func (o *createSecretOptions) checkExisting(ctx context.Context, c client.Client
 		ref, strings.Join(changed, ", "))
 }
 
-// changedKeys lists the keys whose value the new Secret sets differently (or adds), sorted.
+// changedKeys lists the keys whose value the new Secret sets differently (or adds), sorted. The
+// Secrets the commands build carry their values in Data.
 func changedKeys(live, secret *corev1.Secret) []string {
 	var out []string
-	for k, v := range secret.StringData {
-		if string(live.Data[k]) != v {
-			out = append(out, k)
-		}
-	}
 	for k, v := range secret.Data {
-		if _, inString := secret.StringData[k]; !inString && !bytes.Equal(live.Data[k], v) {
+		if !bytes.Equal(live.Data[k], v) {
 			out = append(out, k)
 		}
 	}

@@ -3,12 +3,12 @@ package plugin
 import (
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/client-go/tools/clientcmd"
 	cmdutil "k8s.io/kubectl/pkg/cmd/util"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
@@ -81,16 +81,13 @@ func (f *distributionFlags) options(warn func(string)) distribution.Options {
 	return distribution.Options{Insecure: f.InsecureRegistry, CAFile: f.CAFile, Warn: warn}
 }
 
-// requestTimeout reads --request-timeout as kubectl does ("0" for none, a number of seconds or a
-// duration), without loading the kubeconfig: `build` never needs one.
+// requestTimeout reads --request-timeout with client-go's own parser ("0" for none, a number of
+// seconds or a duration), without loading the kubeconfig: `build` never needs one.
 func requestTimeout(flags *genericclioptions.ConfigFlags) (time.Duration, error) {
-	if flags == nil || flags.Timeout == nil || *flags.Timeout == "" || *flags.Timeout == "0" {
+	if flags == nil || flags.Timeout == nil || *flags.Timeout == "" {
 		return 0, nil
 	}
-	if secs, err := strconv.Atoi(*flags.Timeout); err == nil {
-		return time.Duration(secs) * time.Second, nil
-	}
-	d, err := time.ParseDuration(*flags.Timeout)
+	d, err := clientcmd.ParseTimeout(*flags.Timeout)
 	if err != nil || d < 0 {
 		return 0, fmt.Errorf("invalid --request-timeout %q: use 0, a number of seconds, or a duration such as 30s", *flags.Timeout)
 	}

@@ -1,7 +1,6 @@
 package plugin
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -63,9 +62,14 @@ func readBounded(r io.Reader, name string) ([]byte, error) {
 		return nil, err
 	}
 	if len(data) > maxInputBytes {
-		return nil, fmt.Errorf("%s is larger than %d MiB: a FluxInstance is a few kilobytes; pass the file that holds only the FluxInstance", name, maxInputBytes>>20)
+		return nil, tooLarge(name, "")
 	}
-	return bytes.Clone(data), nil
+	return data, nil
+}
+
+// tooLarge is the refusal of an input over maxInputBytes; size is said when known.
+func tooLarge(name, size string) error {
+	return fmt.Errorf("%s is larger than %d MiB%s: a FluxInstance is a few kilobytes; pass the file that holds only the FluxInstance", name, maxInputBytes>>20, size)
 }
 
 // checkFileSizes refuses a -f file, or a file of a -f directory (its subdirectories with -R),
@@ -98,7 +102,7 @@ func checkFileSizes(name string, recursive bool) error {
 
 func checkSize(name string, info fs.FileInfo) error {
 	if info.Mode().IsRegular() && info.Size() > maxInputBytes {
-		return fmt.Errorf("%s is larger than %d MiB (%d bytes): a FluxInstance is a few kilobytes; pass the file that holds only the FluxInstance", name, maxInputBytes>>20, info.Size())
+		return tooLarge(name, fmt.Sprintf(" (%d bytes)", info.Size()))
 	}
 	return nil
 }

@@ -84,7 +84,7 @@ func (m *Manager) Prune(ctx context.Context, old *inventory.Inventory, newObject
 			res.ChangeSet.Add(Entry(stub, ssa.SkippedAction))
 			continue
 		}
-		if ok, why := deletable(id, live, m.Instance, old, opts.FieldManager); !ok {
+		if ok, why := m.Deletable(id, live, old, opts.FieldManager); !ok {
 			res.ChangeSet.Add(Entry(stub, ssa.SkippedAction))
 			res.Warnings = append(res.Warnings, fmt.Sprintf("%s is listed in %s but was not pruned: %s", kube.RefMeta(id), old.Source, why))
 			continue
@@ -131,10 +131,10 @@ func (m *Manager) Prune(ctx context.Context, old *inventory.Inventory, newObject
 	return res, nil
 }
 
-// deletable applies ownership's rule to an object a record lists, with the field managers that
-// record says applied it (the record's own, this apply's, and the operator's for a FluxInstance's
-// status.inventory). The records themselves are never deleted.
-func deletable(id object.ObjMetadata, live metav1.Object, inst kube.Instance, rec *inventory.Inventory, fieldManager string) (bool, string) {
+// Deletable applies ownership's rule to an object a record lists (for Prune and for uninstall),
+// with the field managers that record says applied it: the record's own, this command's, and the
+// operator's for a FluxInstance's status.inventory. The records themselves are never deleted.
+func (m *Manager) Deletable(id object.ObjMetadata, live metav1.Object, rec *inventory.Inventory, fieldManager string) (bool, string) {
 	if inventory.IsRecord(id) {
 		return false, "it is the plugin's own record"
 	}
@@ -145,12 +145,7 @@ func deletable(id object.ObjMetadata, live metav1.Object, inst kube.Instance, re
 	if strings.HasPrefix(rec.Source, "FluxInstance/") {
 		appliedBy = append(appliedBy, ownership.OperatorFieldManager)
 	}
-	return ownership.Deletable(id, live, inst.Name, inst.Namespace, appliedBy...)
-}
-
-// Deletable tells whether Delete (uninstall) may remove an object the record lists, and why not.
-func (m *Manager) Deletable(id object.ObjMetadata, live metav1.Object, rec *inventory.Inventory, fieldManager string) (bool, string) {
-	return deletable(id, live, m.Instance, rec, fieldManager)
+	return ownership.Deletable(id, live, m.Name, m.Namespace, appliedBy...)
 }
 
 func (m *Manager) labelOrphaned(ctx context.Context, crd *unstructured.Unstructured, fieldManager string) error {

@@ -7,6 +7,7 @@ import (
 	"github.com/fluxcd/cli-utils/pkg/object"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/render"
 )
 
@@ -32,9 +33,9 @@ func Deletable(id object.ObjMetadata, live metav1.Object, name, namespace string
 	switch {
 	case id.Namespace != "" && id.Namespace != namespace:
 		return false, fmt.Sprintf("it is in namespace %s, not the instance's (%s)", id.Namespace, namespace)
-	case id.Namespace == "" && id.GroupKind.Kind == "CustomResourceDefinition" && !strings.HasSuffix(id.Name, fluxCRDSuffix):
+	case kube.IsCRD(id) && !strings.HasSuffix(id.Name, fluxCRDSuffix):
 		return false, "it is not a Flux CustomResourceDefinition (*" + fluxCRDSuffix + ")"
-	case id.Namespace == "" && id.GroupKind.Kind != "CustomResourceDefinition" && !renderedClusterKinds[id.GroupKind.Group+"/"+id.GroupKind.Kind]:
+	case id.Namespace == "" && !kube.IsCRD(id) && !renderedClusterKinds[id.GroupKind.Group+"/"+id.GroupKind.Kind]:
 		return false, "a rendering never has a cluster-scoped " + id.GroupKind.Kind
 	case !OwnedBy(live, name, namespace):
 		return false, fmt.Sprintf("it no longer carries the labels %s=%s, %s=%s", render.LabelOwnerName, name, render.LabelOwnerNamespace, namespace)
