@@ -11,6 +11,7 @@
 //     FluxInstance's status.inventory.
 //   - apply: staged server-side apply (a marked fork of fluxcd/pkg/ssa's ApplyAllStaged), the no-op
 //     fast path, conflicts, prune, and the record written around them.
+//   - lock: one writer per instance, a Lease held and renewed while a command writes.
 //   - wait: waiting for kstatus readiness with progress.
 //   - diff: per-object diffs of what an apply would change.
 //   - uninstall: removing what the plugin applied (`delete`).
@@ -23,6 +24,6 @@
 //   - preflight: checks of a rendering against the cluster before applying (sync credentials).
 //
 // Dependencies point one way: plugin → migrate/* → render; inside migrate, kube is at the bottom,
-// ownership, installation, operator and inventory above it, apply and the commands' packages on
+// ownership, installation, operator, inventory and lock above it, apply and the commands' packages on
 // top. Errors are wrapped with %w and never translated here: the plugin does that once.
 package migrate

@@ -40,6 +40,7 @@ const applyExample = `  # Install or upgrade Flux as described by a FluxInstance
 type ApplyOptions struct {
 	instanceFlags
 	outputFlag
+	lockFlag
 	FieldManager   string
 	ForceConflicts bool
 	Prune          bool
@@ -96,6 +97,7 @@ moves to the operator with 'kubectl fluxinstance handoff'.`,
 	flags.StringVar(&o.Mode, "mode", o.Mode, `How to apply: "auto", "direct" (render and apply the manifests) or "operator" (apply the FluxInstance object for the Flux Operator to reconcile).`)
 	flags.BoolVar(&o.Force, "force", false, "With --mode=direct: apply the manifests even though the Flux Operator manages the instance.")
 	addStrictFlag(cmd, &o.Strict)
+	o.lockFlag.addFlag(cmd)
 	return cmd
 }
 
@@ -172,11 +174,24 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := m.Reconcile(ctx, r.Objects, apply.ReconcileOptions{
+	opts := apply.ReconcileOptions{
 		Options: apply.Options{FieldManager: o.FieldManager, DryRun: o.dryRun, ForceConflicts: o.ForceConflicts},
 		Prune:   o.Prune,
 		Record:  record,
-	})
+	}
+	var res *apply.ReconcileResult
+	if o.dryRun.Changes() {
+		// One writer at a time: the checks and the instance Namespace the lock needs first.
+		if opts.NamespaceCreated, err = m.Prepare(ctx, r.Objects, opts); err != nil {
+			return err
+		}
+		err = o.withLock(ctx, m.Instance, "apply", o.ErrOut, func(ctx context.Context) error {
+			res, err = m.Reconcile(ctx, r.Objects, opts)
+			return err
+		})
+	} else {
+		res, err = m.Reconcile(ctx, r.Objects, opts)
+	}
 	if err != nil {
 		return err
 	}

@@ -27,6 +27,7 @@ const deleteExample = `  # See what would be removed
 
 // DeleteOptions holds the flags of `kubectl fluxinstance delete`.
 type DeleteOptions struct {
+	lockFlag
 	outputFlag
 	WithCRDs         bool
 	YesIKnow         bool
@@ -58,6 +59,7 @@ The CRDs, and with them every Flux object of users, stay unless --with-crds is g
 	flags.BoolVar(&o.YesIKnow, "yes-i-know", false, "Confirm --with-crds.")
 	flags.BoolVar(&o.RemoveFinalizers, "remove-finalizers", false, "Clear the finalizers of the Flux objects being deleted, for when the controllers are already gone.")
 	o.outputFlag.addFlag(cmd, "one line per object", "json", "yaml")
+	o.lockFlag.addFlag(cmd)
 	return cmd
 }
 
@@ -112,7 +114,21 @@ func (o *DeleteOptions) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("nothing to delete: this plugin never applied Flux in namespace %q (%s); pass -n for another namespace", o.namespace, how)
 	}
-	res, err := uninstall.Run(ctx, m, inv, uninstall.Options{WithCRDs: o.WithCRDs, RemoveFinalizers: o.RemoveFinalizers, DryRun: o.dryRun})
+	uopts := uninstall.Options{WithCRDs: o.WithCRDs, RemoveFinalizers: o.RemoveFinalizers, DryRun: o.dryRun}
+	var res *uninstall.Result
+	if o.dryRun.Changes() {
+		err = o.withLock(ctx, m.Instance, "delete", o.ErrOut, func(ctx context.Context) error {
+			// Read again under the lock: the record this delete works from is the one no other
+			// command is changing.
+			if inv, err = m.Store().Read(ctx); err != nil {
+				return err
+			}
+			res, err = uninstall.Run(ctx, m, inv, uopts)
+			return err
+		})
+	} else {
+		res, err = uninstall.Run(ctx, m, inv, uopts)
+	}
 	if err != nil {
 		return err
 	}

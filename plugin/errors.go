@@ -88,7 +88,7 @@ func translate(err error, interrupted bool, host func() string) error {
 	case err == nil:
 		return nil
 	case interrupted && errors.Is(err, context.Canceled):
-		return errors.New("interrupted")
+		return errors.New("interrupted: run the command again to finish (whatever this run may have created is recorded; the next run completes or prunes it)")
 	case apierrors.IsUnauthorized(err):
 		return fmt.Errorf("the cluster at %s rejected the credentials (expired or invalid): refresh them in your kubeconfig", host())
 	case apierrors.IsForbidden(err):

@@ -37,7 +37,7 @@ func TestTranslateOnce(t *testing.T) {
 		},
 		"interrupted inside a request (a url.Error around context.Canceled)": {
 			err: fmt.Errorf("applying: %w", cancelled), interrupted: true,
-			want: "interrupted",
+			want: "interrupted: run the command again to finish (whatever this run may have created is recorded; the next run completes or prunes it)",
 		},
 		"a cancelled request without a signal stays a transport error": {
 			err:  cancelled,

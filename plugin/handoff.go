@@ -16,6 +16,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/lock"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/operator"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 )
@@ -28,6 +29,7 @@ const handoffExample = `  # See what handing the instance in flux-system to the 
 
 // HandoffOptions holds the flags of `kubectl fluxinstance handoff`.
 type HandoffOptions struct {
+	lockFlag
 	outputFlag
 	distributionFlags
 	Timeout time.Duration
@@ -75,6 +77,7 @@ Afterwards 'kubectl fluxinstance apply' applies the FluxInstance for the operato
 	addDryRunFlag(cmd)
 	f.DurationVar(&o.Timeout, "timeout", o.Timeout, "How long to wait for the operator's first reconcile.")
 	o.outputFlag.addFlag(cmd, "a plan and a result in words", "json", "yaml")
+	o.lockFlag.addFlag(cmd)
 	o.distributionFlags.addFlags(cmd, "render the plan from", "the one the last apply used")
 	return cmd
 }
@@ -116,6 +119,23 @@ func (o *HandoffOptions) Run(ctx context.Context) error {
 		ns = fluxinstance.DefaultNamespace
 	}
 	inst := kube.Instance{Client: conn.Client, Name: fluxinstance.RequiredName, Namespace: ns}
+	if !o.dryRun.Changes() {
+		return o.handoff(ctx, inst)
+	}
+	// Planned under the lock: the plan is made from the record no other command is changing.
+	err = o.withLock(ctx, inst, "handoff", o.ErrOut, func(ctx context.Context) error {
+		return o.handoff(ctx, inst)
+	})
+	var noNamespace *lock.NamespaceNotFoundError
+	if errors.As(err, &noNamespace) {
+		// Nothing to lock, so nothing to hand off: the plan says why in the hand-off's words.
+		return o.handoff(ctx, inst)
+	}
+	return err
+}
+
+// handoff plans, prints the plan, and (unless --dry-run) hands off.
+func (o *HandoffOptions) handoff(ctx context.Context, inst kube.Instance) error {
 	plan, err := handoff.NewPlan(ctx, inst, o.renderRecord)
 	var done *handoff.HandedOffError
 	if errors.As(err, &done) {
@@ -128,7 +148,7 @@ func (o *HandoffOptions) Run(ctx context.Context) error {
 		return err
 	}
 	report := &HandoffReport{
-		Namespace: ns, Operator: plan.Operator, Resuming: plan.Stage, Objects: len(plan.Inventory.Entries),
+		Namespace: inst.Namespace, Operator: plan.Operator, Resuming: plan.Stage, Objects: len(plan.Inventory.Entries),
 		Create: nonNil(plan.Create), Delete: nonNil(plan.Delete), DryRun: !o.dryRun.Changes(),
 	}
 	if o.Output == "" {
@@ -145,10 +165,7 @@ func (o *HandoffOptions) Run(ctx context.Context) error {
 	if perr := o.print(report); perr != nil && err == nil {
 		err = perr
 	}
-	if err != nil {
-		return err
-	}
-	return nil
+	return err
 }
 
 // renderRecord is the hand-off's Renderer: the FluxInstance of the plugin's record, and a fresh

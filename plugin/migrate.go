@@ -22,6 +22,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/permissions"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
+	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 )
 
 const migrateExample = `  # Show what a migration of the cluster bootstrapped with 'flux bootstrap' would do, and the FluxInstance
@@ -35,6 +36,7 @@ const migrateExample = `  # Show what a migration of the cluster bootstrapped wi
 
 // MigrateOptions holds the flags of `kubectl fluxinstance migrate`.
 type MigrateOptions struct {
+	lockFlag
 	outputFlag
 	distributionFlags
 	OutputFile       string
@@ -75,6 +77,7 @@ next step; safe to re-run; --rollback gives the installation back to 'flux boots
 	f := cmd.Flags()
 	addDryRunFlag(cmd)
 	o.outputFlag.addFlag(cmd, "", "yaml", "json")
+	o.lockFlag.addFlag(cmd)
 	f.StringVar(&o.OutputFile, "output-file", "", "Write the FluxInstance to this file instead of stdout.")
 	f.StringVar(&o.RepoDir, "repo-dir", "", "A local checkout of the fleet repository: replace the bootstrap files with the FluxInstance (no commit).")
 	f.BoolVarP(&o.Yes, "yes", "y", false, "Do not ask for confirmation.")
@@ -193,7 +196,7 @@ func (o *MigrateOptions) showPlan(p *bootstrap.Plan, instance []byte) error {
 // the fleet repository.
 func (o *MigrateOptions) takeOver(ctx context.Context, conn *kube.Connection, p *bootstrap.Plan, instance []byte) error {
 	in := p.Install
-	m := apply.NewManager(kube.Instance{Client: conn.Client, Name: "flux", Namespace: in.Namespace})
+	m := apply.NewManager(kube.Instance{Client: conn.Client, Name: fluxinstance.RequiredName, Namespace: in.Namespace})
 	if ok, err := bootstrap.UpToDate(ctx, m, p); err != nil {
 		return err
 	} else if ok {
@@ -211,13 +214,17 @@ func (o *MigrateOptions) takeOver(ctx context.Context, conn *kube.Connection, p 
 	if err != nil {
 		return err
 	}
-	res, err := bootstrap.Takeover(ctx, m, p, bootstrap.TakeoverOptions{
-		Record: record,
-		Progress: func(e ssa.ChangeSetEntry) {
-			if e.Action != ssa.UnchangedAction {
-				o.info("%s %s", e.Subject, e.Action)
-			}
-		},
+	var res *bootstrap.TakeoverResult
+	err = o.withLock(ctx, m.Instance, "migrate", o.ErrOut, func(ctx context.Context) (err error) {
+		res, err = bootstrap.Takeover(ctx, m, p, bootstrap.TakeoverOptions{
+			Record: record,
+			Progress: func(e ssa.ChangeSetEntry) {
+				if e.Action != ssa.UnchangedAction {
+					o.info("%s %s", e.Subject, e.Action)
+				}
+			},
+		})
+		return err
 	})
 	if err != nil {
 		return err
@@ -343,7 +350,12 @@ func (o *MigrateOptions) runRollback(ctx context.Context, conn *kube.Connection)
 	if err := o.confirm(fmt.Sprintf("Give the Flux objects in namespace %q back to kustomize-controller?", ns)); err != nil {
 		return err
 	}
-	res, err := bootstrap.Rollback(ctx, conn.Client, ns)
+	var res *bootstrap.RollbackResult
+	inst := kube.Instance{Client: conn.Client, Name: fluxinstance.RequiredName, Namespace: ns}
+	err := o.withLock(ctx, inst, "migrate --rollback", o.ErrOut, func(ctx context.Context) (err error) {
+		res, err = bootstrap.Rollback(ctx, conn.Client, ns)
+		return err
+	})
 	if err != nil {
 		return err
 	}

@@ -98,7 +98,7 @@ func (m *Manager) Apply(ctx context.Context, objects []*unstructured.Unstructure
 	default:
 		return nil, fmt.Errorf("invalid dry-run mode %q", opts.DryRun)
 	}
-	cs, err := m.applyStaged(ctx, objs, f, opts, nil, nil)
+	cs, err := m.applyStaged(ctx, objs, f, opts, nil)
 	return cs, err
 }
 

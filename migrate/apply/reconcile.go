@@ -9,6 +9,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 // ReconcileOptions configures Reconcile.
@@ -18,6 +19,9 @@ type ReconcileOptions struct {
 	Prune bool
 	// Record is stored with the inventory.
 	Record inventory.RecordInfo
+	// NamespaceCreated says Prepare created the instance Namespace, for Reconcile to report it
+	// created rather than unchanged.
+	NamespaceCreated bool
 }
 
 // ReconcileResult is what Reconcile did (or would do, in a dry run).
@@ -42,11 +46,15 @@ func (r *ReconcileResult) Warnings() []string {
 
 // Reconcile is what `apply` and `migrate` run: read the previous inventory, apply, prune what the
 // new rendering dropped, and record the new inventory. It is safe to interrupt at any point and
-// run again: before the first change that could create an object the record is written as
-// Pending with the union of the previous and the new entries, so a re-run (even of another
-// rendering) still knows every object either run may have created; the final record replaces it
-// only once pruning succeeded. Objects outside the inventory (users' Flux objects) are never
-// touched.
+// run again: before the first change that could create an object (the instance Namespace
+// aside, see Prepare) the record is written as Pending with the union of the previous and the
+// new entries, so a re-run (even of another rendering) still knows every object either run may
+// have created; the final record replaces it only once pruning succeeded. A record that could
+// not be written is refused before anything is created. Objects outside the inventory (users'
+// Flux objects) are never touched.
+//
+// Every record write is a compare-and-swap on the version read: run it under the instance's
+// lock (package lock), and a write that races another command still fails rather than loses it.
 func (m *Manager) Reconcile(ctx context.Context, objects []*unstructured.Unstructured, opts ReconcileOptions) (*ReconcileResult, error) {
 	opts.defaults()
 	res := &ReconcileResult{}
@@ -56,38 +64,41 @@ func (m *Manager) Reconcile(ctx context.Context, objects []*unstructured.Unstruc
 	}
 	res.Previous = prev
 	next := inventory.New(objects)
-	dry := opts.DryRun != kube.DryRunNone
 
-	if dry {
-		cs, err := m.Apply(ctx, objects, opts.Options)
-		res.ChangeSet = cs
-		if err != nil {
-			return res, err
-		}
-		if opts.Prune && prev != nil {
-			pr, err := m.Prune(ctx, prev, objects, PruneOptions{DryRun: opts.DryRun, FieldManager: opts.FieldManager})
-			if err != nil {
-				return res, err
-			}
-			res.Prune = pr
-			res.ChangeSet.Append(pr.ChangeSet.Entries)
-		}
-		return res, nil
+	if opts.DryRun != kube.DryRunNone {
+		return m.reconcileDryRun(ctx, objects, opts, prev, res)
 	}
 
 	record := opts.Record
 	if record.User == "" {
 		record.User = kube.WhoAmI(ctx, m.Client)
 	}
-	pending := func(ctx context.Context) error {
+	pending := pendingRecord(prev, next, record)
+	if err := m.store.Fits(pending, opts.FieldManager); err != nil {
+		return nil, err
+	}
+	created, err := m.ensureNamespace(ctx, objects, opts.FieldManager)
+	if err != nil {
+		return nil, err
+	}
+	created = created || opts.NamespaceCreated
+	if created {
+		opts.Options.Progress = m.namespaceCreated(opts.Options.Progress)
+	}
+	writePending := func(ctx context.Context) error {
 		if prev != nil && prev.Contains(next) && prev.State != inventory.StatePending {
 			return nil // nothing new can be created that the record does not list
 		}
-		inv := inventory.Union(prev, next)
-		inv.State, inv.RecordInfo = inventory.StatePending, record
-		return m.store.Write(ctx, inv, opts.FieldManager)
+		return m.store.Write(ctx, pending, opts.FieldManager)
 	}
-	cs, fingerprints, err := m.applyWithHook(ctx, objects, opts.Options, pending, prev)
+	cs, fingerprints, err := m.applyWithHook(ctx, objects, opts.Options, writePending, prev)
+	if cs != nil && created {
+		for i, e := range cs.Entries {
+			if m.isInstanceNamespace(e) {
+				cs.Entries[i].Action = ssa.CreatedAction
+			}
+		}
+	}
 	res.ChangeSet = cs
 	if err != nil {
 		return res, err
@@ -111,6 +122,7 @@ func (m *Manager) Reconcile(ctx context.Context, objects []*unstructured.Unstruc
 	}
 	next.State, next.RecordInfo, next.AppliedAt = inventory.StateApplied, record, time.Now().UTC()
 	next.Fingerprints = fingerprints
+	next.ResourceVersion = pending.ResourceVersion // the Pending write's, or the one read
 	if err := m.store.Write(ctx, next, opts.FieldManager); err != nil {
 		return res, err
 	}
@@ -118,9 +130,94 @@ func (m *Manager) Reconcile(ctx context.Context, objects []*unstructured.Unstruc
 	return res, nil
 }
 
-// applyWithHook is Apply for real with a hook run after the first stage (CRDs, Namespaces,
-// ClusterRoles): the instance namespace exists from then on, so the pending record can be
-// written there before any namespaced object is created.
+// pendingRecord is the record written before anything is applied: every object the previous
+// record or the new rendering lists, replacing the version read.
+func pendingRecord(prev, next *inventory.Inventory, record inventory.RecordInfo) *inventory.Inventory {
+	inv := inventory.Union(prev, next)
+	inv.State, inv.RecordInfo = inventory.StatePending, record
+	if prev != nil {
+		inv.ResourceVersion = prev.ResourceVersion
+	}
+	return inv
+}
+
+// reconcileDryRun is Reconcile in a dry run: what applying and pruning would do.
+func (m *Manager) reconcileDryRun(ctx context.Context, objects []*unstructured.Unstructured, opts ReconcileOptions, prev *inventory.Inventory, res *ReconcileResult) (*ReconcileResult, error) {
+	cs, err := m.Apply(ctx, objects, opts.Options)
+	res.ChangeSet = cs
+	if err != nil {
+		return res, err
+	}
+	if opts.Prune && prev != nil {
+		pr, err := m.Prune(ctx, prev, objects, PruneOptions{DryRun: opts.DryRun, FieldManager: opts.FieldManager})
+		if err != nil {
+			return res, err
+		}
+		res.Prune = pr
+		res.ChangeSet.Append(pr.ChangeSet.Entries)
+	}
+	return res, nil
+}
+
+// Prepare does, before the instance is locked (package lock), the one check and the one write
+// that the lock needs: it refuses a record that could not be written, and creates the instance
+// Namespace alone when it is absent, since the Lease and the record live there. That Namespace
+// is the only object ever created before the record lists it; it is never pruned, and the
+// apply that follows records it. Reconcile repeats both (no-ops by then).
+//
+// It returns whether it created the Namespace: pass that on as ReconcileOptions.NamespaceCreated.
+func (m *Manager) Prepare(ctx context.Context, objects []*unstructured.Unstructured, opts ReconcileOptions) (namespaceCreated bool, err error) {
+	opts.defaults()
+	prev, err := m.store.Read(ctx)
+	if err != nil {
+		return false, err
+	}
+	if err := m.store.Fits(pendingRecord(prev, inventory.New(objects), opts.Record), opts.FieldManager); err != nil {
+		return false, err
+	}
+	return m.ensureNamespace(ctx, objects, opts.FieldManager)
+}
+
+// ensureNamespace applies the rendering's Namespace of the instance when the cluster has none,
+// and says whether it did. An existing one is left to the apply (after the Pending record), like
+// every other object.
+func (m *Manager) ensureNamespace(ctx context.Context, objects []*unstructured.Unstructured, fieldManager string) (bool, error) {
+	for _, obj := range objects {
+		if !kube.IsNamespace(kube.ID(obj)) || obj.GetName() != m.Namespace {
+			continue
+		}
+		_, state, err := kube.Get(ctx, m.Client, obj)
+		if err != nil || state == kube.Found {
+			return false, err
+		}
+		ns := obj.DeepCopy()
+		if err := m.Client.Patch(ctx, ns, client.Apply, client.ForceOwnership, client.FieldOwner(fieldManager)); err != nil {
+			return false, kube.ObjectError(obj, "creating the instance namespace", err)
+		}
+		return true, nil
+	}
+	return false, nil
+}
+
+// isInstanceNamespace tells whether e is the instance Namespace's entry.
+func (m *Manager) isInstanceNamespace(e ssa.ChangeSetEntry) bool {
+	return kube.IsNamespace(e.ObjMetadata) && e.ObjMetadata.Name == m.Namespace
+}
+
+// namespaceCreated reports the instance Namespace, created before the stages, as created.
+func (m *Manager) namespaceCreated(progress func(ssa.ChangeSetEntry)) func(ssa.ChangeSetEntry) {
+	return func(e ssa.ChangeSetEntry) {
+		if m.isInstanceNamespace(e) {
+			e.Action = ssa.CreatedAction
+		}
+		if progress != nil {
+			progress(e)
+		}
+	}
+}
+
+// applyWithHook is Apply for real with a hook (the Pending record) run after every read, dry
+// run and conflict check, right before the first object is applied.
 //
 // The previous record's fingerprints (prev may be nil) let it skip the objects they prove
 // unchanged; it returns the fingerprints of this apply for the next record (nil when unknown).
@@ -162,7 +259,10 @@ func (m *Manager) applyWithHook(ctx context.Context, objects []*unstructured.Uns
 			return nil, nil, err
 		}
 	}
-	cs, err := m.applyStaged(ctx, objs, f, opts, hook, fp)
+	if err := hook(ctx); err != nil {
+		return nil, nil, err
+	}
+	cs, err := m.applyStaged(ctx, objs, f, opts, fp)
 	if err != nil || fp == nil {
 		return cs, nil, err
 	}

@@ -18,8 +18,7 @@ import (
 )
 
 // applyStaged applies for real, stage by stage (CRDs, Namespaces and cluster RBAC; `*Class`
-// kinds; the rest), from the in-cluster copies the prefetch read; afterDefs (optional) runs once
-// the first stage is applied and ready.
+// kinds; the rest), from the in-cluster copies the prefetch read.
 //
 // Per stage it does what ssa's ApplyAll does, without reading each object again: an object the
 // prefetch found absent is created with one apply (no dry run can say more than "created");
@@ -31,7 +30,7 @@ import (
 //
 // With fp, the objects fp proves unchanged are neither dry-run nor applied, and fp.recorded
 // receives every other object's fingerprint as the apply leaves it.
-func (m *Manager) applyStaged(ctx context.Context, objs []*unstructured.Unstructured, f *fetched, opts Options, afterDefs func(context.Context) error, fp *fastPath) (*ssa.ChangeSet, error) {
+func (m *Manager) applyStaged(ctx context.Context, objs []*unstructured.Unstructured, f *fetched, opts Options, fp *fastPath) (*ssa.ChangeSet, error) {
 	cleanup := ownership.CleanupOptions(opts.FieldManager)
 
 	var stages [3][]int
@@ -47,11 +46,6 @@ func (m *Manager) applyStaged(ctx context.Context, objs []*unstructured.Unstruct
 	}
 	total := ssa.NewChangeSet()
 	for s, stage := range stages {
-		if s == 1 && afterDefs != nil {
-			if err := afterDefs(ctx); err != nil {
-				return total, err
-			}
-		}
 		if len(stage) == 0 {
 			continue
 		}

@@ -215,7 +215,7 @@ func Run(ctx context.Context, inst kube.Instance, p *Plan, o Options) (*Result, 
 	if len(res.Unplanned) > 0 {
 		return res, &UnplannedError{Result: res}
 	}
-	if err := inventory.NewStore(inst).Delete(ctx); err != nil {
+	if err := inventory.NewStore(inst).Delete(ctx, p.Inventory); err != nil {
 		return res, err
 	}
 	return res, nil

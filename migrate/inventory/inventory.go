@@ -95,6 +95,10 @@ type Inventory struct {
 	RecordInfo
 	// Source says where it was read from: "ConfigMap/<ns>/<name>" or "FluxInstance/<ns>/<name>".
 	Source string `json:"source,omitempty"`
+	// ResourceVersion is the record ConfigMap's version this inventory was read from or replaces
+	// ("" when there is no ConfigMap yet). Write is a compare-and-swap on it, so that a write
+	// based on a stale read fails instead of losing another command's update.
+	ResourceVersion string `json:"-"`
 
 	// Fingerprints (by entry id) let the next apply skip objects it can prove unchanged; only an
 	// Applied record written by an apply has them.
@@ -239,7 +243,8 @@ func fromConfigMap(cm *corev1.ConfigMap) (*Inventory, error) {
 			Digest:        cm.Data[keyDigest],
 			Instance:      cm.Data[keyInstance],
 		},
-		Source: "ConfigMap/" + cm.Namespace + "/" + cm.Name,
+		Source:          "ConfigMap/" + cm.Namespace + "/" + cm.Name,
+		ResourceVersion: cm.ResourceVersion,
 	}
 	if t := cm.Data[keyAppliedAt]; t != "" {
 		parsed, err := time.Parse(time.RFC3339, t)
@@ -265,10 +270,103 @@ func fromConfigMap(cm *corev1.ConfigMap) (*Inventory, error) {
 	return inv, nil
 }
 
-// Write stores the record with server-side apply of the ConfigMap (fields manager
-// fieldManager), and mirrors the entries into the FluxInstance's status.inventory when that
-// object exists. AppliedAt defaults to now and FieldManager to fieldManager.
+// MaxRecordBytes is what the record's data may hold: the API server refuses a ConfigMap whose
+// data exceeds 1 MiB.
+const MaxRecordBytes = 1 << 20
+
+// TooLargeError is a record that a ConfigMap cannot hold.
+type TooLargeError struct {
+	Ref   string
+	Bytes int
+	// Largest names the biggest part of the record, for the user to act on.
+	Largest      string
+	LargestBytes int
+}
+
+func (e *TooLargeError) Error() string {
+	return fmt.Sprintf("%s: the inventory record would be %s, over the %s a ConfigMap holds; its largest part is %s (%s): make it smaller (for the FluxInstance, its annotations, labels or patches)",
+		e.Ref, mib(e.Bytes), mib(MaxRecordBytes), e.Largest, mib(e.LargestBytes))
+}
+
+func mib(n int) string { return fmt.Sprintf("%.2f MiB", float64(n)/(1<<20)) }
+
+// Fits checks, before anything is created, that the record of inv can be written: the record of
+// an apply is at most the Pending one (the union of the previous and the new entries), so a
+// Pending record that fits guarantees the rest do (Write drops the fingerprints, an
+// optimisation, when they would not fit).
+func (s *Store) Fits(inv *Inventory, fieldManager string) error {
+	cm, _, err := s.build(inv, fieldManager)
+	if err != nil {
+		return err
+	}
+	return s.checkSize(cm)
+}
+
+func (s *Store) checkSize(cm *unstructured.Unstructured) error {
+	data, _, _ := unstructured.NestedStringMap(cm.Object, "data")
+	total, largest, largestBytes := 0, "", 0
+	for k, v := range data {
+		total += len(k) + len(v)
+		if len(v) > largestBytes {
+			largest, largestBytes = "data."+k, len(v)
+		}
+	}
+	if total <= MaxRecordBytes {
+		return nil
+	}
+	if largest == "data."+keyInstance {
+		largest = "the FluxInstance (data." + keyInstance + ")"
+	}
+	return &TooLargeError{Ref: s.ref(), Bytes: total, Largest: largest, LargestBytes: largestBytes}
+}
+
+// Write stores the record (refusing one over MaxRecordBytes), and mirrors the entries into the FluxInstance's status.inventory when
+// that object exists. AppliedAt defaults to now and FieldManager to fieldManager.
+//
+// It is a compare-and-swap on inv.ResourceVersion: with none it creates the ConfigMap (and
+// fails if one appeared meanwhile); otherwise it applies with that resourceVersion as a
+// precondition (and fails if the record changed since). On success inv.ResourceVersion is the
+// new version, for the next write.
 func (s *Store) Write(ctx context.Context, inv *Inventory, fieldManager string) error {
+	if fieldManager == "" {
+		fieldManager = ownership.PluginFieldManager
+	}
+	cm, entries, err := s.build(inv, fieldManager)
+	if err != nil {
+		return err
+	}
+	if err := s.checkSize(cm); err != nil {
+		if _, fingerprinted := cm.Object["data"].(map[string]any)[keyFingerprints]; !fingerprinted {
+			return err
+		}
+		delete(cm.Object["data"].(map[string]any), keyFingerprints)
+		if err := s.checkSize(cm); err != nil {
+			return err
+		}
+	}
+	// A whole-object update rather than a server-side apply: the record is the plugin's alone,
+	// and a replace drops keys a previous write had (fingerprints, say) whoever wrote them.
+	if inv.ResourceVersion == "" {
+		err = s.Client.Create(ctx, cm, client.FieldOwner(fieldManager))
+	} else {
+		cm.SetResourceVersion(inv.ResourceVersion)
+		err = s.Client.Update(ctx, cm, client.FieldOwner(fieldManager))
+	}
+	switch {
+	case apierrors.IsAlreadyExists(err) || apierrors.IsConflict(err):
+		return fmt.Errorf("%s: another command wrote the inventory since this one read it (was the lock bypassed?); nothing of this write was stored: re-run the command: %w", s.ref(), err)
+	case err != nil:
+		return fmt.Errorf("%s: writing the inventory: %w", s.ref(), err)
+	}
+	inv.ResourceVersion = cm.GetResourceVersion()
+	if inv.State == StatePending {
+		return nil
+	}
+	return s.mirror(ctx, entries, fieldManager)
+}
+
+// build is the record ConfigMap of inv (defaults filled in) and the entries it lists.
+func (s *Store) build(inv *Inventory, fieldManager string) (*unstructured.Unstructured, []Entry, error) {
 	if fieldManager == "" {
 		fieldManager = ownership.PluginFieldManager
 	}
@@ -292,7 +390,7 @@ func (s *Store) Write(ctx context.Context, inv *Inventory, fieldManager string) 
 	}
 	body, err := json.Marshal(map[string]any{"entries": entries})
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	cm := &unstructured.Unstructured{}
 	cm.SetAPIVersion("v1")
@@ -322,25 +420,28 @@ func (s *Store) Write(ctx context.Context, inv *Inventory, fieldManager string) 
 	if len(inv.Fingerprints) > 0 && inv.State == StateApplied {
 		raw, err := json.Marshal(inv.Fingerprints)
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
 		data[keyFingerprints] = string(raw)
 	}
 	cm.Object["data"] = data
-	if err := s.Client.Patch(ctx, cm, client.Apply, client.ForceOwnership, client.FieldOwner(fieldManager)); err != nil {
-		return fmt.Errorf("%s: writing the inventory: %w", s.ref(), err)
-	}
-	if inv.State == StatePending {
-		return nil
-	}
-	return s.mirror(ctx, entries, fieldManager)
+	return cm, entries, nil
 }
 
-// Delete removes the record (NotFound is fine): once another manager's record (the
-// FluxInstance's status.inventory) replaces it, or when nothing is left to record.
-func (s *Store) Delete(ctx context.Context) error {
+// Delete removes the record inv was read from (NotFound is fine): once another manager's record
+// (the FluxInstance's status.inventory) replaces it, or when nothing is left to record. Like
+// Write, it is a compare-and-swap: a record changed since inv was read is not deleted.
+func (s *Store) Delete(ctx context.Context, inv *Inventory) error {
 	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: ConfigMapName}}
-	if err := s.Client.Delete(ctx, cm); err != nil && !apierrors.IsNotFound(err) {
+	var opts []client.DeleteOption
+	if inv != nil && inv.ResourceVersion != "" {
+		opts = append(opts, client.Preconditions{ResourceVersion: &inv.ResourceVersion})
+	}
+	err := s.Client.Delete(ctx, cm, opts...)
+	switch {
+	case apierrors.IsConflict(err):
+		return fmt.Errorf("%s: another command wrote the inventory since this one read it (was the lock bypassed?); it was kept: re-run the command: %w", s.ref(), err)
+	case err != nil && !apierrors.IsNotFound(err):
 		return fmt.Errorf("%s: deleting the inventory: %w", s.ref(), err)
 	}
 	return nil

@@ -75,7 +75,7 @@ func Run(ctx context.Context, m *apply.Manager, inv *inventory.Inventory, opts O
 	if err := t.delete(ctx, m, opts, res.ChangeSet); err != nil {
 		return res, err
 	}
-	t.kept.State, t.kept.RecordInfo = inventory.StateDeleted, inv.RecordInfo
+	t.kept.State, t.kept.RecordInfo, t.kept.ResourceVersion = inventory.StateDeleted, inv.RecordInfo, inv.ResourceVersion
 	if err := m.Store().Write(ctx, t.kept, opts.FieldManager); err != nil {
 		// The namespace may be gone (someone deleted it meanwhile): nothing left to record.
 		if !apierrors.IsNotFound(err) {

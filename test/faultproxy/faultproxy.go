@@ -149,8 +149,12 @@ func Serve(t testing.TB, env *testenv.Env, decide func(*http.Request) Fate) stri
 func Start(t *testing.T, env *testenv.Env) (*Proxy, string) {
 	t.Helper()
 	p := &Proxy{killAt: -1}
-	proxyURL := Serve(t, env, p.fate)
+	return p, Kubeconfig(t, Serve(t, env, p.fate))
+}
 
+// Kubeconfig writes a kubeconfig for a proxy Serve started (it needs no credentials).
+func Kubeconfig(t *testing.T, proxyURL string) string {
+	t.Helper()
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters["proxy"] = &clientcmdapi.Cluster{Server: proxyURL}
 	cfg.AuthInfos["proxy"] = &clientcmdapi.AuthInfo{}
@@ -158,7 +162,7 @@ func Start(t *testing.T, env *testenv.Env) (*Proxy, string) {
 	cfg.CurrentContext = "proxy"
 	kubeconfig := filepath.Join(t.TempDir(), "proxy.kubeconfig")
 	require.NoError(t, clientcmd.WriteToFile(*cfg, kubeconfig))
-	return p, kubeconfig
+	return kubeconfig
 }
 
 // KillPoints are the N to kill at: each of the first and last ten calls of a complete run of
