@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -24,8 +23,6 @@ import (
 type instanceFlags struct {
 	resource.FilenameOptions
 	distributionFlags
-	// requestTimeout is --request-timeout, which also bounds reading a -f URL (0: no overall bound).
-	requestTimeout time.Duration
 }
 
 func (f *instanceFlags) addFlags(cmd *cobra.Command, verb string) {
