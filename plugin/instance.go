@@ -188,7 +188,8 @@ func instanceObject(inst *fluxinstance.FluxInstance) (*unstructured.Unstructured
 }
 
 // renderInstance defaults, validates and renders a decoded FluxInstance read from file, against
-// the distribution named by source ("" for the embedded one).
+// the distribution named by source ("" for the embedded one). opts.Warn receives the warnings of
+// both the distribution and the rendering.
 func renderInstance(ctx context.Context, inst *fluxinstance.FluxInstance, file, source string, opts distribution.Options) (*rendering, error) {
 	inst.Default()
 	if err := inst.Validate(); err != nil {
@@ -214,7 +215,7 @@ func renderInstance(ctx context.Context, inst *fluxinstance.FluxInstance, file, 
 	if err != nil {
 		return nil, err
 	}
-	objs, err := render.Build(inst, release)
+	objs, err := render.Build(inst, release, opts.Warn)
 	if err != nil {
 		return nil, fmt.Errorf("rendering %s with Flux %s: %w", file, version, err)
 	}
