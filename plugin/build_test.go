@@ -9,6 +9,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/yaml"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/test/fixtures"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
@@ -144,4 +146,31 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// Patches whose target selects nothing render as the Flux Operator renders them, as if they were
+// absent, and each is named in a warning with what to check.
+func TestBuildWarnsOfPatchesThatSelectNothing(t *testing.T) {
+	dist := testenv.DistributionDir(t)
+	const fixture = "patch-target-matches-nothing"
+	r := runPlugin(t, "", "build", "-f", fixtures.Path(t, fixture), "--distribution", dist)
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Equal(t, `Warning: spec.kustomize.patches[1]: the target {kind: "Deployment", name: "image-reflector-controller"} selects no object, so the patch changes nothing (the Flux Operator ignores it too); check the target against the objects `+"`kubectl fluxinstance build`"+` prints (a component that is not installed has none)
+Warning: spec.kustomize.patches[2]: the target {kind: "Deployment", name: "kustomize-controller", namespace: "flux-system"} selects no object, so the patch changes nothing (the Flux Operator ignores it too); it would select objects without target.namespace, which the distribution's objects do not have yet when patches run: remove target.namespace
+Warning: spec.kustomize.patches[3]: the target {kind: "Deployment", labelSelector: "app.kubernetes.io/component=no-such-controller"} selects no object, so the patch changes nothing (the Flux Operator ignores it too); check the target against the objects `+"`kubectl fluxinstance build`"+` prints (a component that is not installed has none)
+`, r.Stderr)
+	assert.Contains(t, r.Stdout, "--concurrent=7", "patches[0] selects source-controller and applies")
+
+	// The same instance with patches[0] only: the same objects, and no warning.
+	obj := fixtures.Object(t, fixture)
+	patches, _, err := unstructured.NestedSlice(obj.Object, "spec", "kustomize", "patches")
+	require.NoError(t, err)
+	require.Len(t, patches, 4)
+	require.NoError(t, unstructured.SetNestedSlice(obj.Object, patches[:1], "spec", "kustomize", "patches"))
+	data, err := yaml.Marshal(obj.Object)
+	require.NoError(t, err)
+	only := runPlugin(t, "", "build", "-f", writeFile(t, t.TempDir(), "flux.yaml", string(data)), "--distribution", dist)
+	require.Equal(t, 0, only.Code, only.Stderr)
+	assert.Empty(t, only.Stderr)
+	assert.Equal(t, only.Stdout, r.Stdout, "the patches that select nothing change nothing")
 }

@@ -67,6 +67,10 @@ type distributionFlags struct {
 	Distribution     string
 	InsecureRegistry bool
 	CAFile           string
+	// requestTimeout is kubectl's --request-timeout, read in Complete: it bounds the whole of an
+	// OCI pull and of reading a -f URL as it bounds each request to the cluster (0: no overall
+	// bound, the per-request ones still apply).
+	requestTimeout time.Duration
 }
 
 // addFlags declares the flags; defaultSource says what is used without --distribution.
@@ -78,7 +82,7 @@ func (f *distributionFlags) addFlags(cmd *cobra.Command, purpose, defaultSource 
 
 // options are the distribution.Open options the flags give.
 func (f *distributionFlags) options(warn func(string)) distribution.Options {
-	return distribution.Options{Insecure: f.InsecureRegistry, CAFile: f.CAFile, Warn: warn}
+	return distribution.Options{Insecure: f.InsecureRegistry, CAFile: f.CAFile, Timeout: f.requestTimeout, Warn: warn}
 }
 
 // requestTimeout reads --request-timeout with client-go's own parser ("0" for none, a number of

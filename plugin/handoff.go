@@ -86,6 +86,9 @@ Afterwards 'kubectl fluxinstance apply' applies the FluxInstance for the operato
 func (o *HandoffOptions) Complete(cmd *cobra.Command) error {
 	o.namespace, _ = explicitNamespace(cmd)
 	var err error
+	if o.requestTimeout, err = requestTimeout(o.configFlags); err != nil {
+		return usageError(cmd, "%v", err)
+	}
 	o.dryRun, err = dryRunMode(cmd)
 	return err
 }

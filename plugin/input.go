@@ -5,39 +5,29 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
 )
 
 // maxInputBytes bounds every -f input (a file, each file of a directory, a URL, stdin): a
 // FluxInstance is a few kilobytes, and a bound refuses a huge or endless input before it is parsed.
 const maxInputBytes = 4 << 20
 
-// Without --request-timeout, these still bound each step of reading a -f URL, so that a server
-// that accepts and never answers cannot hang the command.
-const (
-	urlDialTimeout           = 30 * time.Second
-	urlTLSHandshakeTimeout   = 10 * time.Second
-	urlResponseHeaderTimeout = 30 * time.Second
-)
-
 func isURL(name string) bool {
 	return strings.HasPrefix(name, "http://") || strings.HasPrefix(name, "https://")
 }
 
 // fetchURL reads an http(s) -f argument with the command's context (Ctrl-C stops it), bounded by
-// timeout (--request-timeout, 0 for none) and the per-step timeouts above.
+// timeout (--request-timeout, 0 for none) and, without it too, by the per-request bounds an OCI
+// pull has (distribution.BoundedTransport), so that a server that accepts and never answers
+// cannot hang the command.
 func fetchURL(ctx context.Context, rawURL string, timeout time.Duration) ([]byte, error) {
-	transport := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: urlDialTimeout}).DialContext,
-		TLSHandshakeTimeout:   urlTLSHandshakeTimeout,
-		ResponseHeaderTimeout: urlResponseHeaderTimeout,
-	}
+	transport := distribution.BoundedTransport(&http.Transport{Proxy: http.ProxyFromEnvironment})
 	defer transport.CloseIdleConnections()
 	client := &http.Client{Transport: transport, Timeout: timeout}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)

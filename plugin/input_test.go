@@ -1,8 +1,9 @@
 package plugin
 
 import (
+	"bytes"
+	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,24 +12,16 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/test/distribution/distdata"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/fixtures"
 )
 
 // A -f URL whose server accepts and never answers ends with --request-timeout, naming the URL
 // (not the cluster), and changes nothing.
 func TestBuildFromAServerThatNeverAnswers(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			t.Cleanup(func() { c.Close() })
-		}
-	}()
-	url := "http://" + l.Addr().String() + "/flux-instance.yaml"
+	url := "http://" + distdata.StartSilent(t, "") + "/flux-instance.yaml"
 	start := time.Now()
 	r := runPlugin(t, "", "build", "-f", url, "--request-timeout=1s")
 	assert.Equal(t, 1, r.Code)
@@ -40,6 +33,54 @@ func TestBuildFromAServerThatNeverAnswers(t *testing.T) {
 	r = runPlugin(t, "", "build", "-f", url, "--request-timeout=soon")
 	assert.Equal(t, 2, r.Code)
 	assert.Contains(t, r.Stderr, `invalid --request-timeout "soon"`)
+}
+
+// isolateRegistryClient keeps an OCI pull away from the machine's cache and credentials.
+func isolateRegistryClient(t *testing.T) {
+	t.Helper()
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	t.Setenv("DOCKER_CONFIG", t.TempDir())
+}
+
+// A --distribution registry that accepts and never answers ends with --request-timeout, with an
+// error that names the distribution and the registry and says what to do.
+func TestBuildFromARegistryThatNeverAnswers(t *testing.T) {
+	isolateRegistryClient(t)
+	host := distdata.StartSilent(t, "")
+	file := writeFile(t, t.TempDir(), "flux.yaml", fixtures.Instance(t, "tests/minimal-2.7.x"))
+	source := "oci://" + host + "/x:v1"
+	start := time.Now()
+	r := runPlugin(t, "", "build", "-f", file, "--distribution", source, "--request-timeout=1s")
+	elapsed := time.Since(start)
+	assert.Equal(t, 1, r.Code)
+	assert.Empty(t, r.Stdout)
+	assert.True(t, strings.HasPrefix(r.Stderr, "error: opening the Flux distribution: distribution "+source+": "), r.Stderr)
+	assert.Contains(t, r.Stderr, "context deadline exceeded")
+	assert.Contains(t, r.Stderr, "(the registry "+host+" did not answer within --request-timeout=1s: retry, check that the registry is up and reachable from here, or raise --request-timeout)")
+	assert.NotContains(t, r.Stderr, "unable to reach the cluster")
+	assert.Less(t, elapsed, 20*time.Second, "bounded by --request-timeout, not by the registry")
+}
+
+// Ctrl-C stops a pull from a registry that never answers, without --request-timeout, and is
+// reported as an interruption: the command's context reaches every request of the pull.
+func TestInterruptStopsARegistryPull(t *testing.T) {
+	isolateRegistryClient(t)
+	host := distdata.StartSilent(t, "")
+	file := writeFile(t, t.TempDir(), "flux.yaml", fixtures.Instance(t, "tests/minimal-2.7.x"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// Well under the per-request bounds (10 s for TLS, 30 s for a response), which would end
+	// the pull with another error if the context did not reach it.
+	time.AfterFunc(500*time.Millisecond, cancel)
+	var out, errOut bytes.Buffer
+	start := time.Now()
+	code := run(ctx, []string{"build", "-f", file, "--distribution", "oci://" + host + "/x:v1"},
+		genericiooptions.IOStreams{In: strings.NewReader(""), Out: &out, ErrOut: &errOut}, testBuildInfo)
+	elapsed := time.Since(start)
+	assert.Equal(t, 1, code)
+	assert.Equal(t, "error: interrupted\n", errOut.String())
+	assert.Empty(t, out.String())
+	assert.Less(t, elapsed, 20*time.Second, "stopped by the cancellation, not by a per-request bound")
 }
 
 // Inputs above the documented bound are refused before they are parsed: a file, a file in a -f

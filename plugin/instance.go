@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -24,8 +23,6 @@ import (
 type instanceFlags struct {
 	resource.FilenameOptions
 	distributionFlags
-	// requestTimeout is --request-timeout, which also bounds reading a -f URL (0: no overall bound).
-	requestTimeout time.Duration
 }
 
 func (f *instanceFlags) addFlags(cmd *cobra.Command, verb string) {
@@ -191,7 +188,8 @@ func instanceObject(inst *fluxinstance.FluxInstance) (*unstructured.Unstructured
 }
 
 // renderInstance defaults, validates and renders a decoded FluxInstance read from file, against
-// the distribution named by source ("" for the embedded one).
+// the distribution named by source ("" for the embedded one). opts.Warn receives the warnings of
+// both the distribution and the rendering.
 func renderInstance(ctx context.Context, inst *fluxinstance.FluxInstance, file, source string, opts distribution.Options) (*rendering, error) {
 	inst.Default()
 	if err := inst.Validate(); err != nil {
@@ -217,7 +215,7 @@ func renderInstance(ctx context.Context, inst *fluxinstance.FluxInstance, file, 
 	if err != nil {
 		return nil, err
 	}
-	objs, err := render.Build(inst, release)
+	objs, err := render.Build(inst, release, opts.Warn)
 	if err != nil {
 		return nil, fmt.Errorf("rendering %s with Flux %s: %w", file, version, err)
 	}

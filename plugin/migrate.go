@@ -94,6 +94,9 @@ func (o *MigrateOptions) Complete(cmd *cobra.Command) error {
 		o.namespace = f.Value.String()
 	}
 	var err error
+	if o.requestTimeout, err = requestTimeout(o.configFlags); err != nil {
+		return usageError(cmd, "%v", err)
+	}
 	// Migrate's plan already asks the API server (server-side dry runs learn its defaults): client
 	// and server both stop after the plan.
 	o.dryRun, err = dryRunMode(cmd)

@@ -83,7 +83,12 @@ func newRootCommand(streams genericiooptions.IOStreams, info BuildInfo) (*cobra.
 func Run(args []string, streams genericiooptions.IOStreams, info BuildInfo) int {
 	ctx, stop := interruptible()
 	defer stop()
+	return run(ctx, args, streams, info)
+}
 
+// run is Run with the command's context given: cancelling ctx is what Ctrl-C does, so that tests
+// can interrupt a command without sending the test process a signal.
+func run(ctx context.Context, args []string, streams genericiooptions.IOStreams, info BuildInfo) int {
 	cmd, configFlags := newRootCommand(streams, info)
 	cmd.SetArgs(args)
 	err := cmd.ExecuteContext(ctx)

@@ -21,7 +21,7 @@ func benchBuild(b *testing.B, fixture, version string) {
 			b.Fatal(err)
 		}
 		inst.Default()
-		if _, err := Build(inst, rel); err != nil {
+		if _, err := Build(inst, rel, nil); err != nil {
 			b.Fatal(err)
 		}
 	}

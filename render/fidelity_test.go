@@ -120,7 +120,7 @@ func TestFidelityCorpus(t *testing.T) {
 			version := exactVersion(t, inst)
 			require.NoError(t, inst.ValidateForVersion(version))
 			lines[version[:4]] = true
-			objs, err := Build(inst, loadRelease(t, version))
+			objs, err := Build(inst, loadRelease(t, version), nil)
 			require.NoError(t, err)
 			got, err := yaml.Marshal(summarize(t, objs))
 			require.NoError(t, err)

@@ -56,7 +56,7 @@ func FuzzDecodeValidateBuild(f *testing.F) {
 			}
 			return
 		}
-		if _, err := Build(inst, rel); err != nil && !namesFieldOrFile(err.Error()) {
+		if _, err := Build(inst, rel, nil); err != nil && !namesFieldOrFile(err.Error()) {
 			t.Fatalf("build error does not name a field or file: %v", err)
 		}
 	})

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -73,7 +74,12 @@ func effectiveNamespace(kind, ns string) string {
 // annotationSelector "!sharding.fluxcd.io/role"; one shard, a target with its
 // name (source-controller-<shard>).
 // A JSON6902 patch requires a target.
-func applyPatches(objs []*unstructured.Unstructured, patches []fluxinstance.Patch, ids map[*unstructured.Unstructured]patchID) ([]*unstructured.Unstructured, error) {
+//
+// A target that selects nothing renders as the Flux Operator renders it, without the patch
+// and without an error (its CLI prints nothing either), but it is almost always a mistake (a
+// component not installed, a namespace set on the target): warn receives one message per such
+// patch.
+func applyPatches(objs []*unstructured.Unstructured, patches []fluxinstance.Patch, ids map[*unstructured.Unstructured]patchID, warn func(string)) ([]*unstructured.Unstructured, error) {
 	for i, p := range patches {
 		path := fmt.Sprintf("spec.kustomize.patches[%d]", i)
 		if strings.TrimSpace(p.Patch) == "" {
@@ -82,6 +88,16 @@ func applyPatches(objs []*unstructured.Unstructured, patches []fluxinstance.Patc
 		first, err := kyaml.Parse(p.Patch)
 		if err != nil {
 			return nil, fmt.Errorf("%s.patch: not valid YAML: %w", path, err)
+		}
+		if p.Target != nil {
+			sel, err := compileSelector(p.Target)
+			if err != nil {
+				return nil, fmt.Errorf("%s.target: %w", path, err)
+			}
+			// Warned, then applied as usual: the patch is still checked as the operator checks it.
+			if !slices.ContainsFunc(objs, sel.matcher(ids)) {
+				warn(noMatchWarning(path, p.Target, namespaceOnlyMismatch(objs, ids, p.Target)))
+			}
 		}
 		// A list of operations is a JSON6902 patch, anything else strategic merge.
 		if first.YNode().Kind == kyaml.SequenceNode {
@@ -94,6 +110,39 @@ func applyPatches(objs []*unstructured.Unstructured, patches []fluxinstance.Patc
 		}
 	}
 	return objs, nil
+}
+
+// namespaceOnlyMismatch tells whether target, which selects nothing, would select objects
+// without its namespace: the usual mistake, since the distribution's objects are patched before
+// they get the instance's namespace (see patchID).
+func namespaceOnlyMismatch(objs []*unstructured.Unstructured, ids map[*unstructured.Unstructured]patchID, target *fluxinstance.Selector) bool {
+	if target.Namespace == "" {
+		return false
+	}
+	anyNS := *target
+	anyNS.Namespace = ""
+	sel, err := compileSelector(&anyNS)
+	return err == nil && slices.ContainsFunc(objs, sel.matcher(ids))
+}
+
+// noMatchWarning says that the patch at path changes nothing because target selects no object;
+// namespaceOnly when it would without its namespace (namespaceOnlyMismatch).
+func noMatchWarning(path string, target *fluxinstance.Selector, namespaceOnly bool) string {
+	var fields []string
+	for _, f := range []struct{ name, value string }{
+		{"group", target.Group}, {"version", target.Version}, {"kind", target.Kind}, {"name", target.Name},
+		{"namespace", target.Namespace}, {"labelSelector", target.LabelSelector}, {"annotationSelector", target.AnnotationSelector},
+	} {
+		if f.value != "" {
+			fields = append(fields, fmt.Sprintf("%s: %q", f.name, f.value))
+		}
+	}
+	hint := "check the target against the objects `kubectl fluxinstance build` prints (a component that is not installed has none)"
+	if namespaceOnly {
+		hint = "it would select objects without target.namespace, which the distribution's objects do not have yet when patches run: remove target.namespace"
+	}
+	return fmt.Sprintf("%s: the target {%s} selects no object, so the patch changes nothing (the Flux Operator ignores it too); %s",
+		path, strings.Join(fields, ", "), hint)
 }
 
 // applyJSON6902 applies a JSON6902 patch (path is its field path, for errors)

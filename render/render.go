@@ -74,7 +74,13 @@ var storageServers = []string{fluxinstance.SourceController, fluxinstance.Source
 // Build follows the operator: images are pinned by digest from the variant's
 // image list; distribution.variant and sharding.storage are honoured; a
 // cluster block without networkPolicy renders NetworkPolicies.
-func Build(inst *fluxinstance.FluxInstance, rel *distribution.Release) ([]*unstructured.Unstructured, error) {
+//
+// warn receives what renders, as the operator renders it, but is likely not what the instance
+// means (a patch whose target selects no object); nil drops it.
+func Build(inst *fluxinstance.FluxInstance, rel *distribution.Release, warn func(string)) ([]*unstructured.Unstructured, error) {
+	if warn == nil {
+		warn = func(string) {}
+	}
 	if inst == nil {
 		return nil, errors.New("no FluxInstance to render")
 	}
@@ -110,7 +116,7 @@ func Build(inst *fluxinstance.FluxInstance, rel *distribution.Release) ([]*unstr
 	// User patches run before the operator's labels and annotations are set:
 	// selectors see the objects without them, and a patch cannot change them.
 	if k := inst.Spec.Kustomize; k != nil && len(k.Patches) > 0 {
-		objs, err = applyPatches(objs, k.Patches, p.ids)
+		objs, err = applyPatches(objs, k.Patches, p.ids, warn)
 		if err != nil {
 			return nil, err
 		}

@@ -39,7 +39,7 @@ func instance(t *testing.T, version, registry, extra string) *fluxinstance.FluxI
 
 func build(t *testing.T, version, extra string) []*unstructured.Unstructured {
 	t.Helper()
-	objs, err := Build(instance(t, version, "ghcr.io/fluxcd", extra), loadRelease(t, "v"+version))
+	objs, err := Build(instance(t, version, "ghcr.io/fluxcd", extra), loadRelease(t, "v"+version), nil)
 	require.NoError(t, err)
 	return objs
 }
@@ -115,7 +115,7 @@ func TestBuildMinimal(t *testing.T) {
 func TestBuildDoesNotMutateRelease(t *testing.T) {
 	rel := loadRelease(t, "v2.7.5")
 	before := string(rel.Manifests["source-controller.yaml"])
-	_, err := Build(instance(t, "2.7.5", "ghcr.io/fluxcd", ""), rel)
+	_, err := Build(instance(t, "2.7.5", "ghcr.io/fluxcd", ""), rel, nil)
 	require.NoError(t, err)
 	assert.Equal(t, before, string(rel.Manifests["source-controller.yaml"]))
 }
@@ -199,7 +199,7 @@ func TestSourceWatcherFeatureGates(t *testing.T) {
 	assert.NotContains(t, args(t, objs, "kustomize-controller"), "--feature-gates=ExternalArtifact=true")
 
 	// A component missing from the version is an error naming the field.
-	_, err := Build(instance(t, "2.6.4", "ghcr.io/fluxcd", "  components: [source-controller, source-watcher]\n"), loadRelease(t, "v2.6.4"))
+	_, err := Build(instance(t, "2.6.4", "ghcr.io/fluxcd", "  components: [source-controller, source-watcher]\n"), loadRelease(t, "v2.6.4"), nil)
 	require.ErrorContains(t, err, `spec.components: component "source-watcher" is not part of Flux v2.6.4`)
 }
 
@@ -265,7 +265,7 @@ func TestCommonMetadataAndPullSecret(t *testing.T) {
       owner: sre
 `)
 	inst.Spec.Distribution.ImagePullSecret = "regcred"
-	objs, err := Build(inst, loadRelease(t, "v2.7.5"))
+	objs, err := Build(inst, loadRelease(t, "v2.7.5"), nil)
 	require.NoError(t, err)
 	for _, o := range objs {
 		assert.Equal(t, "platform", o.GetLabels()["team"])
@@ -367,7 +367,7 @@ func TestPatches(t *testing.T) {
 	}
 
 	bad := func(extra string) error {
-		_, err := Build(instance(t, "2.7.5", "ghcr.io/fluxcd", extra), loadRelease(t, "v2.7.5"))
+		_, err := Build(instance(t, "2.7.5", "ghcr.io/fluxcd", extra), loadRelease(t, "v2.7.5"), nil)
 		return err
 	}
 	err := bad("  kustomize:\n    patches:\n      - patch: |\n          - op: remove\n            path: /spec/replicas\n")
@@ -452,7 +452,7 @@ func TestPatchTargetsMatchOriginalIdentity(t *testing.T) {
 	assert.ElementsMatch(t, []string{"ClusterRole/crd-controller-flux-system"}, annotated("smp"))
 	objs = build(t, "2.7.5", smp("ResourceQuota", "critical-pods-flux-system", "flux-system"))
 	assert.ElementsMatch(t, []string{"ResourceQuota/critical-pods-flux-system"}, annotated("smp"))
-	_, err := Build(instance(t, "2.7.5", "ghcr.io/fluxcd", smp("Deployment", "source-controller", "flux-system")), loadRelease(t, "v2.7.5"))
+	_, err := Build(instance(t, "2.7.5", "ghcr.io/fluxcd", smp("Deployment", "source-controller", "flux-system")), loadRelease(t, "v2.7.5"), nil)
 	require.ErrorContains(t, err, "remove metadata.namespace")
 }
 
@@ -488,13 +488,13 @@ func TestShardingSourceWatcher(t *testing.T) {
 
 func TestBuildRejectsBadInput(t *testing.T) {
 	rel := loadRelease(t, "v2.7.5")
-	_, err := Build(nil, rel)
+	_, err := Build(nil, rel, nil)
 	require.Error(t, err)
-	_, err = Build(instance(t, "2.7.5", "ghcr.io/fluxcd", ""), nil)
+	_, err = Build(instance(t, "2.7.5", "ghcr.io/fluxcd", ""), nil, nil)
 	require.Error(t, err)
-	_, err = Build(instance(t, "2.7.5", "ghcr.io/fluxcd", ""), &distribution.Release{Version: "latest"})
+	_, err = Build(instance(t, "2.7.5", "ghcr.io/fluxcd", ""), &distribution.Release{Version: "latest"}, nil)
 	require.ErrorContains(t, err, "distribution")
-	_, err = Build(instance(t, "2.7.5", "ghcr.io/fluxcd", ""), &distribution.Release{Version: "v2.7.5", Manifests: map[string][]byte{"source-controller.yaml": []byte("kind: [")}})
+	_, err = Build(instance(t, "2.7.5", "ghcr.io/fluxcd", ""), &distribution.Release{Version: "v2.7.5", Manifests: map[string][]byte{"source-controller.yaml": []byte("kind: [")}}, nil)
 	require.ErrorContains(t, err, "flux/v2.7.5/source-controller.yaml")
 }
 

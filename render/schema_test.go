@@ -19,7 +19,7 @@ func TestSchemaSubsetCoversRenderedKinds(t *testing.T) {
 		inst := instance(t, strings.TrimPrefix(v, "v"), "ghcr.io/fluxcd", `  components: [source-controller, kustomize-controller, helm-controller, notification-controller, image-reflector-controller, image-automation-controller]
   storage: {class: standard, size: 1Gi}
 `)
-		objs, err := Build(inst, loadRelease(t, v))
+		objs, err := Build(inst, loadRelease(t, v), nil)
 		require.NoError(t, err, v)
 		for _, o := range objs {
 			tm := kyaml.TypeMeta{APIVersion: o.GetAPIVersion(), Kind: o.GetKind()}

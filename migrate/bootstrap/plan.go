@@ -96,7 +96,9 @@ func RenderInstance(inst *fluxinstance.FluxInstance, rel *distribution.Release) 
 	if err := d.ValidateForVersion(rel.Version); err != nil {
 		return nil, fmt.Errorf("the generated FluxInstance is invalid: %w", err)
 	}
-	objs, err := render.Build(d, rel)
+	// No warnings to pass on: the plan's patches are made from this very rendering's objects,
+	// and each targets one of them by kind and name.
+	objs, err := render.Build(d, rel, nil)
 	if err != nil {
 		return nil, fmt.Errorf("rendering the generated FluxInstance with Flux %s: %w", rel.Version, err)
 	}

@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 
@@ -33,6 +34,10 @@ type Options struct {
 	// registries on localhost, 127.0.0.1 and private (RFC 1918) addresses may use plain HTTP
 	// without it (go-containerregistry's rule); HTTPS is still tried first.
 	Insecure bool
+	// Timeout bounds the whole of an OCI pull, every request of it together (--request-timeout);
+	// 0 for no overall bound. Each request is bounded anyway (DialTimeout, TLSHandshakeTimeout,
+	// ResponseHeaderTimeout), and the context given to Open cancels it.
+	Timeout time.Duration
 	// CAFile is a PEM bundle of extra certificate authorities trusted for the OCI registry,
 	// on top of the system pool (--ca-file).
 	CAFile string

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -72,13 +73,21 @@ func openOCI(ctx context.Context, source string, opts Options) (*Distribution, e
 	if err != nil {
 		return nil, fmt.Errorf("distribution %s: %w", source, err)
 	}
+	// pullCtx bounds every request of the pull together; ctx alone says whether the user
+	// cancelled (Ctrl-C), which must never be papered over with a cached copy.
+	pullCtx := ctx
+	if opts.Timeout > 0 {
+		var cancel context.CancelFunc
+		pullCtx, cancel = context.WithTimeout(ctx, opts.Timeout)
+		defer cancel()
+	}
 	recordPath := filepath.Join(cacheDir, "tags", refKey(ref.Name())+".json")
 	var record *tagRecord
-	getCtx := ctx
+	getCtx := pullCtx
 	if _, isTag := ref.(name.Tag); isTag {
 		if record = readTagRecord(recordPath); record != nil && fileExists(cachePath(cacheDir, record.Digest)) {
 			var cancel context.CancelFunc
-			getCtx, cancel = context.WithTimeout(ctx, offlineTimeout)
+			getCtx, cancel = context.WithTimeout(pullCtx, offlineTimeout)
 			defer cancel()
 		} else {
 			record = nil
@@ -100,13 +109,16 @@ func openOCI(ctx context.Context, source string, opts Options) (*Distribution, e
 				return d, cerr
 			}
 		}
-		return nil, fmt.Errorf("distribution %s: %w", source, pullHint(err, opts))
+		return nil, fmt.Errorf("distribution %s: %w", source, pullHint(err, ref, expired(pullCtx, opts), opts))
 	}
 	digest := desc.Digest.String()
 	d, err := openCached(cacheDir, digest, label(digest), opts)
 	if d == nil && err == nil {
 		var data []byte
-		if data, err = pull(ctx, ref, desc, source, opts, transportOpt); err != nil {
+		if data, err = pull(pullCtx, ref, desc, source, opts, transportOpt); err != nil {
+			if noAnswer(err) {
+				err = noAnswerHint(err, ref, expired(pullCtx, opts))
+			}
 			return nil, err
 		}
 		if err := writeFileAtomic(cachePath(cacheDir, digest), data); err != nil {
@@ -293,7 +305,10 @@ func registryAnswered(err error) bool {
 }
 
 // pullHint adds what to do to the common failures.
-func pullHint(err error, opts Options) error {
+func pullHint(err error, ref name.Reference, overall time.Duration, opts Options) error {
+	if noAnswer(err) {
+		return noAnswerHint(err, ref, overall)
+	}
 	var te *transport.Error
 	if errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden) {
 		return fmt.Errorf("%w (log in with `docker login` or set DOCKER_CONFIG to a directory whose config.json has credentials for the registry)", err)
@@ -308,13 +323,43 @@ func pullHint(err error, opts Options) error {
 	return err
 }
 
-// registryTransport returns the HTTP transport: ggcr's default, plus the CA bundle.
+// expired returns --request-timeout when it ended the pull (pullCtx is bounded by it), else 0.
+func expired(pullCtx context.Context, opts Options) time.Duration {
+	if opts.Timeout > 0 && errors.Is(pullCtx.Err(), context.DeadlineExceeded) {
+		return opts.Timeout
+	}
+	return 0
+}
+
+// noAnswer tells whether err is a timeout: the registry did not answer in time. A cancellation
+// by the user is not one: it is reported as an interruption further up.
+func noAnswer(err error) bool {
+	var netErr net.Error
+	return !errors.Is(err, context.Canceled) &&
+		(errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) && netErr.Timeout())
+}
+
+// noAnswerHint names the registry that did not answer in time (noAnswer) and says what to do.
+// overall is --request-timeout when it is what ran out, 0 when a per-request bound did.
+func noAnswerHint(err error, ref name.Reference, overall time.Duration) error {
+	registry := ref.Context().RegistryStr()
+	if overall > 0 {
+		return fmt.Errorf("%w (the registry %s did not answer within --request-timeout=%s: retry, check that the registry is up and reachable from here, or raise --request-timeout)",
+			err, registry, overall)
+	}
+	return fmt.Errorf("%w (the registry %s did not answer in time, %s to connect, %s for the TLS handshake and %s for each response to start: retry, or check that the registry is up and reachable from here)",
+		err, registry, DialTimeout, TLSHandshakeTimeout, ResponseHeaderTimeout)
+}
+
+// registryTransport returns the HTTP transport: ggcr's default with the per-request bounds
+// (ggcr's has no response-header timeout, so a registry that accepts and never answers would
+// hang the pull), plus the CA bundle.
 func registryTransport(opts Options) (remote.Option, error) {
 	base, ok := remote.DefaultTransport.(*http.Transport)
 	if !ok {
 		return nil, errors.New("unexpected default transport type")
 	}
-	t := base.Clone()
+	t := BoundedTransport(base.Clone())
 	if opts.CAFile != "" {
 		pem, err := os.ReadFile(opts.CAFile)
 		if err != nil {

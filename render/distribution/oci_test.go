@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -237,6 +238,46 @@ func TestOCICancelledContext(t *testing.T) {
 	cancel()
 	_, err := Open(ctx, "oci://"+ref, Options{CacheDir: t.TempDir()})
 	require.ErrorIs(t, err, context.Canceled)
+}
+
+// A registry that accepts and never answers: Timeout (--request-timeout) bounds the whole pull,
+// with an error that names the registry and says what to do; with a cached copy of the tag, the
+// bound ends the wait and the cached copy is used.
+func TestOCIRegistryThatNeverAnswers(t *testing.T) {
+	t.Setenv("DOCKER_CONFIG", t.TempDir())
+	silent := distdata.StartSilent(t, "")
+	source := "oci://" + silent + "/flux/distribution:v1"
+	start := time.Now()
+	_, err := Open(context.Background(), source, Options{CacheDir: t.TempDir(), Timeout: time.Second})
+	elapsed := time.Since(start)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.ErrorContains(t, err, "distribution "+source+": ")
+	assert.ErrorContains(t, err, "(the registry "+silent+" did not answer within --request-timeout=1s: retry, check that the registry is up and reachable from here, or raise --request-timeout)")
+	assert.Less(t, elapsed, 20*time.Second, "bounded by Timeout, not by the registry")
+
+	// The same tag pulled once, then the registry hangs: Timeout is shorter than the offline
+	// bound of a cached tag, and ends the wait as well.
+	_, layer := ociLayer(t)
+	reg := distdata.StartRegistry(t, distdata.RegistryOptions{})
+	ref := reg.Host + "/flux/distribution:v1"
+	digest := distdata.PushArtifact(t, ref, layer, ConfigMediaType, ContentMediaType, false)
+	var w warnings
+	opts := w.opts()
+	opts.CacheDir = t.TempDir()
+	opts.Timeout = time.Second
+	_, err = Open(context.Background(), "oci://"+ref, opts)
+	require.NoError(t, err)
+	reg.Server.Close()
+	distdata.StartSilent(t, reg.Host)
+	start = time.Now()
+	d, err := Open(context.Background(), "oci://"+ref, opts)
+	elapsed = time.Since(start)
+	require.NoError(t, err)
+	assert.Contains(t, d.Source(), digest)
+	assert.Contains(t, d.Source(), "cached, registry unreachable")
+	require.Len(t, w, 1)
+	assert.Contains(t, w[0], "cannot reach the registry for oci://"+ref)
+	assert.Less(t, elapsed, offlineTimeout, "bounded by Timeout, not by the offline bound")
 }
 
 func TestOCIInvalidReference(t *testing.T) {
