@@ -1,5 +1,6 @@
 // Package e2e runs the built plugin binary the way users do: through the real kubectl (built by the
-// harness), which discovers `kubectl-fluxinstance` on PATH.
+// harness), which discovers `kubectl-fluxinstance` on PATH, and (the chaos test) directly as a
+// process that the test can interrupt.
 package e2e
 
 import (
@@ -13,7 +14,12 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
-// pluginDir holds the plugin binary built once for the whole package by TestMain.
+// TestMain silences controller-runtime's unset-logger warning: the chaos test reads the cluster
+// with its client.
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// pluginBinary is the plugin built by newPlugin, each test its own (a field, not package state; the
+// second build of a package is a link, the compiled packages come from go's cache).
 type pluginBinary struct{ dir string }
 
 func buildPlugin(dir string) (pluginBinary, error) {
@@ -22,13 +28,16 @@ func buildPlugin(dir string) (pluginBinary, error) {
 		return pluginBinary{}, err
 	}
 	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-X main.version=v9.9.9-e2e",
-		"-o", filepath.Join(dir, "kubectl-fluxinstance"), "./cmd/kubectl-fluxinstance")
+		"-o", pluginBinary{dir: dir}.path(), "./cmd/kubectl-fluxinstance")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return pluginBinary{}, fmt.Errorf("building the plugin: %v\n%s", err, out)
 	}
 	return pluginBinary{dir: dir}, nil
 }
+
+// path is the plugin binary itself, for tests that run it directly (to signal it).
+func (p pluginBinary) path() string { return filepath.Join(p.dir, "kubectl-fluxinstance") }
 
 // kubectl runs the harness's kubectl with the plugin first on PATH.
 func (p pluginBinary) kubectl(ctx context.Context, env *testenv.Env, args ...string) (string, error) {
