@@ -20,6 +20,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/operator"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/permissions"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/wait"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 )
@@ -153,7 +154,7 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 		return err
 	}
 	m := apply.NewManager(kube.Instance{Client: conn.Client, Name: r.Instance.Name, Namespace: r.Instance.Namespace})
-	mode, err := chooseMode(ctx, m, o.Mode, o.Force, o.ErrOut)
+	mode, mg, err := chooseMode(ctx, m, o.Mode, o.Force, o.ErrOut)
 	if err != nil {
 		return err
 	}
@@ -171,6 +172,20 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 	record, err := applyRecord(r, o.version)
 	if err != nil {
 		return err
+	}
+	if o.dryRun == kube.DryRunNone {
+		// Every permission the apply needs, before its first write: a refusal halfway would leave
+		// the CRDs and cluster RBAC applied and the controllers not.
+		perms, err := permissions.ForApply(m.Client.RESTMapper(), permissions.ApplyPlan{
+			Name: m.Name, Namespace: m.Namespace, Objects: r.Objects, Previous: mg.Record,
+			Prune: o.Prune, Wait: o.Wait, FluxInstance: mg.Instance != nil,
+		})
+		if err != nil {
+			return err
+		}
+		if err := checkPermissions(ctx, m.Client, "apply", perms, o.ErrOut); err != nil {
+			return err
+		}
 	}
 	res, err := m.Reconcile(ctx, r.Objects, apply.ReconcileOptions{
 		Options: apply.Options{FieldManager: o.FieldManager, DryRun: o.dryRun, ForceConflicts: o.ForceConflicts},
