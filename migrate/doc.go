@@ -20,7 +20,8 @@
 //   - handoff: moving an instance from the plugin to the Flux Operator.
 //   - bootstrap: adopting a `flux bootstrap` installation (detect, plan, take over, verify,
 //     rollback, rewrite the fleet repository).
-//   - permissions: SelfSubjectAccessReview checks of what a command needs.
+//   - permissions: what a command's plan needs (apply, delete, migrate), checked with
+//     SelfSubjectAccessReviews before its first change, every missing permission listed at once.
 //   - preflight: checks of a rendering against the cluster before applying (sync credentials).
 //
 // Dependencies point one way: plugin → migrate/* → render; inside migrate, kube is at the bottom,

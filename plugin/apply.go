@@ -20,6 +20,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/operator"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/permissions"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/wait"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 )
@@ -155,7 +156,7 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 		return err
 	}
 	m := apply.NewManager(kube.Instance{Client: conn.Client, Name: r.Instance.Name, Namespace: r.Instance.Namespace})
-	mode, err := chooseMode(ctx, m, o.Mode, o.Force, o.ErrOut)
+	mode, mg, err := chooseMode(ctx, m, o.Mode, o.Force, o.ErrOut)
 	if err != nil {
 		return err
 	}
@@ -181,14 +182,7 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 	}
 	var res *apply.ReconcileResult
 	if o.dryRun.Changes() {
-		// One writer at a time: the checks and the instance Namespace the lock needs first.
-		if opts.NamespaceCreated, err = m.Prepare(ctx, r.Objects, opts); err != nil {
-			return err
-		}
-		err = o.withLock(ctx, m.Instance, "apply", o.ErrOut, func(ctx context.Context) error {
-			res, err = m.Reconcile(ctx, r.Objects, opts)
-			return err
-		})
+		res, err = o.reconcile(ctx, m, mg, r.Objects, opts)
 	} else {
 		res, err = m.Reconcile(ctx, r.Objects, opts)
 	}
@@ -215,6 +209,31 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 	}
 	fmt.Fprintf(o.ErrOut, "all %d objects ready after %s\n", len(r.Objects), time.Since(start).Round(time.Second))
 	return nil
+}
+
+// reconcile applies for real: every permission the apply needs is checked before its first
+// write (a refusal halfway would leave the CRDs and cluster RBAC applied and the controllers
+// not), then the checks and the instance Namespace the lock needs, then the apply under the lock.
+func (o *ApplyOptions) reconcile(ctx context.Context, m *apply.Manager, mg *management, objects []*unstructured.Unstructured, opts apply.ReconcileOptions) (*apply.ReconcileResult, error) {
+	perms, err := permissions.ForApply(m.Client.RESTMapper(), permissions.ApplyPlan{
+		Name: m.Name, Namespace: m.Namespace, Objects: objects, Previous: mg.Record,
+		Prune: o.Prune, Wait: o.Wait, FluxInstance: mg.Instance != nil,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := checkPermissions(ctx, m.Client, "apply", perms, o.ErrOut); err != nil {
+		return nil, err
+	}
+	if opts.NamespaceCreated, err = m.Prepare(ctx, objects, opts); err != nil {
+		return nil, err
+	}
+	var res *apply.ReconcileResult
+	err = o.withLock(ctx, m.Instance, "apply", o.ErrOut, func(ctx context.Context) (err error) {
+		res, err = m.Reconcile(ctx, objects, opts)
+		return err
+	})
+	return res, err
 }
 
 // applyRecord is what the inventory keeps about this apply: the operator's revision form for the

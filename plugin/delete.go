@@ -11,7 +11,10 @@ import (
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/operator"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/permissions"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/uninstall"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 )
@@ -114,20 +117,23 @@ func (o *DeleteOptions) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("nothing to delete: this plugin never applied Flux in namespace %q (%s); pass -n for another namespace", o.namespace, how)
 	}
-	uopts := uninstall.Options{WithCRDs: o.WithCRDs, RemoveFinalizers: o.RemoveFinalizers, DryRun: o.dryRun}
+	opts := uninstall.Options{WithCRDs: o.WithCRDs, RemoveFinalizers: o.RemoveFinalizers, DryRun: o.dryRun}
 	var res *uninstall.Result
 	if o.dryRun.Changes() {
+		if err := o.checkPermissions(ctx, m, inv, opts); err != nil {
+			return err
+		}
 		err = o.withLock(ctx, m.Instance, "delete", o.ErrOut, func(ctx context.Context) error {
 			// Read again under the lock: the record this delete works from is the one no other
 			// command is changing.
 			if inv, err = m.Store().Read(ctx); err != nil {
 				return err
 			}
-			res, err = uninstall.Run(ctx, m, inv, uopts)
+			res, err = uninstall.Run(ctx, m, inv, opts)
 			return err
 		})
 	} else {
-		res, err = uninstall.Run(ctx, m, inv, uopts)
+		res, err = uninstall.Run(ctx, m, inv, opts)
 	}
 	if err != nil {
 		return err
@@ -152,4 +158,20 @@ func (o *DeleteOptions) Run(ctx context.Context) error {
 		fmt.Fprintf(o.ErrOut, "Note: %s\n", n)
 	}
 	return nil
+}
+
+// checkPermissions refuses the delete before anything is deleted when the user lacks a permission
+// it needs: a refusal halfway would leave the controllers running without their RBAC.
+func (o *DeleteOptions) checkPermissions(ctx context.Context, m *apply.Manager, inv *inventory.Inventory, opts uninstall.Options) error {
+	fi, err := operator.GetFluxInstance(ctx, m.Instance)
+	if err != nil {
+		return err
+	}
+	perms, err := permissions.ForDelete(m.Client.RESTMapper(), permissions.DeletePlan{
+		Name: m.Name, Namespace: m.Namespace, Record: inv, Options: opts, FluxInstance: fi != nil,
+	})
+	if err != nil {
+		return err
+	}
+	return checkPermissions(ctx, m.Client, "delete", perms, o.ErrOut)
 }

@@ -326,7 +326,7 @@ func (o *MigrateOptions) runCheckPermissions(ctx context.Context, conn *kube.Con
 	if ns == "" {
 		ns = "flux-system"
 	}
-	missing, err := permissions.CheckPermissions(ctx, conn.Client, ns)
+	missing, err := permissions.Check(ctx, conn.Client, permissions.RequiredPermissions(ns))
 	if err != nil {
 		return err
 	}
@@ -334,7 +334,7 @@ func (o *MigrateOptions) runCheckPermissions(ctx context.Context, conn *kube.Con
 		fmt.Fprintf(o.Out, "You have every permission migrate needs for namespace %q.\n", ns)
 		return nil
 	}
-	fmt.Fprintf(o.Out, "migrate needs these permissions, which you do not have:\n%s\n", permissions.FormatMissing(missing))
+	fmt.Fprintf(o.Out, "migrate needs these permissions, which you do not have:\n%s\n", permissions.FormatMissing(missing, 0))
 	return fmt.Errorf("%d permissions missing for migrate in namespace %q", len(missing), ns)
 }
 

@@ -30,6 +30,8 @@ type management struct {
 	ByOperator bool
 	// ByPlugin is true when this plugin's inventory record says it applied the manifests directly.
 	ByPlugin bool
+	// Record is the inventory record read (nil when there is none).
+	Record *inventory.Inventory
 }
 
 func detectManagement(ctx context.Context, m *apply.Manager) (*management, error) {
@@ -50,16 +52,23 @@ func detectManagement(ctx context.Context, m *apply.Manager) (*management, error
 		Instance:   state,
 		ByOperator: state != nil && !state.Disabled && (presence.Running || state.Reconciled),
 		ByPlugin:   inv != nil && strings.HasPrefix(inv.Source, "ConfigMap/") && inv.State != inventory.StateDeleted,
+		Record:     inv,
 	}, nil
 }
 
 // chooseMode resolves --mode against the cluster and refuses the combinations that would make
-// the plugin and the operator fight over the same objects.
-func chooseMode(ctx context.Context, m *apply.Manager, requested string, force bool, errOut io.Writer) (string, error) {
+// the plugin and the operator fight over the same objects. It returns what it learnt of the
+// instance's management too.
+func chooseMode(ctx context.Context, m *apply.Manager, requested string, force bool, errOut io.Writer) (string, *management, error) {
 	mg, err := detectManagement(ctx, m)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
+	mode, err := resolveMode(mg, m, requested, force, errOut)
+	return mode, mg, err
+}
+
+func resolveMode(mg *management, m *apply.Manager, requested string, force bool, errOut io.Writer) (string, error) {
 	ref := fmt.Sprintf("FluxInstance %s/%s", m.Namespace, m.Name)
 	switch requested {
 	case modeDirect:

@@ -108,7 +108,7 @@ func collect(ctx context.Context, m *apply.Manager, inv *inventory.Inventory, id
 	cs := res.ChangeSet
 	for i, id := range ids {
 		stub := kube.Stub(id, versions[i])
-		if kube.IsNamespace(id) || (kube.IsCRD(id) && !opts.WithCRDs) {
+		if Keeps(id, opts) {
 			cs.Add(apply.Entry(stub, ssa.SkippedAction))
 			t.kept.Add(id, versions[i])
 			continue
@@ -128,13 +128,26 @@ func collect(ctx context.Context, m *apply.Manager, inv *inventory.Inventory, id
 		switch {
 		case kube.IsCRD(id):
 			t.crds = append(t.crds, live)
-		case strings.HasSuffix(id.GroupKind.Group, ".toolkit.fluxcd.io"):
+		case IsFluxObject(id):
 			t.fluxObjects = append(t.fluxObjects, live)
 		default:
 			t.others = append(t.others, live)
 		}
 	}
 	return t, nil
+}
+
+// Keeps tells whether Run keeps a recorded object without reading it: Namespaces always, CRDs
+// unless opts.WithCRDs. The permission check of `delete` asks for nothing about these.
+func Keeps(id object.ObjMetadata, opts Options) bool {
+	return kube.IsNamespace(id) || (kube.IsCRD(id) && !opts.WithCRDs)
+}
+
+// IsFluxObject tells whether Run suspends a recorded object (and, with RemoveFinalizers, clears
+// its finalizers) before deleting it: a Flux custom resource, whose controller would otherwise
+// garbage-collect what it applied.
+func IsFluxObject(id object.ObjMetadata) bool {
+	return strings.HasSuffix(id.GroupKind.Group, ".toolkit.fluxcd.io")
 }
 
 // dryRun reports every deletion; with the server dry-run it also sends each delete as one, so
