@@ -117,8 +117,9 @@ func TestForApply(t *testing.T) {
 		"get octopodes.example.com flux-system", "create octopodes.example.com flux-system", "patch octopodes.example.com flux-system",
 		"escalate clusterroles.rbac.authorization.k8s.io",
 		"bind clusterroles.rbac.authorization.k8s.io:cluster-admin",
-		"get configmaps:kubectl-fluxinstance-inventory flux-system", "create configmaps:kubectl-fluxinstance-inventory flux-system",
-		"update configmaps:kubectl-fluxinstance-inventory flux-system", "patch configmaps:kubectl-fluxinstance-inventory flux-system",
+		// The record is read and updated by name, created by a POST (no name to match).
+		"get configmaps:kubectl-fluxinstance-inventory flux-system", "update configmaps:kubectl-fluxinstance-inventory flux-system",
+		"create configmaps flux-system",
 		"get leases.coordination.k8s.io:kubectl-fluxinstance-lock flux-system",
 		"update leases.coordination.k8s.io:kubectl-fluxinstance-lock flux-system",
 		"delete leases.coordination.k8s.io:kubectl-fluxinstance-lock flux-system",
@@ -218,7 +219,7 @@ func TestForDelete(t *testing.T) {
 		"delete clusterroles.rbac.authorization.k8s.io", "delete clusterrolebindings.rbac.authorization.k8s.io",
 		"patch gitrepositories.source.toolkit.fluxcd.io flux-system", // suspended first
 		"delete gitrepositories.source.toolkit.fluxcd.io flux-system",
-		"patch configmaps:kubectl-fluxinstance-inventory flux-system",
+		"update configmaps:kubectl-fluxinstance-inventory flux-system",
 		"create leases.coordination.k8s.io flux-system",
 	} {
 		assert.Contains(t, got, want)
@@ -317,9 +318,8 @@ func TestCheck(t *testing.T) {
 		assert.Equal(t, []string{
 			"create deployments.apps in namespace flux-system (applying 2 Deployment objects)",
 			"create octopodes.example.com in namespace flux-system (applying Octopus paul)",
-			"create configmaps named kubectl-fluxinstance-inventory in namespace flux-system (the inventory record of what was applied)",
 			"update configmaps named kubectl-fluxinstance-inventory in namespace flux-system (the inventory record of what was applied)",
-			"patch configmaps named kubectl-fluxinstance-inventory in namespace flux-system (the inventory record of what was applied)",
+			"create configmaps in namespace flux-system (the inventory record of what was applied)",
 			"create leases.coordination.k8s.io in namespace flux-system (the lock that keeps another apply or delete off the instance meanwhile)",
 		}, lines)
 	})

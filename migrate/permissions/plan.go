@@ -109,7 +109,7 @@ func ForApply(mapper meta.RESTMapper, plan ApplyPlan) ([]Permission, error) {
 		}
 		perms = append(perms, pruned...)
 	}
-	perms = append(perms, recordPermissions(plan.Namespace, []string{"get", "create", "update", "patch"}, "the inventory record of what was applied")...)
+	perms = append(perms, recordPermissions(plan.Namespace, []string{"get", "create", "update"}, "the inventory record of what was applied")...)
 	perms = append(perms, lockPermissions(plan.Namespace)...)
 	if plan.FluxInstance {
 		perms = append(perms, fluxInstanceStatus(plan.Name, plan.Namespace))
@@ -257,7 +257,7 @@ func ForDelete(mapper meta.RESTMapper, plan DeletePlan) ([]Permission, error) {
 			perms = append(perms, g.perm([]string{"patch"}, why))
 		}
 	}
-	perms = append(perms, recordPermissions(plan.Namespace, []string{"get", "update", "patch"}, "rewriting the inventory record with what was kept")...)
+	perms = append(perms, recordPermissions(plan.Namespace, []string{"get", "update"}, "rewriting the inventory record with what was kept")...)
 	perms = append(perms, lockPermissions(plan.Namespace)...)
 	if plan.FluxInstance {
 		perms = append(perms, fluxInstanceStatus(plan.Name, plan.Namespace))
@@ -275,8 +275,22 @@ func customResources(crdName string, verbs []string, why string) Permission {
 	return Permission{Verbs: verbs, Group: group, Resource: plural, Why: why}
 }
 
+// recordPermissions are the record's: inventory.Store writes it by create (a POST, which carries
+// no name for RBAC to match) and update (compare-and-swap), and reads it by name.
 func recordPermissions(ns string, verbs []string, why string) []Permission {
-	return []Permission{{Verbs: verbs, Resource: "configmaps", Namespace: ns, Name: inventory.ConfigMapName, Why: why}}
+	var named, unnamed []string
+	for _, v := range verbs {
+		if v == "create" {
+			unnamed = append(unnamed, v)
+		} else {
+			named = append(named, v)
+		}
+	}
+	perms := []Permission{{Verbs: named, Resource: "configmaps", Namespace: ns, Name: inventory.ConfigMapName, Why: why}}
+	if len(unnamed) > 0 {
+		perms = append(perms, Permission{Verbs: unnamed, Resource: "configmaps", Namespace: ns, Why: why})
+	}
+	return perms
 }
 
 // lockPermissions are the lock's: read, take (create, by POST: no name), renew and release it.
