@@ -86,8 +86,11 @@ func (m *Manager) Reconcile(ctx context.Context, objects []*unstructured.Unstruc
 		opts.Options.Progress = m.namespaceCreated(opts.Options.Progress)
 	}
 	writePending := func(ctx context.Context) error {
-		if prev != nil && prev.Contains(next) && prev.State != inventory.StatePending {
-			return nil // nothing new can be created that the record does not list
+		// Skipped when the record already says everything a crash could leave: it lists every
+		// object this apply may create, and prune will delete none of what it lists (so an
+		// Applied record never names an object an interrupted prune removed).
+		if prev != nil && prev.State != inventory.StatePending && prev.Contains(next) && (!opts.Prune || next.Contains(prev)) {
+			return nil
 		}
 		return m.store.Write(ctx, pending, opts.FieldManager)
 	}

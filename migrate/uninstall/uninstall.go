@@ -69,6 +69,16 @@ func Run(ctx context.Context, m *apply.Manager, inv *inventory.Inventory, opts O
 	if !opts.DryRun.Changes() {
 		return res, t.dryRun(ctx, m.Client, opts.DryRun, res.ChangeSet)
 	}
+	// Pending while it deletes: an interrupted delete leaves a record that lists at least what
+	// exists (every entry, as before), never an Applied one naming objects that are gone.
+	if inv.State != inventory.StatePending {
+		pending := *inv
+		pending.State = inventory.StatePending
+		if err := m.Store().Write(ctx, &pending, opts.FieldManager); err != nil {
+			return res, err
+		}
+		inv.ResourceVersion = pending.ResourceVersion
+	}
 	if err := t.suspend(ctx, m.Client, opts); err != nil {
 		return res, err
 	}
@@ -109,6 +119,11 @@ func collect(ctx context.Context, m *apply.Manager, inv *inventory.Inventory, id
 	for i, id := range ids {
 		stub := kube.Stub(id, versions[i])
 		if Keeps(id, opts) {
+			// What is gone (a CRD an interrupted prune removed) leaves the record; what cannot be
+			// read stays in it, since the permission check asks for nothing about these.
+			if _, state, err := kube.Get(ctx, m.Client, stub); err == nil && state != kube.Found {
+				continue
+			}
 			cs.Add(apply.Entry(stub, ssa.SkippedAction))
 			t.kept.Add(id, versions[i])
 			continue
@@ -137,8 +152,10 @@ func collect(ctx context.Context, m *apply.Manager, inv *inventory.Inventory, id
 	return t, nil
 }
 
-// Keeps tells whether Run keeps a recorded object without reading it: Namespaces always, CRDs
-// unless opts.WithCRDs. The permission check of `delete` asks for nothing about these.
+// Keeps tells whether Run keeps a recorded object (and so needs no right to delete it):
+// Namespaces always, CRDs unless opts.WithCRDs. Run only reads it, to drop from the record what
+// is gone, and tolerates a refused read; the permission check of `delete` asks for nothing about
+// these.
 func Keeps(id object.ObjMetadata, opts Options) bool {
 	return kube.IsNamespace(id) || (kube.IsCRD(id) && !opts.WithCRDs)
 }
