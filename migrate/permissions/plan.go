@@ -152,34 +152,13 @@ func rbacPermissions(objs []*unstructured.Unstructured) []Permission {
 
 // prunePermissions is what Prune needs for the previous record's objects the rendering dropped.
 func prunePermissions(r *resolver, prev *inventory.Inventory, objects []*unstructured.Unstructured) ([]Permission, error) {
-	ids, versions, err := prev.Objects()
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", prev.Source, err)
-	}
 	keep := object.UnstructuredSetToObjMetadataSet(objects)
-	groups := &resourceGroups{}
-	var perms []Permission
-	for i, id := range ids {
-		if keep.Contains(id) || kube.IsNamespace(id) {
-			continue
-		}
-		res, served, err := r.served(id.GroupKind.WithVersion(versions[i]))
-		if err != nil {
-			return nil, err
-		}
-		if !served {
-			continue
-		}
-		if inventory.IsRecord(id) {
-			// Read, found to be a record, never deleted.
-			perms = append(perms, Permission{Verbs: []string{"get"}, Resource: res.Resource, Namespace: id.Namespace, Name: id.Name,
-				Why: "reading what the previous record lists"})
-			continue
-		}
-		groups.add(res, id.GroupKind.Kind, id.Namespace, id.Name, false)
-		if kube.IsCRD(id) {
-			perms = append(perms, customResources(id.Name, []string{"list"}, "pruning CustomResourceDefinition "+id.Name+" only if none is left"))
-		}
+	groups, perms, crds, err := listed(r, prev, func(id object.ObjMetadata) bool { return keep.Contains(id) || kube.IsNamespace(id) })
+	if err != nil {
+		return nil, err
+	}
+	for _, crd := range crds {
+		perms = append(perms, customResources(crd, []string{"list"}, "pruning CustomResourceDefinition "+crd+" only if none is left"))
 	}
 	for _, g := range groups.list {
 		what := describe(g.kind, g.names)
@@ -189,6 +168,45 @@ func prunePermissions(r *resolver, prev *inventory.Inventory, objects []*unstruc
 		}
 	}
 	return perms, nil
+}
+
+// listed groups by resource the objects inv lists and skip does not leave out, for the caller to
+// ask its verbs of; crds are the names of the listed CRDs. A record listed by mistake is only read
+// (found to be a record, never deleted); a kind the cluster does not serve is left out (nothing of
+// it can exist). inv may be nil.
+func listed(r *resolver, inv *inventory.Inventory, skip func(object.ObjMetadata) bool) (*resourceGroups, []Permission, []string, error) {
+	groups := &resourceGroups{}
+	if inv == nil {
+		return groups, nil, nil, nil
+	}
+	ids, versions, err := inv.Objects()
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%s: %w", inv.Source, err)
+	}
+	var perms []Permission
+	var crds []string
+	for i, id := range ids {
+		if skip(id) {
+			continue
+		}
+		res, served, err := r.served(id.GroupKind.WithVersion(versions[i]))
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if !served {
+			continue
+		}
+		if inventory.IsRecord(id) {
+			perms = append(perms, Permission{Verbs: []string{"get"}, Resource: res.Resource, Namespace: id.Namespace, Name: id.Name,
+				Why: "reading what the record lists"})
+			continue
+		}
+		groups.add(res, id.GroupKind.Kind, id.Namespace, id.Name, false)
+		if kube.IsCRD(id) {
+			crds = append(crds, id.Name)
+		}
+	}
+	return groups, perms, crds, nil
 }
 
 // DeletePlan is what one `delete` (not a dry run) will do, as far as permissions go: see
@@ -216,34 +234,14 @@ type DeletePlan struct {
 // Deleting a CRD needs no permission on its custom resources: the API server removes them.
 func ForDelete(mapper meta.RESTMapper, plan DeletePlan) ([]Permission, error) {
 	r := newResolver(mapper, nil)
-	var perms []Permission
-	groups := &resourceGroups{}
-	if plan.Record != nil {
-		ids, versions, err := plan.Record.Objects()
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", plan.Record.Source, err)
-		}
-		for i, id := range ids {
-			if uninstall.Keeps(id, plan.Options) {
-				continue
-			}
-			res, served, err := r.served(id.GroupKind.WithVersion(versions[i]))
-			if err != nil {
-				return nil, err
-			}
-			if !served {
-				continue
-			}
-			if inventory.IsRecord(id) {
-				perms = append(perms, Permission{Verbs: []string{"get"}, Resource: res.Resource, Namespace: id.Namespace, Name: id.Name,
-					Why: "reading what the record lists"})
-				continue
-			}
-			groups.add(res, id.GroupKind.Kind, id.Namespace, id.Name, false)
-			if kube.IsCRD(id) && plan.Options.RemoveFinalizers {
-				perms = append(perms, customResources(id.Name, []string{"list", "patch"},
-					"clearing the finalizers of every custom resource of CustomResourceDefinition "+id.Name+" before deleting it (--remove-finalizers)"))
-			}
+	groups, perms, crds, err := listed(r, plan.Record, func(id object.ObjMetadata) bool { return uninstall.Keeps(id, plan.Options) })
+	if err != nil {
+		return nil, err
+	}
+	if plan.Options.RemoveFinalizers {
+		for _, crd := range crds {
+			perms = append(perms, customResources(crd, []string{"list", "patch"},
+				"clearing the finalizers of every custom resource of CustomResourceDefinition "+crd+" before deleting it (--remove-finalizers)"))
 		}
 	}
 	for _, g := range groups.list {
