@@ -74,6 +74,12 @@ spec:
 		})
 	}
 
+	t.Run("status names the holder", func(t *testing.T) {
+		r := plugin("status")
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Regexp(t, `Locked By:\s+alice on host laptop \(kubectl fluxinstance apply, pid 4242\) since \S+ \(claim expires \S+ unless renewed\)\n`, r.Stdout)
+	})
+
 	t.Run("a dry run needs no lock", func(t *testing.T) {
 		r := plugin("apply", "-f", file, "--dry-run=server", "--distribution", dist)
 		assert.Equal(t, 0, r.Code, r.Stderr)
@@ -88,6 +94,9 @@ spec:
 		require.Equal(t, 0, r.Code, r.Stderr)
 		assert.Contains(t, r.Stderr, "waiting up to 1m0s for the lock held by alice on host laptop")
 		assertNoLease(t, c)
+		r = plugin("status")
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.NotContains(t, r.Stdout, "Locked By")
 	})
 }
 

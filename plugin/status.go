@@ -23,6 +23,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/diff"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/lock"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/operator"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
 	"github.com/fluxinstance/kubectl-fluxinstance/render"
@@ -57,6 +58,8 @@ type StatusReport struct {
 	Operator *OperatorStatus `json:"operator,omitempty"`
 	// Drift is nil when there is no record to compare with.
 	Drift *DriftReport `json:"drift,omitempty"`
+	// LockedBy is the command that holds the instance now (apply, delete, migrate, handoff).
+	LockedBy *lock.Holder `json:"lockedBy,omitempty"`
 }
 
 // OperatorStatus says whether the Flux Operator runs and what it reports of the FluxInstance.
@@ -168,6 +171,10 @@ func (o *StatusOptions) gather(ctx context.Context, conn *kube.Connection) (*Sta
 	inv, err := m.Store().Read(ctx)
 	if err != nil {
 		return nil, err
+	}
+	// Why an apply would wait or be refused; a user who may not read the Lease gets the rest.
+	if holder, err := lock.Current(ctx, m.Instance); err == nil {
+		report.LockedBy = holder
 	}
 	var recorded *fluxinstance.FluxInstance
 	if inv != nil && inv.Source != "" && strings.HasPrefix(inv.Source, "ConfigMap/") {
@@ -357,6 +364,9 @@ func printStatus(out io.Writer, r *StatusReport) error {
 	}
 	fmt.Fprintf(w, "Flux Version:\t%s\n", r.Installation.Version)
 	fmt.Fprintf(w, "Managed By:\t%s\n", r.Installation.ManagedBy)
+	if h := r.LockedBy; h != nil {
+		fmt.Fprintf(w, "Locked By:\t%s (claim expires %s unless renewed)\n", h, h.Expires().UTC().Format(time.RFC3339))
+	}
 	if a := r.Applied; a != nil {
 		by := a.By
 		if by == "" {

@@ -71,10 +71,13 @@ type Options struct {
 
 // Holder is who holds an instance.
 type Holder struct {
-	User, Host, Command string
-	PID                 int
-	Since, RenewedAt    time.Time
-	Duration            time.Duration
+	User      string        `json:"user"`
+	Host      string        `json:"host"`
+	Command   string        `json:"command"`
+	PID       int           `json:"pid"`
+	Since     time.Time     `json:"since"`
+	RenewedAt time.Time     `json:"renewedAt"`
+	Duration  time.Duration `json:"-"`
 }
 
 // Expires is when the claim ends unless renewed.
@@ -184,6 +187,23 @@ func Acquire(ctx context.Context, inst kube.Instance, opts Options) (context.Con
 		case <-time.After(pollInterval):
 		}
 	}
+}
+
+// Current is who holds the instance now: nil when nobody does (no Lease, or its claim expired).
+func Current(ctx context.Context, inst kube.Instance) (*Holder, error) {
+	lease := &coordinationv1.Lease{}
+	err := inst.Client.Get(ctx, client.ObjectKey{Namespace: inst.Namespace, Name: LeaseName}, lease)
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("%s: reading the lock: %w", ref(inst.Namespace), err)
+	}
+	h := holderOf(lease)
+	if lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" || !time.Now().Before(h.Expires()) {
+		return nil, nil
+	}
+	return &h, nil
 }
 
 // claim is what this process writes into the Lease.
