@@ -7,6 +7,7 @@
 package faultproxy
 
 import (
+	"context"
 	"io"
 	"log"
 	"net/http"
@@ -14,14 +15,21 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/lock"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
@@ -63,11 +71,30 @@ func (p *Proxy) Count() int {
 	return p.calls
 }
 
-// Deleted lists the DELETE requests (and deletecollections) that reached the API server.
+// Deleted lists the DELETE requests (and deletecollections) that reached the API server, but for
+// the release of the plugin's own lock (a Lease it created itself, deleted by every command).
 func (p *Proxy) Deleted() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return append([]string(nil), p.deletes...)
+	var out []string
+	for _, d := range p.deletes {
+		if !strings.Contains(d, "/leases/"+lock.LeaseName) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// ClearKilledLock removes the instance lock that a command killed by the proxy left behind, as a
+// person who knows the command died would (kubectl delete lease). Without it a re-run waits until
+// the claim expires (30 s), which TestLock and TestChaos prove it does; the fault tests are about
+// resuming the interrupted work, at dozens of kill points.
+func ClearKilledLock(t testing.TB, c client.Client, namespace string) {
+	t.Helper()
+	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: lock.LeaseName}}
+	if err := c.Delete(context.Background(), lease); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatalf("removing the lock a killed command left: %v", err)
+	}
 }
 
 // fate numbers a call and decides it: calls 1..N pass, call N+1 is cut in flight when it writes

@@ -37,6 +37,7 @@ func TestMigrateKilledAtEveryStep(t *testing.T) {
 	converged := func(t *testing.T, what string) {
 		t.Helper()
 		proxy.Reset(-1)
+		faultproxy.ClearKilledLock(t, c, "flux-system")
 		r := runPlugin(t, "", migrateArgs(proxyConfig)...)
 		require.Equal(t, 0, r.Code, "%s: the re-run failed:\n%s", what, r.Stderr)
 		// Either it finished the takeover, or the interrupted run had (but for its output).

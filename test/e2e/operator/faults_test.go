@@ -131,6 +131,7 @@ func TestHandoffKilledAtEveryStep(t *testing.T) {
 				t.Logf("this run made %d calls and finished before the kill", hc.proxy.Count())
 			}
 			hc.proxy.Reset(-1)
+			faultproxy.ClearKilledLock(t, hc.c, "flux-system")
 			r := hc.handoff(t, hc.viaKC, dist)
 			require.Equal(t, 0, r.Code, "the re-run after a kill at call %d:\n%s\nthe killed run:\n%s", n, r.Stderr, killed.Stderr)
 			hc.assertHandedOff(t)
