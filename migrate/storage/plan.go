@@ -1,0 +1,239 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// Migration is one CRD whose stored objects must move to the target storage version before the
+// rendered CRD can be applied.
+type Migration struct {
+	// CRD is the CustomResourceDefinition's name, e.g. helmreleases.helm.toolkit.fluxcd.io.
+	CRD string
+	// Group, Kind and Resource (plural) of the custom resources.
+	Group, Kind, Resource string
+	// Namespaced tells whether the custom resources live in namespaces.
+	Namespaced bool
+	// StoredVersions is the live status.storedVersions: what the objects may be stored at.
+	StoredVersions []string
+	// Version is the rendered CRD's storage version: where the objects go.
+	Version string
+	// Removed are the stored versions the rendered CRD no longer has: the reason the API server
+	// would refuse the rendered CRD.
+	Removed []string
+	// ManagedFieldsAt are the versions the rendered CRD no longer has that objects' managedFields
+	// entries still name, when status.storedVersions is already the target alone: such an entry
+	// makes every later write of the object fail once the version is gone.
+	ManagedFieldsAt []string
+	// Objects is how many objects of the kind exist (all namespaces) when planned.
+	Objects int
+
+	// target is the rendered CRD's spec.versions entry of Version.
+	target map[string]any
+}
+
+// GVK returns the kind at the target version.
+func (m Migration) GVK() schema.GroupVersionKind {
+	return schema.GroupVersionKind{Group: m.Group, Version: m.Version, Kind: m.Kind}
+}
+
+// Plan is every migration an apply of a rendering needs, in the rendering's CRD order.
+type Plan struct {
+	Migrations []Migration
+}
+
+// Empty tells whether nothing needs migrating.
+func (p *Plan) Empty() bool { return p == nil || len(p.Migrations) == 0 }
+
+// Describe is one line per migration, for people: the kind, how many objects, the versions they
+// move from and to, and status.storedVersions before and after.
+func (p *Plan) Describe() []string {
+	if p.Empty() {
+		return nil
+	}
+	lines := make([]string, 0, len(p.Migrations))
+	for _, m := range p.Migrations {
+		from := m.from()
+		if len(from) == 0 {
+			from = m.ManagedFieldsAt
+		}
+		line := fmt.Sprintf("%s: %s %s from %s to %s (storedVersions [%s] -> [%s])",
+			m.CRD, thousands(m.Objects), plural(m.Objects, m.Kind), strings.Join(from, ", "), m.Version,
+			strings.Join(m.StoredVersions, ", "), m.Version)
+		if len(m.ManagedFieldsAt) > 0 {
+			line += fmt.Sprintf("; managedFields naming %s moved to %s", strings.Join(m.ManagedFieldsAt, ", "), m.Version)
+		}
+		lines = append(lines, line)
+	}
+	return lines
+}
+
+// from lists the stored versions other than the target: the versions objects move away from.
+func (m Migration) from() []string {
+	var from []string
+	for _, v := range m.StoredVersions {
+		if v != m.Version {
+			from = append(from, v)
+		}
+	}
+	return from
+}
+
+// NewPlan reads, for every CRD of the rendering whose live copy exists, its
+// status.storedVersions, and lists a migration when it holds a version other than the rendered
+// CRD's storage version (which covers the versions the rendered CRD no longer serves), with the
+// number of objects of the kind (a paged, metadata-only list). Nothing changes.
+func NewPlan(ctx context.Context, c client.Client, objects []*unstructured.Unstructured) (*Plan, error) {
+	plan := &Plan{}
+	for _, rendered := range objects {
+		if !kube.IsCRD(kube.ID(rendered)) {
+			continue
+		}
+		m, err := planCRD(ctx, c, rendered)
+		if err != nil {
+			return nil, err
+		}
+		if m != nil {
+			plan.Migrations = append(plan.Migrations, *m)
+		}
+	}
+	return plan, nil
+}
+
+func planCRD(ctx context.Context, c client.Client, rendered *unstructured.Unstructured) (*Migration, error) {
+	target, targetEntry := storageVersion(rendered)
+	if target == "" {
+		return nil, fmt.Errorf("%s: planning the storage migration: the rendered CRD has no storage version", kube.Ref(rendered))
+	}
+	live, state, err := kube.Get(ctx, c, crdStub(rendered.GetName()))
+	if err != nil {
+		return nil, fmt.Errorf("planning the storage migration: %w", err)
+	}
+	if state != kube.Found {
+		return nil, nil // a CRD the apply creates stores nothing yet
+	}
+	stored, _, _ := unstructured.NestedStringSlice(live.Object, "status", "storedVersions")
+	rendVersions := versionNames(rendered)
+	storedElsewhere := len(stored) > 1 || (len(stored) == 1 && stored[0] != target)
+	dropsVersion := false
+	for _, v := range versionNames(live) {
+		if !slices.Contains(rendVersions, v) {
+			dropsVersion = true
+		}
+	}
+	if !storedElsewhere && !dropsVersion {
+		return nil, nil
+	}
+	m := &Migration{
+		CRD:            rendered.GetName(),
+		StoredVersions: stored,
+		Version:        target,
+		target:         targetEntry,
+	}
+	gk := kube.CRDNames(rendered)
+	m.Group, m.Kind = gk.Group, gk.Kind
+	m.Resource, _, _ = unstructured.NestedString(rendered.Object, "spec", "names", "plural")
+	scope, _, _ := unstructured.NestedString(rendered.Object, "spec", "scope")
+	m.Namespaced = scope != "Cluster"
+	for _, v := range stored {
+		if !slices.Contains(rendVersions, v) {
+			m.Removed = append(m.Removed, v)
+		}
+	}
+	// Counted at the live CRD's storage version: the target may not be served yet. The metadata
+	// carries managedFields, which tell whether objects already stored at the target still name
+	// a version about to go.
+	listGVK, err := kube.CRDListKind(live)
+	if err != nil {
+		return nil, fmt.Errorf("planning the storage migration: %w", err)
+	}
+	list := &metav1.PartialObjectMetadataList{}
+	list.SetGroupVersionKind(listGVK)
+	err = kube.ListPages(ctx, c, list, func() error {
+		m.Objects += len(list.Items)
+		for _, item := range list.Items {
+			for _, e := range item.ManagedFields {
+				gv, perr := schema.ParseGroupVersion(e.APIVersion)
+				if perr != nil || gv.Group != m.Group || slices.Contains(rendVersions, gv.Version) || slices.Contains(m.ManagedFieldsAt, gv.Version) {
+					continue
+				}
+				m.ManagedFieldsAt = append(m.ManagedFieldsAt, gv.Version)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("CustomResourceDefinition/%s: counting its objects for the storage migration: %w", m.CRD, err)
+	}
+	if !storedElsewhere && len(m.ManagedFieldsAt) == 0 {
+		return nil, nil // the versions going away hold nothing
+	}
+	slices.Sort(m.ManagedFieldsAt)
+	return m, nil
+}
+
+// storageVersion returns the name and spec.versions entry of a CRD's storage version.
+func storageVersion(crd *unstructured.Unstructured) (string, map[string]any) {
+	versions, _, _ := unstructured.NestedSlice(crd.Object, "spec", "versions")
+	for _, v := range versions {
+		vm, ok := v.(map[string]any)
+		if !ok {
+			continue
+		}
+		if storage, _ := vm["storage"].(bool); storage {
+			name, _ := vm["name"].(string)
+			return name, vm
+		}
+	}
+	return "", nil
+}
+
+func versionNames(crd *unstructured.Unstructured) []string {
+	versions, _, _ := unstructured.NestedSlice(crd.Object, "spec", "versions")
+	var names []string
+	for _, v := range versions {
+		if vm, ok := v.(map[string]any); ok {
+			name, _ := vm["name"].(string)
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+func crdStub(name string) *unstructured.Unstructured {
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(kube.CRDGVK)
+	u.SetName(name)
+	return u
+}
+
+// thousands formats n with comma separators (5000 → 5,000).
+func thousands(n int) string {
+	s := fmt.Sprint(n)
+	if n < 0 {
+		return "-" + thousands(-n)
+	}
+	var b strings.Builder
+	for i, r := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+func plural(n int, kind string) string {
+	if n == 1 {
+		return kind
+	}
+	return kind + "s"
+}

@@ -1,0 +1,148 @@
+package storage_test
+
+import (
+	"context"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// kept is what a migration must not change of an object.
+type kept struct {
+	UID         string
+	Generation  int64
+	Spec        any
+	Labels      map[string]string
+	Annotations map[string]string
+}
+
+func keptOf(o *unstructured.Unstructured) kept {
+	return kept{UID: string(o.GetUID()), Generation: o.GetGeneration(), Spec: o.Object["spec"], Labels: o.GetLabels(), Annotations: o.GetAnnotations()}
+}
+
+func crds(t *testing.T, version string) []*unstructured.Unstructured {
+	t.Helper()
+	objs, err := testenv.ReadManifests(filepath.Join(testenv.DistributionDir(t), "flux", version))
+	require.NoError(t, err)
+	var out []*unstructured.Unstructured
+	for _, o := range objs {
+		if o.GetKind() == "CustomResourceDefinition" {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+func liveCRD(t *testing.T, c client.Client, name string) *unstructured.Unstructured {
+	t.Helper()
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(kube.CRDGVK)
+	require.NoError(t, c.Get(context.Background(), client.ObjectKey{Name: name}, u))
+	return u
+}
+
+// The objects users created under Flux 2.2.3, at the versions it served, survive a migration to
+// the storage versions of 2.9.4 unchanged but for where they are stored, after which the 2.9.4
+// CRDs (which drop those versions) apply cleanly and nothing is left to plan.
+func TestMigrateFrom223To294(t *testing.T) {
+	env := testenv.Start(t)
+	c := env.Client(t)
+	ctx := context.Background()
+	env.InstallFlux(t, testenv.FluxInstall{Version: "v2.2.3", CRDsOnly: true})
+	objs := testenv.CreateOldFluxObjects(t, c, "apps-0", "apps-1", "apps-2")
+	before := map[string]kept{}
+	for _, o := range objs {
+		before[kube.Ref(o)] = keptOf(o)
+	}
+	target := crds(t, "v2.9.4")
+	storageOf := map[schema.GroupKind]string{}
+	for _, crd := range target {
+		for _, v := range crd.Object["spec"].(map[string]any)["versions"].([]any) {
+			if v.(map[string]any)["storage"] == true {
+				storageOf[kube.CRDNames(crd)] = v.(map[string]any)["name"].(string)
+			}
+		}
+	}
+
+	crdVersions := func() map[string]string {
+		return testenv.ListResourceVersions(t, c, schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinitionList"})
+	}
+	unchanged := crdVersions()
+	plan, err := storage.NewPlan(ctx, c, target)
+	require.NoError(t, err)
+	assert.Equal(t, unchanged, crdVersions(), "planning changes nothing")
+	byCRD := map[string]storage.Migration{}
+	for _, m := range plan.Migrations {
+		byCRD[m.CRD] = m
+	}
+	t.Logf("plan:\n%s", strings.Join(plan.Describe(), "\n"))
+	hr := byCRD["helmreleases.helm.toolkit.fluxcd.io"]
+	assert.Equal(t, []string{"v2beta2"}, hr.StoredVersions)
+	assert.Equal(t, "v2", hr.Version)
+	assert.Equal(t, 3, hr.Objects)
+	assert.Equal(t, []string{"v2beta2"}, hr.Removed)
+	assert.Equal(t, "v1", byCRD["imagerepositories.image.toolkit.fluxcd.io"].Version)
+	assert.Equal(t, 3, byCRD["helmrepositories.source.toolkit.fluxcd.io"].Objects)
+	// Stored at v1 already, but created at v1beta2: their managedFields name a version 2.9.4 drops.
+	assert.Equal(t, []string{"v1beta2"}, byCRD["kustomizations.kustomize.toolkit.fluxcd.io"].ManagedFieldsAt)
+	assert.Equal(t, []string{"v1beta2"}, byCRD["gitrepositories.source.toolkit.fluxcd.io"].ManagedFieldsAt)
+	assert.NotContains(t, byCRD, "receivers.notification.toolkit.fluxcd.io", "no object, no stale storage")
+
+	// Before the migration, the API server refuses the 2.9.4 CRDs.
+	_, err = env.InstallFluxFrom(ctx, testenv.DistributionDir(t), testenv.FluxInstall{Version: "v2.9.4", CRDsOnly: true})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "must remain in spec.versions")
+
+	var lines []string
+	start := time.Now()
+	require.NoError(t, storage.Migrate(ctx, c, plan, storage.Options{Progress: func(s string) { lines = append(lines, s) }}))
+	t.Logf("migrated %d objects of %d kinds in %s", len(objs), len(plan.Migrations), time.Since(start))
+	assert.Contains(t, lines, "migrating 3 helmreleases.helm.toolkit.fluxcd.io to v2: 3/3")
+
+	for _, m := range plan.Migrations {
+		stored, _, _ := unstructured.NestedStringSlice(liveCRD(t, c, m.CRD).Object, "status", "storedVersions")
+		assert.Equal(t, []string{m.Version}, stored, m.CRD)
+	}
+	again, err := storage.NewPlan(ctx, c, target)
+	require.NoError(t, err)
+	assert.True(t, again.Empty(), "a second plan is empty: %v", again.Describe())
+
+	env.InstallFlux(t, testenv.FluxInstall{Version: "v2.9.4", CRDsOnly: true})
+	again, err = storage.NewPlan(ctx, c, target)
+	require.NoError(t, err)
+	assert.True(t, again.Empty(), "nothing to plan after the 2.9.4 CRDs: %v", again.Describe())
+
+	for _, o := range objs {
+		gk := o.GroupVersionKind().GroupKind()
+		live := &unstructured.Unstructured{}
+		live.SetGroupVersionKind(gk.WithVersion(storageOf[gk]))
+		require.NoError(t, c.Get(ctx, client.ObjectKeyFromObject(o), live))
+		assert.Equal(t, before[kube.Ref(o)], keptOf(live), kube.Ref(o))
+		for _, e := range live.GetManagedFields() {
+			assert.Equal(t, live.GetAPIVersion(), e.APIVersion, "%s: managedFields of %s", kube.Ref(o), e.Manager)
+		}
+		// The object can still be written (a managedFields entry at a removed version would fail it).
+		live.SetLabels(map[string]string{"team": "apps", "tier": live.GetLabels()["tier"], "touched": "yes"})
+		require.NoError(t, c.Update(ctx, live), kube.Ref(o))
+	}
+	// Every kind that had objects at an old version was planned.
+	for _, o := range objs {
+		gk := o.GroupVersionKind().GroupKind()
+		found := slices.ContainsFunc(plan.Migrations, func(m storage.Migration) bool { return m.Group == gk.Group && m.Kind == gk.Kind })
+		assert.True(t, found, "%s planned", gk)
+	}
+}
