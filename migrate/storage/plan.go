@@ -66,7 +66,7 @@ func (p *Plan) Describe() []string {
 			from = m.ManagedFieldsAt
 		}
 		line := fmt.Sprintf("%s: %s %s from %s to %s (storedVersions [%s] -> [%s])",
-			m.CRD, thousands(m.Objects), plural(m.Objects, m.Kind), strings.Join(from, ", "), m.Version,
+			m.CRD, thousands(m.Objects), plural(m.Objects, "object"), strings.Join(from, ", "), m.Version,
 			strings.Join(m.StoredVersions, ", "), m.Version)
 		if len(m.ManagedFieldsAt) > 0 {
 			line += fmt.Sprintf("; managedFields naming %s moved to %s", strings.Join(m.ManagedFieldsAt, ", "), m.Version)
@@ -90,7 +90,10 @@ func (m Migration) from() []string {
 // NewPlan reads, for every CRD of the rendering whose live copy exists, its
 // status.storedVersions, and lists a migration when it holds a version other than the rendered
 // CRD's storage version (which covers the versions the rendered CRD no longer serves), with the
-// number of objects of the kind (a paged, metadata-only list). Nothing changes.
+// number of objects of the kind (a paged, metadata-only list). A CRD stored at the target alone
+// is listed too when the rendered CRD drops a live version that objects' managedFields still
+// name (objects created at v1beta2 of a kind stored at v1 since): the API server accepts the
+// CRD, but every later write of those objects would fail. Nothing changes.
 func NewPlan(ctx context.Context, c client.Client, objects []*unstructured.Unstructured) (*Plan, error) {
 	plan := &Plan{}
 	for _, rendered := range objects {
@@ -231,9 +234,68 @@ func thousands(n int) string {
 	return b.String()
 }
 
-func plural(n int, kind string) string {
+func plural(n int, noun string) string {
 	if n == 1 {
-		return kind
+		return noun
 	}
-	return kind + "s"
+	return noun + "s"
+}
+
+// PreviewObjects is the rendering as a dry run can send it: each planned CRD with the versions the
+// migration gives it first (the target as storage, the stored and served versions kept), since
+// the API server refuses the rendered CRD itself, even in a dry run, until the objects are
+// migrated. The rendering is not modified.
+func (p *Plan) PreviewObjects(ctx context.Context, c client.Client, objects []*unstructured.Unstructured) ([]*unstructured.Unstructured, error) {
+	if p.Empty() {
+		return objects, nil
+	}
+	byName := map[string]Migration{}
+	for _, m := range p.Migrations {
+		byName[m.CRD] = m
+	}
+	out := make([]*unstructured.Unstructured, len(objects))
+	for i, o := range objects {
+		out[i] = o
+		m, ok := byName[o.GetName()]
+		if !ok || !kube.IsCRD(kube.ID(o)) {
+			continue
+		}
+		live, state, err := kube.Get(ctx, c, crdStub(m.CRD))
+		if err != nil {
+			return nil, fmt.Errorf("previewing the storage migration: %w", err)
+		}
+		if state != kube.Found {
+			continue
+		}
+		preview := o.DeepCopy()
+		if err := unstructured.SetNestedSlice(preview.Object, desiredVersions(live, m), "spec", "versions"); err != nil {
+			return nil, fmt.Errorf("CustomResourceDefinition/%s: previewing the storage migration: %w", m.CRD, err)
+		}
+		out[i] = preview
+	}
+	return out, nil
+}
+
+// DisabledError refuses a migration the FluxInstance forbids (spec.migrateResources: false).
+type DisabledError struct {
+	Plan *Plan
+}
+
+func (e *DisabledError) Error() string {
+	var reasons []string
+	for _, m := range e.Plan.Migrations {
+		switch {
+		case len(m.Removed) > 0:
+			reasons = append(reasons, fmt.Sprintf("%s stores %s, which the target removes (its storage version is %s)",
+				m.CRD, strings.Join(m.Removed, ", "), m.Version))
+		case len(m.ManagedFieldsAt) > 0:
+			reasons = append(reasons, fmt.Sprintf("%s has objects whose managedFields name %s, which the target removes",
+				m.CRD, strings.Join(m.ManagedFieldsAt, ", ")))
+		default:
+			reasons = append(reasons, fmt.Sprintf("%s stores %s, not the target's storage version %s",
+				m.CRD, strings.Join(m.from(), ", "), m.Version))
+		}
+	}
+	return fmt.Sprintf("the stored Flux objects must be migrated before this upgrade, and spec.migrateResources=false forbids the migration: %s; "+
+		"set spec.migrateResources to true (the default), or migrate them yourself (flux migrate) first", strings.Join(reasons, "; "))
 }
