@@ -2,6 +2,7 @@ package storage_test
 
 import (
 	"context"
+	"encoding/json"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -12,10 +13,12 @@ import (
 	"github.com/stretchr/testify/require"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/faultproxy"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
@@ -109,7 +112,10 @@ func TestMigrateFrom223To294(t *testing.T) {
 
 	var lines []string
 	start := time.Now()
-	require.NoError(t, storage.Migrate(ctx, c, plan, storage.Options{Progress: func(s string) { lines = append(lines, s) }}))
+	require.NoError(t, storage.Migrate(ctx, c, plan, storage.Options{Progress: func(s string) {
+		lines = append(lines, s)
+		t.Logf("%s %s", time.Since(start).Round(time.Millisecond), s)
+	}}))
 	t.Logf("migrated %d objects of %d kinds in %s", len(objs), len(plan.Migrations), time.Since(start))
 	assert.Contains(t, lines, "migrating 3 helmreleases.helm.toolkit.fluxcd.io to v2: 3/3")
 
@@ -145,4 +151,100 @@ func TestMigrateFrom223To294(t *testing.T) {
 		found := slices.ContainsFunc(plan.Migrations, func(m storage.Migration) bool { return m.Group == gk.Group && m.Kind == gk.Kind })
 		assert.True(t, found, "%s planned", gk)
 	}
+}
+
+// A migration killed after its Nth API call, for N spread over the whole run (each run starting
+// where the killed one left off), loses nothing: every object stays readable at the version it
+// was created at with its UID and spec, and the run that is not killed finishes; then nothing is
+// left to plan and the 2.9.4 CRDs apply, ending exactly the target's.
+func TestInterruptedMigrationConverges(t *testing.T) {
+	env := testenv.Start(t)
+	c := env.Client(t)
+	ctx := context.Background()
+	env.InstallFlux(t, testenv.FluxInstall{Version: "v2.2.3", CRDsOnly: true})
+	objs := testenv.CreateOldFluxObjects(t, c, "n-0", "n-1", "n-2", "n-3")
+	before := map[string]kept{}
+	for _, o := range objs {
+		before[kube.Ref(o)] = keptOf(o)
+	}
+	target := crds(t, "v2.9.4")
+	proxy, kubeconfig := faultproxy.Start(t, env)
+	proxied := func() client.Client {
+		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		require.NoError(t, err)
+		pc, err := client.New(cfg, client.Options{})
+		require.NoError(t, err)
+		return pc
+	}
+	run := func() error {
+		pc := proxied() // a fresh REST mapper, as a new process has
+		plan, err := storage.NewPlan(ctx, pc, target)
+		if err != nil {
+			return err
+		}
+		return storage.Migrate(ctx, pc, plan, storage.Options{EstablishTimeout: 5 * time.Second})
+	}
+
+	kills := 0
+	for killAt := 1; ; killAt += 3 {
+		proxy.Reset(killAt)
+		err := run()
+		if err == nil {
+			break
+		}
+		kills++
+		require.Less(t, kills, 100, "never finished: %v", err)
+		t.Logf("killed at call %d: %v", killAt, err)
+		// Nothing is lost: each object reads at the version it was created at, as it was.
+		dc := env.Client(t)
+		for _, o := range objs {
+			live := &unstructured.Unstructured{}
+			live.SetGroupVersionKind(o.GroupVersionKind())
+			require.NoError(t, dc.Get(ctx, client.ObjectKeyFromObject(o), live), "after a kill at %d", killAt)
+			require.Equal(t, before[kube.Ref(o)], keptOf(live), "%s after a kill at %d", kube.Ref(o), killAt)
+		}
+	}
+	t.Logf("killed %d times before a run finished", kills)
+	require.Greater(t, kills, 15)
+
+	proxy.Reset(-1)
+	require.NoError(t, run(), "a run after the finished one")
+	again, err := storage.NewPlan(ctx, env.Client(t), target)
+	require.NoError(t, err)
+	assert.True(t, again.Empty(), "nothing left to plan: %v", again.Describe())
+	env.InstallFlux(t, testenv.FluxInstall{Version: "v2.9.4", CRDsOnly: true})
+	dc := env.Client(t)
+	for _, crd := range target {
+		live := liveCRD(t, dc, crd.GetName())
+		assert.JSONEq(t, jsonOf(t, crd.Object["spec"].(map[string]any)["versions"]), jsonOf(t, live.Object["spec"].(map[string]any)["versions"]), crd.GetName())
+		stored, _, _ := unstructured.NestedStringSlice(live.Object, "status", "storedVersions")
+		want, _ := storageVersionOf(crd)
+		assert.Equal(t, []string{want}, stored, crd.GetName())
+	}
+	for _, o := range objs {
+		gk := o.GroupVersionKind().GroupKind()
+		live, state, err := kube.GetByID(ctx, dc, kube.ID(o))
+		require.NoError(t, err)
+		require.Equal(t, kube.Found, state, "%s", gk)
+		assert.Equal(t, before[kube.Ref(o)], keptOf(live), kube.Ref(o))
+		for _, e := range live.GetManagedFields() {
+			assert.Equal(t, live.GetAPIVersion(), e.APIVersion, "%s: managedFields of %s", kube.Ref(o), e.Manager)
+		}
+	}
+}
+
+func storageVersionOf(crd *unstructured.Unstructured) (string, bool) {
+	for _, v := range crd.Object["spec"].(map[string]any)["versions"].([]any) {
+		if v.(map[string]any)["storage"] == true {
+			return v.(map[string]any)["name"].(string), true
+		}
+	}
+	return "", false
+}
+
+func jsonOf(t *testing.T, v any) string {
+	t.Helper()
+	data, err := json.Marshal(v)
+	require.NoError(t, err)
+	return string(data)
 }
