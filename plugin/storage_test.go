@@ -12,7 +12,10 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/permissions"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
@@ -78,8 +81,39 @@ func TestApplyAcrossRemovedVersions(t *testing.T) {
 		assert.Equal(t, before, snapshot())
 	})
 
+	// The permissions apply asks for, with the migration's or without.
+	newObjects := renderObjects(t, newFile, dist)
+	permsFor := func(t *testing.T, withMigration bool) []permissions.Permission {
+		t.Helper()
+		record, err := apply.NewManager(kube.Instance{Client: c, Name: "flux", Namespace: "flux-system"}).Store().Read(ctx)
+		require.NoError(t, err)
+		var migration *storage.Plan
+		if withMigration {
+			migration, err = storage.NewPlan(ctx, c, newObjects)
+			require.NoError(t, err)
+			require.False(t, migration.Empty())
+		}
+		perms, err := permissions.ForApply(c.RESTMapper(), permissions.ApplyPlan{
+			Name: "flux", Namespace: "flux-system", Objects: newObjects, Previous: record, Prune: true, Storage: migration})
+		require.NoError(t, err)
+		return perms
+	}
+	all := func(permissions.Permission, string) bool { return true }
+
+	t.Run("a user who may apply but not migrate is refused before any change", func(t *testing.T) {
+		before := snapshot()
+		grant(t, c, "dora", permsFor(t, false), all)
+		r := runPlugin(t, "", "apply", "-f", newFile, "--wait=false", "--distribution", dist, "--kubeconfig", env.UserKubeconfig(t, "dora"))
+		assert.Equal(t, 1, r.Code, r.Stderr)
+		assert.Contains(t, r.Stderr, "permissions this apply needs (nothing was changed)")
+		assert.Contains(t, r.Stderr, "  update customresourcedefinitions.apiextensions.k8s.io/status named helmreleases.helm.toolkit.fluxcd.io cluster-wide (migrating the stored helmreleases.helm.toolkit.fluxcd.io to v2 before the CRD is upgraded)")
+		assert.Equal(t, before, snapshot())
+	})
+
 	t.Run("apply migrates and upgrades in one command", func(t *testing.T) {
-		r := plugin("apply", "-f", newFile, "--wait=false")
+		// With exactly the permissions of the plan, the migration's included.
+		grant(t, c, "eve", permsFor(t, true), all)
+		r := runPlugin(t, "", "apply", "-f", newFile, "--wait=false", "--distribution", dist, "--kubeconfig", env.UserKubeconfig(t, "eve"))
 		require.Equal(t, 0, r.Code, r.Stderr)
 		assert.Contains(t, r.Stderr, "migrating 2 helmreleases.helm.toolkit.fluxcd.io to v2: 2/2")
 		c := env.Client(t) // a fresh REST mapper: the versions the first one cached are gone

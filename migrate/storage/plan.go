@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -33,12 +34,16 @@ type Migration struct {
 	// entries still name, when status.storedVersions is already the target alone: such an entry
 	// makes every later write of the object fail once the version is gone.
 	ManagedFieldsAt []string
-	// Objects is how many objects of the kind exist (all namespaces) when planned.
+	// Objects is how many objects of the kind exist (all namespaces) when planned, Uncounted
+	// when listing them was forbidden.
 	Objects int
 
 	// target is the rendered CRD's spec.versions entry of Version.
 	target map[string]any
 }
+
+// Uncounted is Migration.Objects when the objects could not be listed.
+const Uncounted = -1
 
 // GVK returns the kind at the target version.
 func (m Migration) GVK() schema.GroupVersionKind {
@@ -65,8 +70,15 @@ func (p *Plan) Describe() []string {
 		if len(from) == 0 {
 			from = m.ManagedFieldsAt
 		}
-		line := fmt.Sprintf("%s: %s %s from %s to %s (storedVersions [%s] -> [%s])",
-			m.CRD, thousands(m.Objects), plural(m.Objects, "object"), strings.Join(from, ", "), m.Version,
+		if len(from) == 0 {
+			from = []string{"the versions the target removes"} // uncounted: managedFields unread
+		}
+		count := thousands(m.Objects) + " " + plural(m.Objects, "object")
+		if m.Objects == Uncounted {
+			count = "objects (not counted: listing them is forbidden)"
+		}
+		line := fmt.Sprintf("%s: %s from %s to %s (storedVersions [%s] -> [%s])",
+			m.CRD, count, strings.Join(from, ", "), m.Version,
 			strings.Join(m.StoredVersions, ", "), m.Version)
 		if len(m.ManagedFieldsAt) > 0 {
 			line += fmt.Sprintf("; managedFields naming %s moved to %s", strings.Join(m.ManagedFieldsAt, ", "), m.Version)
@@ -173,7 +185,18 @@ func planCRD(ctx context.Context, c client.Client, rendered *unstructured.Unstru
 		}
 		return nil
 	})
-	if err != nil {
+	switch {
+	case apierrors.IsForbidden(err) && storedElsewhere:
+		// A user who may not list them is told so with every other missing permission by the
+		// check that follows the plan: the migration is needed whatever their number.
+		m.Objects = Uncounted
+		return m, nil
+	case apierrors.IsForbidden(err):
+		// Stored at the target already: the API server accepts the CRD, and whether objects'
+		// managedFields name a dropped version cannot be learnt without the list. Not planned,
+		// so that the permissions asked for do not depend on what the user may see.
+		return nil, nil
+	case err != nil:
 		return nil, fmt.Errorf("CustomResourceDefinition/%s: counting its objects for the storage migration: %w", m.CRD, err)
 	}
 	if !storedElsewhere && len(m.ManagedFieldsAt) == 0 {
