@@ -23,9 +23,9 @@ import (
 type Options struct {
 	// Concurrency is how many objects are rewritten at once (default kube.DefaultConcurrency).
 	Concurrency int
-	// Progress, if set, receives a line per CRD now and then (at most one a second or one per
-	// tenth of the objects), e.g. "migrating 5,000 helmreleases.helm.toolkit.fluxcd.io to v2:
-	// 1,250/5,000".
+	// Progress, if set, receives a line per CRD when it starts, at most one a second while its
+	// objects are rewritten, and one when they are done, e.g. "migrating 5,000
+	// helmreleases.helm.toolkit.fluxcd.io to v2: 1,250/5,000".
 	Progress func(string)
 	// FieldManager names the writer (default ownership.PluginFieldManager). The writes change no
 	// field, so it owns nothing afterwards.
@@ -291,19 +291,20 @@ func setStoredVersions(ctx context.Context, c client.Client, m Migration) error 
 	}
 }
 
-// progress reports how many objects of a kind are done, at most once a second or once per tenth.
+// progress reports how many objects of a kind are done: a line when the kind starts, at most one
+// a second while it runs (a tenth of 5,000 objects takes longer than that at the client's rate
+// limit), and one when it ends.
 type progress struct {
 	mu         sync.Mutex
 	m          Migration
 	report     func(string)
 	n          int
 	last       time.Time
-	lastTenth  int
 	reportedAt int
 }
 
 func newProgress(m Migration, report func(string)) *progress {
-	p := &progress{m: m, report: report, last: time.Now(), reportedAt: -1}
+	p := &progress{m: m, report: report}
 	p.line()
 	return p
 }
@@ -312,12 +313,7 @@ func (p *progress) done() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.n++
-	tenth := 0
-	if p.m.Objects > 0 {
-		tenth = p.n * 10 / p.m.Objects
-	}
-	if time.Since(p.last) >= time.Second || tenth > p.lastTenth {
-		p.lastTenth = tenth
+	if time.Since(p.last) >= time.Second {
 		p.line()
 	}
 }

@@ -3,14 +3,18 @@ package storage_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/tools/clientcmd"
@@ -247,4 +251,70 @@ func jsonOf(t *testing.T, v any) string {
 	data, err := json.Marshal(v)
 	require.NoError(t, err)
 	return string(data)
+}
+
+// How long the migration of many objects takes: STORAGE_MIGRATION_OBJECTS HelmReleases created at
+// v2beta1 under Flux 2.2.3, migrated to v2 for 2.9.4 (skipped unless the variable is set).
+func TestMigrationTiming(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("STORAGE_MIGRATION_OBJECTS"))
+	if n <= 0 {
+		t.Skip("set STORAGE_MIGRATION_OBJECTS to the number of HelmReleases to migrate")
+	}
+	env := testenv.Start(t)
+	c := testenv.FastClient(t, env.Config, 400, 800)
+	ctx := context.Background()
+	env.InstallFlux(t, testenv.FluxInstall{Version: "v2.2.3", CRDsOnly: true})
+	env.CreateNamespace(t, "many")
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(20)
+	for i := range n {
+		g.Go(func() error {
+			hr := &unstructured.Unstructured{Object: map[string]any{
+				"apiVersion": "helm.toolkit.fluxcd.io/v2beta1", "kind": "HelmRelease",
+				"metadata": map[string]any{"name": fmt.Sprintf("app-%05d", i), "namespace": "many"},
+				"spec": map[string]any{"interval": "5m", "chart": map[string]any{"spec": map[string]any{
+					"chart": "podinfo", "sourceRef": map[string]any{"kind": "HelmRepository", "name": "charts"}}}},
+			}}
+			return c.Create(gctx, hr)
+		})
+	}
+	require.NoError(t, g.Wait())
+	target := crds(t, "v2.9.4")
+	c = testenv.FastClient(t, env.Config, 100, 200) // the plugin's rate limit (kube.Connect)
+	start := time.Now()
+	plan, err := storage.NewPlan(ctx, c, target)
+	require.NoError(t, err)
+	planned := time.Since(start)
+	var lines []string
+	require.NoError(t, storage.Migrate(ctx, c, plan, storage.Options{Progress: func(s string) { lines = append(lines, s) }}))
+	t.Logf("%d HelmReleases: planned in %s, migrated (12 CRDs) in %s", n, planned.Round(time.Millisecond), (time.Since(start) - planned).Round(time.Millisecond))
+	hrLines := 0
+	for _, l := range lines {
+		if strings.Contains(l, "helmreleases") {
+			hrLines++
+			t.Log(l)
+		}
+	}
+	// A line to start, at most one a second, one to end.
+	assert.LessOrEqual(t, hrLines, int(time.Since(start).Seconds())+2)
+	assert.Equal(t, fmt.Sprintf("migrating %s helmreleases.helm.toolkit.fluxcd.io to v2: %s/%s", thousand(n), thousand(n), thousand(n)), lastWith(lines, "helmreleases"))
+	env.InstallFlux(t, testenv.FluxInstall{Version: "v2.9.4", CRDsOnly: true})
+}
+
+func thousand(n int) string {
+	s := strconv.Itoa(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
+
+func lastWith(lines []string, sub string) string {
+	last := ""
+	for _, l := range lines {
+		if strings.Contains(l, sub) {
+			last = l
+		}
+	}
+	return last
 }
