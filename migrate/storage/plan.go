@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"golang.org/x/sync/errgroup"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -107,15 +108,28 @@ func (m Migration) from() []string {
 // name (objects created at v1beta2 of a kind stored at v1 since): the API server accepts the
 // CRD, but every later write of those objects would fail. Nothing changes.
 func NewPlan(ctx context.Context, c client.Client, objects []*unstructured.Unstructured) (*Plan, error) {
-	plan := &Plan{}
+	var crds []*unstructured.Unstructured
 	for _, rendered := range objects {
-		if !kube.IsCRD(kube.ID(rendered)) {
-			continue
+		if kube.IsCRD(kube.ID(rendered)) {
+			crds = append(crds, rendered)
 		}
-		m, err := planCRD(ctx, c, rendered)
-		if err != nil {
-			return nil, err
-		}
+	}
+	// Every apply plans: the reads are concurrent so that an apply with nothing to migrate pays
+	// about one round trip for it.
+	found := make([]*Migration, len(crds))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(kube.DefaultConcurrency)
+	for i, rendered := range crds {
+		g.Go(func() (err error) {
+			found[i], err = planCRD(gctx, c, rendered)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	plan := &Plan{}
+	for _, m := range found {
 		if m != nil {
 			plan.Migrations = append(plan.Migrations, *m)
 		}
@@ -129,7 +143,12 @@ func planCRD(ctx context.Context, c client.Client, rendered *unstructured.Unstru
 		return nil, fmt.Errorf("%s: planning the storage migration: the rendered CRD has no storage version", kube.Ref(rendered))
 	}
 	live, state, err := kube.Get(ctx, c, crdStub(rendered.GetName()))
-	if err != nil {
+	switch {
+	case apierrors.IsForbidden(err):
+		// Applying the CRD needs the read too: the permission check that follows the plan
+		// refuses with every missing permission listed.
+		return nil, nil
+	case err != nil:
 		return nil, fmt.Errorf("planning the storage migration: %w", err)
 	}
 	if state != kube.Found {
