@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/permissions"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/faultproxy"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
@@ -143,4 +145,70 @@ func TestApplyAcrossRemovedVersions(t *testing.T) {
 		assert.NotContains(t, again.Stderr, "storage migration")
 		assert.False(t, strings.Contains(again.Stderr, "migrating "), again.Stderr)
 	})
+}
+
+// An apply killed in the middle of the migration (its first PUT, the first CRD's update, cut in
+// flight; then, on the re-run, its first PATCH, an object's rewrite) is finished by running it
+// again: the CRDs end exactly the rendered ones, nothing is lost, and one more apply plans nothing.
+func TestInterruptedApplyMigrationConverges(t *testing.T) {
+	dist := testenv.DistributionDir(t)
+	env := testenv.Start(t)
+	c := env.Client(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	r := runPlugin(t, "", "apply", "-f", writeFile(t, dir, "old.yaml", storageInstance("2.2.3", "")), "--wait=false",
+		"--distribution", dist, "--kubeconfig", env.Kubeconfig)
+	require.Equal(t, 0, r.Code, r.Stderr)
+	objs := testenv.CreateOldFluxObjects(t, c, "team-a", "team-b")
+	newFile := writeFile(t, dir, "new.yaml", storageInstance("2.9.4", ""))
+	proxy, proxyConfig := faultproxy.Start(t, env)
+	// A killed run leaves its Lease behind: the next waits until the claim expires.
+	applyThroughProxy := func() result {
+		return runPlugin(t, "", "apply", "-f", newFile, "--wait=false", "--wait-lock=2m", "--distribution", dist, "--kubeconfig", proxyConfig)
+	}
+
+	for _, method := range []string{http.MethodPut, http.MethodPatch} {
+		proxy.KillAtFirst(method)
+		r := applyThroughProxy()
+		require.Equal(t, 1, r.Code, "killed at the first %s: %s", method, r.Stderr)
+		t.Logf("killed at the first %s: %s", method, lastLine(r.Stderr))
+		require.Contains(t, r.Stderr, "storage migration: migrating", "the kill landed in the migration")
+	}
+	proxy.Reset(-1)
+	r = applyThroughProxy()
+	require.Equal(t, 0, r.Code, r.Stderr)
+
+	dc := env.Client(t)
+	for _, crd := range renderObjects(t, newFile, dist) {
+		if crd.GetKind() != "CustomResourceDefinition" {
+			continue
+		}
+		live := &unstructured.Unstructured{}
+		live.SetGroupVersionKind(kube.CRDGVK)
+		require.NoError(t, dc.Get(ctx, client.ObjectKey{Name: crd.GetName()}, live))
+		want, _, _ := unstructured.NestedSlice(crd.Object, "spec", "versions")
+		got, _, _ := unstructured.NestedSlice(live.Object, "spec", "versions")
+		require.Len(t, got, len(want), crd.GetName())
+		for i := range want {
+			assert.Equal(t, want[i].(map[string]any)["name"], got[i].(map[string]any)["name"], crd.GetName())
+		}
+		stored, _, _ := unstructured.NestedStringSlice(live.Object, "status", "storedVersions")
+		assert.Len(t, stored, 1, crd.GetName())
+	}
+	for _, o := range objs {
+		live, state, err := kube.GetByID(ctx, dc, kube.ID(o))
+		require.NoError(t, err)
+		require.Equal(t, kube.Found, state, kube.Ref(o))
+		assert.Equal(t, o.GetUID(), live.GetUID(), kube.Ref(o))
+		assert.Equal(t, o.GetGeneration(), live.GetGeneration(), kube.Ref(o))
+		assert.Equal(t, o.Object["spec"], live.Object["spec"], kube.Ref(o))
+	}
+	again := runPlugin(t, "", "apply", "-f", newFile, "--wait=false", "--distribution", dist, "--kubeconfig", env.Kubeconfig)
+	require.Equal(t, 0, again.Code, again.Stderr)
+	assert.NotContains(t, again.Stderr, "storage migration")
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
 }
