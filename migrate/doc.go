@@ -23,6 +23,8 @@
 //   - permissions: what a command's plan needs (apply, delete, migrate), checked with
 //     SelfSubjectAccessReviews before its first change, every missing permission listed at once.
 //   - preflight: checks of a rendering against the cluster before applying (sync credentials).
+//   - storage: the storage-version migration apply runs before the CRD stage, so that the API
+//     server accepts CRDs that drop versions objects were stored at.
 //
 // Dependencies point one way: plugin → migrate/* → render; inside migrate, kube is at the bottom,
 // ownership, installation, operator, inventory and lock above it, apply and the commands' packages on

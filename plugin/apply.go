@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/operator"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/permissions"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/wait"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 )
@@ -180,11 +182,30 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 		Prune:   o.Prune,
 		Record:  record,
 	}
+	// Stored objects at versions the rendered CRDs drop make the API server refuse those CRDs:
+	// planned before anything else (the permission check needs the plan), refused at once when
+	// the instance forbids migrating.
+	migration, err := storage.NewPlan(ctx, m.Client, r.Objects)
+	if err != nil {
+		return err
+	}
+	if !migration.Empty() && !migrateResources(r.Instance) {
+		return &storage.DisabledError{Plan: migration}
+	}
 	var res *apply.ReconcileResult
 	if o.dryRun.Changes() {
-		res, err = o.reconcile(ctx, m, mg, r.Objects, opts)
+		res, err = o.reconcile(ctx, m, mg, r.Objects, opts, migration)
 	} else {
-		res, err = m.Reconcile(ctx, r.Objects, opts)
+		objects := r.Objects
+		if !migration.Empty() {
+			printMigrationPlan(o.ErrOut, migration, fmt.Sprintf("would migrate (%s dry run)", o.dryRun))
+			// The API server refuses the rendered CRDs even in a dry run until the migration is
+			// done: the preview sends them as the migration leaves them.
+			if objects, err = migration.PreviewObjects(ctx, m.Client, r.Objects); err != nil {
+				return err
+			}
+		}
+		res, err = m.Reconcile(ctx, objects, opts)
 	}
 	if err != nil {
 		return err
@@ -214,10 +235,10 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 // reconcile applies for real: every permission the apply needs is checked before its first
 // write (a refusal halfway would leave the CRDs and cluster RBAC applied and the controllers
 // not), then the checks and the instance Namespace the lock needs, then the apply under the lock.
-func (o *ApplyOptions) reconcile(ctx context.Context, m *apply.Manager, mg *management, objects []*unstructured.Unstructured, opts apply.ReconcileOptions) (*apply.ReconcileResult, error) {
+func (o *ApplyOptions) reconcile(ctx context.Context, m *apply.Manager, mg *management, objects []*unstructured.Unstructured, opts apply.ReconcileOptions, migration *storage.Plan) (*apply.ReconcileResult, error) {
 	perms, err := permissions.ForApply(m.Client.RESTMapper(), permissions.ApplyPlan{
 		Name: m.Name, Namespace: m.Namespace, Objects: objects, Previous: mg.Record,
-		Prune: o.Prune, Wait: o.Wait, FluxInstance: mg.Instance != nil,
+		Prune: o.Prune, Wait: o.Wait, FluxInstance: mg.Instance != nil, Storage: migration,
 	})
 	if err != nil {
 		return nil, err
@@ -230,10 +251,47 @@ func (o *ApplyOptions) reconcile(ctx context.Context, m *apply.Manager, mg *mana
 	}
 	var res *apply.ReconcileResult
 	err = o.withLock(ctx, m.Instance, "apply", o.ErrOut, func(ctx context.Context) (err error) {
+		if err := o.migrateStorage(ctx, m, objects); err != nil {
+			return err
+		}
 		res, err = m.Reconcile(ctx, objects, opts)
 		return err
 	})
 	return res, err
+}
+
+// migrateStorage plans again under the lock (another writer may have migrated meanwhile, or a
+// killed run left part of it done: the plan starts from status.storedVersions) and migrates the
+// stored objects before Reconcile applies the CRDs.
+func (o *ApplyOptions) migrateStorage(ctx context.Context, m *apply.Manager, objects []*unstructured.Unstructured) error {
+	migration, err := storage.NewPlan(ctx, m.Client, objects)
+	if err != nil || migration.Empty() {
+		return err
+	}
+	printMigrationPlan(o.ErrOut, migration, "migrating")
+	start := time.Now()
+	err = storage.Migrate(ctx, m.Client, migration, storage.Options{
+		FieldManager: o.FieldManager,
+		Progress:     func(line string) { fmt.Fprintln(o.ErrOut, line) },
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(o.ErrOut, "storage migration done after %s\n", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// printMigrationPlan lists the storage migration on stderr, one line per CRD.
+func printMigrationPlan(w io.Writer, migration *storage.Plan, verb string) {
+	fmt.Fprintf(w, "storage migration: %s the stored objects of %d CRDs before applying them:\n", verb, len(migration.Migrations))
+	for _, line := range migration.Describe() {
+		fmt.Fprintf(w, "  %s\n", line)
+	}
+}
+
+// migrateResources is the instance's spec.migrateResources, true unless set to false.
+func migrateResources(instance *fluxinstance.FluxInstance) bool {
+	return instance.Spec.MigrateResources == nil || *instance.Spec.MigrateResources
 }
 
 // applyRecord is what the inventory keeps about this apply: the operator's revision form for the

@@ -12,6 +12,7 @@ import (
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/uninstall"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -367,4 +368,26 @@ func TestMissingErrorListsAtMostMaxListed(t *testing.T) {
 
 	msg = (&MissingError{Command: "apply", Missing: missing[:1]}).Error()
 	assert.Equal(t, "you lack 1 permission this apply needs (nothing was changed):\n  get r0 cluster-wide (w)", msg)
+}
+
+// A storage migration adds what storage.Migrate does: update of the CRD and its status (by name),
+// list, patch and update of its objects in every namespace; without one, nothing is added.
+func TestForApplyWithStorageMigration(t *testing.T) {
+	objs := rendering()
+	base, err := ForApply(mapper(), ApplyPlan{Name: "flux", Namespace: "flux-system", Objects: objs, Storage: &storage.Plan{}})
+	require.NoError(t, err)
+	migration := &storage.Plan{Migrations: []storage.Migration{{
+		CRD: "helmreleases.helm.toolkit.fluxcd.io", Group: "helm.toolkit.fluxcd.io", Kind: "HelmRelease", Resource: "helmreleases",
+		Namespaced: true, StoredVersions: []string{"v2beta2"}, Version: "v2", Removed: []string{"v2beta2"},
+	}}}
+	perms, err := ForApply(mapper(), ApplyPlan{Name: "flux", Namespace: "flux-system", Objects: objs, Storage: migration})
+	require.NoError(t, err)
+	got := reviews(perms)
+	assert.Equal(t, reviews(base), got[:len(reviews(base))])
+	assert.Equal(t, []string{
+		"get customresourcedefinitions.apiextensions.k8s.io:helmreleases.helm.toolkit.fluxcd.io",
+		"update customresourcedefinitions.apiextensions.k8s.io:helmreleases.helm.toolkit.fluxcd.io",
+		"update customresourcedefinitions.apiextensions.k8s.io/status:helmreleases.helm.toolkit.fluxcd.io",
+		"list helmreleases.helm.toolkit.fluxcd.io", "patch helmreleases.helm.toolkit.fluxcd.io", "update helmreleases.helm.toolkit.fluxcd.io",
+	}, got[len(reviews(base)):])
 }

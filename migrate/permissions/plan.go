@@ -12,6 +12,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/lock"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/uninstall"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -35,6 +36,8 @@ type ApplyPlan struct {
 	// FluxInstance is true when the instance's FluxInstance object exists: every record written
 	// is then mirrored into its status.inventory.
 	FluxInstance bool
+	// Storage is the storage migration run before the apply, nil or empty when none is needed.
+	Storage *storage.Plan
 }
 
 // ForApply lists what the plan needs, per resource and namespace rather than per object (one
@@ -53,7 +56,9 @@ type ApplyPlan struct {
 //     list its custom resources (a CRD is pruned only when empty) and patch it (labelled
 //     orphaned when not);
 //   - the record ConfigMap, the lock Lease, the instance namespace when the rendering does not
-//     create it, and the FluxInstance's status when it exists.
+//     create it, and the FluxInstance's status when it exists;
+//   - with a storage migration, what storage.Migrate does: update each migrated CRD and its
+//     status, and list, patch and update its custom resources in every namespace.
 //
 // A rendered kind is mapped to its resource by the rendered CRD that defines it (the apply
 // creates it: not served yet) or by mapper; a kind neither defines nor serves is an error, as it
@@ -114,6 +119,7 @@ func ForApply(mapper meta.RESTMapper, plan ApplyPlan) ([]Permission, error) {
 	if plan.FluxInstance {
 		perms = append(perms, fluxInstanceStatus(plan.Name, plan.Namespace))
 	}
+	perms = append(perms, storagePermissions(plan.Storage)...)
 	return perms, nil
 }
 
@@ -261,6 +267,24 @@ func ForDelete(mapper meta.RESTMapper, plan DeletePlan) ([]Permission, error) {
 		perms = append(perms, fluxInstanceStatus(plan.Name, plan.Namespace))
 	}
 	return perms, nil
+}
+
+// storagePermissions is what storage.Migrate needs: the CRD updated to serve the target as
+// storage, its status.storedVersions rewritten, and every object of the kind (any namespace)
+// listed and written back (a JSON patch of its managedFields, or an update).
+func storagePermissions(plan *storage.Plan) []Permission {
+	if plan.Empty() {
+		return nil
+	}
+	var perms []Permission
+	for _, m := range plan.Migrations {
+		why := fmt.Sprintf("migrating the stored %s to %s before the CRD is upgraded", m.CRD, m.Version)
+		perms = append(perms,
+			Permission{Verbs: []string{"get", "update"}, Group: kube.CRDGVK.Group, Resource: "customresourcedefinitions", Name: m.CRD, Why: why},
+			Permission{Verbs: []string{"update"}, Group: kube.CRDGVK.Group, Resource: "customresourcedefinitions", Subresource: "status", Name: m.CRD, Why: why},
+			Permission{Verbs: []string{"list", "patch", "update"}, Group: m.Group, Resource: m.Resource, Why: why})
+	}
+	return perms
 }
 
 var crdResource = schema.GroupResource{Group: kube.CRDGVK.Group, Resource: "customresourcedefinitions"}

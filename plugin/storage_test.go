@@ -1,0 +1,214 @@
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/permissions"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/faultproxy"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
+)
+
+func storageInstance(version, extra string) string {
+	return fmt.Sprintf(`apiVersion: fluxcd.controlplane.io/v1
+kind: FluxInstance
+metadata:
+  name: flux
+  namespace: flux-system
+spec:
+  distribution:
+    version: "%s"
+    registry: ghcr.io/fluxcd
+  components: [source-controller, kustomize-controller, helm-controller, notification-controller, image-reflector-controller]
+%s`, version, extra)
+}
+
+// Upgrading an instance applied at Flux 2.2.3, with users' objects at that release's versions,
+// straight to 2.9.4 (which removes them) works in one apply: the stored objects are migrated
+// before the CRDs are applied (#12). A dry run shows the migration and changes nothing;
+// spec.migrateResources: false refuses it and changes nothing.
+func TestApplyAcrossRemovedVersions(t *testing.T) {
+	dist := testenv.DistributionDir(t)
+	env := testenv.Start(t)
+	c := env.Client(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	plugin := func(args ...string) result {
+		return runPlugin(t, "", append(args, "--kubeconfig", env.Kubeconfig, "--distribution", dist)...)
+	}
+	r := plugin("apply", "-f", writeFile(t, dir, "old.yaml", storageInstance("2.2.3", "")), "--wait=false")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	objs := testenv.CreateOldFluxObjects(t, c, "team-a", "team-b")
+
+	snapshot := func() map[string]string {
+		return testenv.ListResourceVersions(t, c,
+			schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinitionList"},
+			schema.GroupVersionKind{Group: "helm.toolkit.fluxcd.io", Version: "v2beta1", Kind: "HelmReleaseList"},
+			schema.GroupVersionKind{Group: "source.toolkit.fluxcd.io", Version: "v1beta2", Kind: "HelmRepositoryList"},
+			schema.GroupVersionKind{Group: "kustomize.toolkit.fluxcd.io", Version: "v1", Kind: "KustomizationList"},
+			schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "DeploymentList"})
+	}
+	newFile := writeFile(t, dir, "new.yaml", storageInstance("2.9.4", ""))
+
+	t.Run("a dry run shows the migration and changes nothing", func(t *testing.T) {
+		before := snapshot()
+		for _, mode := range []string{"server", "client"} {
+			r := plugin("apply", "-f", newFile, "--dry-run="+mode)
+			require.Equal(t, 0, r.Code, r.Stderr)
+			assert.Contains(t, r.Stderr, "helmreleases.helm.toolkit.fluxcd.io: 2 objects from v2beta2 to v2 (storedVersions [v2beta2] -> [v2])")
+			assert.Contains(t, r.Stderr, "kustomizations.kustomize.toolkit.fluxcd.io: 2 objects from v1beta2 to v1 (storedVersions [v1] -> [v1])")
+		}
+		assert.Equal(t, before, snapshot())
+	})
+
+	t.Run("migrateResources false refuses and changes nothing", func(t *testing.T) {
+		before := snapshot()
+		off := writeFile(t, dir, "off.yaml", storageInstance("2.9.4", "  migrateResources: false\n"))
+		r := plugin("apply", "-f", off, "--wait=false")
+		assert.Equal(t, 1, r.Code, r.Stderr)
+		assert.Contains(t, r.Stderr, "migrateResources")
+		assert.Contains(t, r.Stderr, "helmreleases.helm.toolkit.fluxcd.io stores v2beta2")
+		assert.Equal(t, before, snapshot())
+	})
+
+	// The permissions apply asks for, with the migration's or without.
+	newObjects := renderObjects(t, newFile, dist)
+	permsFor := func(t *testing.T, withMigration bool) []permissions.Permission {
+		t.Helper()
+		record, err := apply.NewManager(kube.Instance{Client: c, Name: "flux", Namespace: "flux-system"}).Store().Read(ctx)
+		require.NoError(t, err)
+		var migration *storage.Plan
+		if withMigration {
+			migration, err = storage.NewPlan(ctx, c, newObjects)
+			require.NoError(t, err)
+			require.False(t, migration.Empty())
+		}
+		perms, err := permissions.ForApply(c.RESTMapper(), permissions.ApplyPlan{
+			Name: "flux", Namespace: "flux-system", Objects: newObjects, Previous: record, Prune: true, Storage: migration})
+		require.NoError(t, err)
+		return perms
+	}
+	all := func(permissions.Permission, string) bool { return true }
+
+	t.Run("a user who may apply but not migrate is refused before any change", func(t *testing.T) {
+		before := snapshot()
+		grant(t, c, "dora", permsFor(t, false), all)
+		r := runPlugin(t, "", "apply", "-f", newFile, "--wait=false", "--distribution", dist, "--kubeconfig", env.UserKubeconfig(t, "dora"))
+		assert.Equal(t, 1, r.Code, r.Stderr)
+		assert.Contains(t, r.Stderr, "permissions this apply needs (nothing was changed)")
+		assert.Contains(t, r.Stderr, "  update customresourcedefinitions.apiextensions.k8s.io/status named helmreleases.helm.toolkit.fluxcd.io cluster-wide (migrating the stored helmreleases.helm.toolkit.fluxcd.io to v2 before the CRD is upgraded)")
+		assert.Equal(t, before, snapshot())
+	})
+
+	t.Run("apply migrates and upgrades in one command", func(t *testing.T) {
+		// With exactly the permissions of the plan, the migration's included.
+		grant(t, c, "eve", permsFor(t, true), all)
+		r := runPlugin(t, "", "apply", "-f", newFile, "--wait=false", "--distribution", dist, "--kubeconfig", env.UserKubeconfig(t, "eve"))
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Contains(t, r.Stderr, "migrating 2 helmreleases.helm.toolkit.fluxcd.io to v2: 2/2")
+		c := env.Client(t) // a fresh REST mapper: the versions the first one cached are gone
+		for _, o := range objs {
+			gk := o.GroupVersionKind().GroupKind()
+			live, _, err := kube.GetByID(ctx, c, kube.ID(o))
+			require.NoError(t, err)
+			require.NotNil(t, live, kube.Ref(o))
+			assert.Equal(t, o.GetUID(), live.GetUID(), kube.Ref(o))
+			assert.Equal(t, o.GetGeneration(), live.GetGeneration(), kube.Ref(o))
+			assert.Equal(t, o.Object["spec"], live.Object["spec"], kube.Ref(o))
+			assert.Equal(t, o.GetLabels(), live.GetLabels(), kube.Ref(o))
+			for _, e := range live.GetManagedFields() {
+				assert.Equal(t, live.GetAPIVersion(), e.APIVersion, "%s %s", gk, e.Manager)
+			}
+		}
+		crd := &unstructured.Unstructured{}
+		crd.SetGroupVersionKind(kube.CRDGVK)
+		require.NoError(t, c.Get(ctx, client.ObjectKey{Name: "helmreleases.helm.toolkit.fluxcd.io"}, crd))
+		stored, _, _ := unstructured.NestedStringSlice(crd.Object, "status", "storedVersions")
+		assert.Equal(t, []string{"v2"}, stored)
+		versions, _, _ := unstructured.NestedSlice(crd.Object, "spec", "versions")
+		assert.Len(t, versions, 1, "the CRD is the target's")
+
+		again := plugin("apply", "-f", newFile, "--wait=false", "--dry-run=server")
+		require.Equal(t, 0, again.Code, again.Stderr)
+		assert.NotContains(t, again.Stderr, "storage migration")
+		assert.False(t, strings.Contains(again.Stderr, "migrating "), again.Stderr)
+	})
+}
+
+// An apply killed in the middle of the migration (its first PUT, the first CRD's update, cut in
+// flight; then, on the re-run, its first PATCH, an object's rewrite) is finished by running it
+// again: the CRDs end exactly the rendered ones, nothing is lost, and one more apply plans nothing.
+func TestInterruptedApplyMigrationConverges(t *testing.T) {
+	dist := testenv.DistributionDir(t)
+	env := testenv.Start(t)
+	c := env.Client(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	r := runPlugin(t, "", "apply", "-f", writeFile(t, dir, "old.yaml", storageInstance("2.2.3", "")), "--wait=false",
+		"--distribution", dist, "--kubeconfig", env.Kubeconfig)
+	require.Equal(t, 0, r.Code, r.Stderr)
+	objs := testenv.CreateOldFluxObjects(t, c, "team-a", "team-b")
+	newFile := writeFile(t, dir, "new.yaml", storageInstance("2.9.4", ""))
+	proxy, proxyConfig := faultproxy.Start(t, env)
+	// A killed run leaves its Lease behind: the next waits until the claim expires.
+	applyThroughProxy := func() result {
+		return runPlugin(t, "", "apply", "-f", newFile, "--wait=false", "--wait-lock=2m", "--distribution", dist, "--kubeconfig", proxyConfig)
+	}
+
+	for _, method := range []string{http.MethodPut, http.MethodPatch} {
+		proxy.KillAtFirst(method)
+		r := applyThroughProxy()
+		require.Equal(t, 1, r.Code, "killed at the first %s: %s", method, r.Stderr)
+		t.Logf("killed at the first %s: %s", method, lastLine(r.Stderr))
+		require.Contains(t, r.Stderr, "storage migration: migrating", "the kill landed in the migration")
+	}
+	proxy.Reset(-1)
+	r = applyThroughProxy()
+	require.Equal(t, 0, r.Code, r.Stderr)
+
+	dc := env.Client(t)
+	for _, crd := range renderObjects(t, newFile, dist) {
+		if crd.GetKind() != "CustomResourceDefinition" {
+			continue
+		}
+		live := &unstructured.Unstructured{}
+		live.SetGroupVersionKind(kube.CRDGVK)
+		require.NoError(t, dc.Get(ctx, client.ObjectKey{Name: crd.GetName()}, live))
+		want, _, _ := unstructured.NestedSlice(crd.Object, "spec", "versions")
+		got, _, _ := unstructured.NestedSlice(live.Object, "spec", "versions")
+		require.Len(t, got, len(want), crd.GetName())
+		for i := range want {
+			assert.Equal(t, want[i].(map[string]any)["name"], got[i].(map[string]any)["name"], crd.GetName())
+		}
+		stored, _, _ := unstructured.NestedStringSlice(live.Object, "status", "storedVersions")
+		assert.Len(t, stored, 1, crd.GetName())
+	}
+	for _, o := range objs {
+		live, state, err := kube.GetByID(ctx, dc, kube.ID(o))
+		require.NoError(t, err)
+		require.Equal(t, kube.Found, state, kube.Ref(o))
+		assert.Equal(t, o.GetUID(), live.GetUID(), kube.Ref(o))
+		assert.Equal(t, o.GetGeneration(), live.GetGeneration(), kube.Ref(o))
+		assert.Equal(t, o.Object["spec"], live.Object["spec"], kube.Ref(o))
+	}
+	again := runPlugin(t, "", "apply", "-f", newFile, "--wait=false", "--distribution", dist, "--kubeconfig", env.Kubeconfig)
+	require.Equal(t, 0, again.Code, again.Stderr)
+	assert.NotContains(t, again.Stderr, "storage migration")
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
