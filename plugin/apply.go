@@ -98,7 +98,7 @@ moves to the operator with 'kubectl fluxinstance handoff'.`,
 	flags.DurationVar(&o.Timeout, "timeout", o.Timeout, "How long to wait with --wait.")
 	o.outputFlag.addFlag(cmd, "one line per object", "json", "yaml")
 	flags.StringVar(&o.Mode, "mode", o.Mode, `How to apply: "auto", "direct" (render and apply the manifests) or "operator" (apply the FluxInstance object for the Flux Operator to reconcile).`)
-	flags.BoolVar(&o.Force, "force", false, "With --mode=direct: apply the manifests even though the Flux Operator manages the instance.")
+	flags.BoolVar(&o.Force, "force", false, "Go on where apply would refuse to protect you: apply the manifests directly even though the Flux Operator manages the instance; upgrade even though objects would lose fields the new API versions drop, or Kustomizations still apply Flux objects at removed versions.")
 	addStrictFlag(cmd, &o.Strict)
 	o.lockFlag.addFlag(cmd)
 	return cmd
@@ -198,6 +198,9 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 	} else {
 		objects := r.Objects
 		if !migration.Empty() {
+			if err := o.checkLosses(ctx, m, migration, r.Objects); err != nil {
+				return err
+			}
 			printMigrationPlan(o.ErrOut, migration, fmt.Sprintf("would migrate (%s dry run)", o.dryRun))
 			// The API server refuses the rendered CRDs even in a dry run until the migration is
 			// done: the preview sends them as the migration leaves them.
@@ -246,6 +249,9 @@ func (o *ApplyOptions) reconcile(ctx context.Context, m *apply.Manager, mg *mana
 	if err := checkPermissions(ctx, m.Client, "apply", perms, o.ErrOut); err != nil {
 		return nil, err
 	}
+	if err := o.checkLosses(ctx, m, migration, objects); err != nil {
+		return nil, err
+	}
 	if opts.NamespaceCreated, err = m.Prepare(ctx, objects, opts); err != nil {
 		return nil, err
 	}
@@ -278,6 +284,23 @@ func (o *ApplyOptions) migrateStorage(ctx context.Context, m *apply.Manager, obj
 		return err
 	}
 	fmt.Fprintf(o.ErrOut, "storage migration done after %s\n", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// checkLosses says, before anything changes, what an upgrade across removed versions would lose
+// (fields the new versions drop, Kustomizations still applying removed versions): a dry run lists
+// it, an apply refuses unless --force.
+func (o *ApplyOptions) checkLosses(ctx context.Context, m *apply.Manager, migration *storage.Plan, objects []*unstructured.Unstructured) error {
+	losses, err := storage.CheckLosses(ctx, m.Client, migration, objects)
+	if err != nil || losses.Empty() {
+		return err
+	}
+	if o.dryRun.Changes() && !o.Force {
+		return &storage.LossesError{Losses: losses}
+	}
+	for _, line := range losses.Lines(20) {
+		fmt.Fprintf(o.ErrOut, "Warning: the upgrade loses: %s\n", line)
+	}
 	return nil
 }
 

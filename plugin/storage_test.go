@@ -112,6 +112,51 @@ func TestApplyAcrossRemovedVersions(t *testing.T) {
 		assert.Equal(t, before, snapshot())
 	})
 
+	t.Run("what the upgrade would lose is said first: a dry run lists it, an apply refuses unless --force", func(t *testing.T) {
+		// A HelmRelease stored at v2beta2 holding a field the v2 schema drops, and a
+		// Kustomization whose inventory says it applies a HelmRelease at a version 2.9.4 no longer
+		// serves. (A Kustomization created at v1beta2 here is stored at v1 already, pruned then.)
+		env.CreateNamespace(t, "team-c")
+		lossy := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "helm.toolkit.fluxcd.io/v2beta2", "kind": "HelmRelease",
+			"metadata": map[string]any{"name": "lossy", "namespace": "team-c"},
+			"spec": map[string]any{"interval": "5m", "chart": map[string]any{"spec": map[string]any{
+				"chart": "podinfo", "valuesFile": "values-prod.yaml",
+				"sourceRef": map[string]any{"kind": "HelmRepository", "name": "charts"}}}},
+		}}
+		require.NoError(t, c.Create(ctx, lossy))
+		stale := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "kustomize.toolkit.fluxcd.io/v1beta2", "kind": "Kustomization",
+			"metadata": map[string]any{"name": "apps", "namespace": "team-c"},
+			"spec": map[string]any{"interval": "10m", "path": "./apps", "prune": true,
+				"sourceRef": map[string]any{"kind": "GitRepository", "name": "app"}},
+		}}
+		require.NoError(t, c.Create(ctx, stale))
+		require.NoError(t, testenv.SetStatus(ctx, c, stale, map[string]any{"inventory": map[string]any{"entries": []any{
+			map[string]any{"id": "team-c_podinfo_helm.toolkit.fluxcd.io_HelmRelease", "v": "v2beta2"},
+		}}}))
+		t.Cleanup(func() {
+			for _, o := range []*unstructured.Unstructured{lossy, stale} {
+				_ = c.Delete(ctx, o)
+			}
+		})
+		droppedLine := "HelmRelease/team-c/lossy: spec.chart.spec.valuesFile would be dropped at helm.toolkit.fluxcd.io/v2"
+		staleLine := "Kustomization team-c/apps applies HelmRelease team-c/podinfo as helm.toolkit.fluxcd.io/v2beta2"
+
+		before := snapshot()
+		r := plugin("apply", "-f", newFile, "--dry-run=server")
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Contains(t, r.Stderr, "Warning: the upgrade loses: "+droppedLine)
+		assert.Contains(t, r.Stderr, "Warning: the upgrade loses: "+staleLine)
+
+		r = plugin("apply", "-f", newFile, "--wait=false")
+		assert.Equal(t, 1, r.Code, r.Stderr)
+		assert.Contains(t, r.Stderr, "error: the upgrade would lose what these lines name (nothing was changed):\n  "+droppedLine)
+		assert.Contains(t, r.Stderr, "  "+staleLine)
+		assert.Contains(t, r.Stderr, "re-run with --force to upgrade anyway")
+		assert.Equal(t, before, snapshot())
+	})
+
 	t.Run("apply migrates and upgrades in one command", func(t *testing.T) {
 		// With exactly the permissions of the plan, the migration's included.
 		grant(t, c, "eve", permsFor(t, true), all)

@@ -16,4 +16,12 @@
 //
 // The normal apply then replaces the CRD with the rendered one. Plan reads only; a run killed
 // anywhere is re-planned from status.storedVersions, which step 3 alone shortens.
+//
+// Before migrating, CheckLosses says what the move would cost users: the fields the API server
+// would drop (DroppedFields) and the Kustomizations that still apply a Flux object at a removed
+// version (StaleSources). Nothing warns about the pruning otherwise, so a field that only the old
+// version knew (e.g. a HelmRelease's spec.chart.spec.valuesFile) would silently disappear when the
+// object is rewritten at the new one. DroppedFields runs the API server's own pruning
+// (k8s.io/apiextensions-apiserver) on a copy, so that the answer is the server's, not a
+// re-implementation of it.
 package storage

@@ -1,14 +1,3 @@
-// Package storage moves Flux objects across the API versions a Flux upgrade removes
-// (docs/architecture.md: called by apply before the CRD stage), and says beforehand what such a
-// move would cost: the fields the API server would drop (DroppedFields) and the Kustomizations
-// that still apply a Flux object at a removed version (StaleSources).
-//
-// Flux CRDs declare `conversion: None`: an object read or written at another version keeps its
-// content, gets the new apiVersion and is pruned by that version's structural schema. Nothing
-// warns about the pruning, so a field that only the old version knew (e.g. a Kustomization's
-// spec.patchesStrategicMerge) silently disappears when the object is rewritten at the new one.
-// DroppedFields runs the API server's own pruning (k8s.io/apiextensions-apiserver) on a copy, so
-// that the answer is the server's, not a re-implementation of it.
 package storage
 
 import (
