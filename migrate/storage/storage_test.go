@@ -255,12 +255,14 @@ func jsonOf(t *testing.T, v any) string {
 	return string(data)
 }
 
-// How long the migration of many objects takes: STORAGE_MIGRATION_OBJECTS HelmReleases created at
-// v2beta1 under Flux 2.2.3, migrated to v2 for 2.9.4 (skipped unless the variable is set).
-func TestMigrationTiming(t *testing.T) {
+// The migration of more objects than one list page holds (500): HelmReleases created at v2beta1
+// under Flux 2.2.3, migrated to v2 for 2.9.4, with the progress lines rate-limited and the last
+// one complete; the 2.9.4 CRDs then apply. STORAGE_MIGRATION_OBJECTS sets how many (600 by
+// default), for timing by hand; speed targets belong to `make bench`.
+func TestMigrationOfManyObjects(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("STORAGE_MIGRATION_OBJECTS"))
 	if n <= 0 {
-		t.Skip("set STORAGE_MIGRATION_OBJECTS to the number of HelmReleases to migrate")
+		n = 600
 	}
 	env := testenv.Start(t)
 	c := testenv.FastClient(t, env.Config, 400, 800)
