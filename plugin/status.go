@@ -24,6 +24,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/lock"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/operator"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
 	"github.com/fluxinstance/kubectl-fluxinstance/render"
@@ -60,6 +61,8 @@ type StatusReport struct {
 	Drift *DriftReport `json:"drift,omitempty"`
 	// LockedBy is the command that holds the instance now (apply, delete, migrate, handoff).
 	LockedBy *lock.Holder `json:"lockedBy,omitempty"`
+	// UpgradeWarnings name the Flux CRDs that store objects at versions a Flux release removes.
+	UpgradeWarnings []string `json:"upgradeWarnings,omitempty"`
 }
 
 // OperatorStatus says whether the Flux Operator runs and what it reports of the FluxInstance.
@@ -175,6 +178,10 @@ func (o *StatusOptions) gather(ctx context.Context, conn *kube.Connection) (*Sta
 	// Why an apply would wait or be refused; a user who may not read the Lease gets the rest.
 	if holder, err := lock.Current(ctx, m.Instance); err == nil {
 		report.LockedBy = holder
+	}
+	// What an upgrade will have to migrate; likewise left out when the CRDs may not be listed.
+	if warnings, err := storage.StoredAtRemovedVersions(ctx, conn.Client); err == nil {
+		report.UpgradeWarnings = warnings
 	}
 	var recorded *fluxinstance.FluxInstance
 	if inv != nil && inv.Source != "" && strings.HasPrefix(inv.Source, "ConfigMap/") {
@@ -364,6 +371,9 @@ func printStatus(out io.Writer, r *StatusReport) error {
 	}
 	fmt.Fprintf(w, "Flux Version:\t%s\n", r.Installation.Version)
 	fmt.Fprintf(w, "Managed By:\t%s\n", r.Installation.ManagedBy)
+	for _, warning := range r.UpgradeWarnings {
+		fmt.Fprintf(w, "Upgrade Warning:\t%s\n", warning)
+	}
 	if h := r.LockedBy; h != nil {
 		fmt.Fprintf(w, "Locked By:\t%s (claim expires %s unless renewed)\n", h, h.Expires().UTC().Format(time.RFC3339))
 	}

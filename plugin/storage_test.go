@@ -52,6 +52,13 @@ func TestApplyAcrossRemovedVersions(t *testing.T) {
 	require.Equal(t, 0, r.Code, r.Stderr)
 	objs := testenv.CreateOldFluxObjects(t, c, "team-a", "team-b")
 
+	t.Run("status warns of stored versions a later Flux removes", func(t *testing.T) {
+		r := runPlugin(t, "", "status", "--kubeconfig", env.Kubeconfig)
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assert.Regexp(t, `Upgrade Warning:\s+helmreleases.helm.toolkit.fluxcd.io stores objects at v2beta2, which Flux 2.8 removes: an apply of 2.8 or later migrates them first\n`, r.Stdout)
+		assert.Regexp(t, `Upgrade Warning:\s+imagerepositories.image.toolkit.fluxcd.io stores objects at v1beta2, which Flux 2.9 removes`, r.Stdout)
+	})
+
 	snapshot := func() map[string]string {
 		return testenv.ListResourceVersions(t, c,
 			schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinitionList"},
@@ -187,6 +194,9 @@ func TestApplyAcrossRemovedVersions(t *testing.T) {
 
 		again := plugin("apply", "-f", newFile, "--wait=false", "--dry-run=server")
 		require.Equal(t, 0, again.Code, again.Stderr)
+		status := runPlugin(t, "", "status", "--kubeconfig", env.Kubeconfig)
+		require.Equal(t, 0, status.Code, status.Stderr)
+		assert.NotContains(t, status.Stdout, "Upgrade Warning", "nothing is stored at a removed version any more")
 		assert.NotContains(t, again.Stderr, "storage migration")
 		assert.False(t, strings.Contains(again.Stderr, "migrating "), again.Stderr)
 	})

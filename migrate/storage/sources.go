@@ -188,7 +188,7 @@ func objectName(id object.ObjMetadata) string {
 
 // RemovedIn returns the Flux minor whose CRDs stopped serving gv, e.g. "Flux 2.8", or "" when
 // gv is not one of the removals known here. It is the one hand-kept table of the package, from
-// /work/shared/docs/flux-facts.md ("API versions removed by Flux upgrades"), and
+// Flux's release notes (2.7, 2.8 and 2.9 removed these versions from their CRDs), and
 // TestRemovedInMatchesDistribution checks it against the CRDs of every Flux release in the
 // distribution data, both ways, so a wrong or missing row fails a test. A switch rather than a
 // package-level map: no package-level mutable state.
@@ -217,4 +217,34 @@ func RemovedIn(gv schema.GroupVersion) string {
 		}
 	}
 	return ""
+}
+
+// StoredAtRemovedVersions names each Flux CRD of the cluster whose status.storedVersions holds a
+// version that a Flux release removes, for `status` to warn before an upgrade needs the migration:
+// "helmreleases.helm.toolkit.fluxcd.io stores objects at v2beta2, which Flux 2.8 removes".
+func StoredAtRemovedVersions(ctx context.Context, c client.Client) ([]string, error) {
+	list := &unstructured.UnstructuredList{}
+	list.SetGroupVersionKind(kube.CRDGVK.GroupVersion().WithKind(kube.CRDGVK.Kind + "List"))
+	var out []string
+	err := kube.ListPages(ctx, c, list, func() error {
+		for i := range list.Items {
+			crd := &list.Items[i]
+			group, _, _ := unstructured.NestedString(crd.Object, "spec", "group")
+			if !isFluxGroup(group) {
+				continue
+			}
+			stored, _, _ := unstructured.NestedStringSlice(crd.Object, "status", "storedVersions")
+			for _, v := range stored {
+				if release := RemovedIn(schema.GroupVersion{Group: group, Version: v}); release != "" {
+					out = append(out, fmt.Sprintf("%s stores objects at %s, which %s removes: an apply of %s or later migrates them first", crd.GetName(), v, release, strings.TrimPrefix(release, "Flux ")))
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing the Flux CRDs: %w", err)
+	}
+	sort.Strings(out)
+	return out, nil
 }
