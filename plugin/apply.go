@@ -196,19 +196,7 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 	if o.dryRun.Changes() {
 		res, err = o.reconcile(ctx, m, mg, r.Objects, opts, migration)
 	} else {
-		objects := r.Objects
-		if !migration.Empty() {
-			if err := o.checkLosses(ctx, m, migration, r.Objects); err != nil {
-				return err
-			}
-			printMigrationPlan(o.ErrOut, migration, fmt.Sprintf("would migrate (%s dry run)", o.dryRun))
-			// The API server refuses the rendered CRDs even in a dry run until the migration is
-			// done: the preview sends them as the migration leaves them.
-			if objects, err = migration.PreviewObjects(ctx, m.Client, r.Objects); err != nil {
-				return err
-			}
-		}
-		res, err = m.Reconcile(ctx, objects, opts)
+		res, err = o.preview(ctx, m, r.Objects, opts, migration)
 	}
 	if err != nil {
 		return err
@@ -233,6 +221,24 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 	}
 	fmt.Fprintf(o.ErrOut, "all %d objects ready after %s\n", len(r.Objects), time.Since(start).Round(time.Second))
 	return nil
+}
+
+// preview is a dry run of reconcile: what the migration would lose and do, then what applying
+// and pruning would do. Nothing changes.
+func (o *ApplyOptions) preview(ctx context.Context, m *apply.Manager, objects []*unstructured.Unstructured, opts apply.ReconcileOptions, migration *storage.Plan) (*apply.ReconcileResult, error) {
+	if !migration.Empty() {
+		if err := o.checkLosses(ctx, m, migration, objects); err != nil {
+			return nil, err
+		}
+		printMigrationPlan(o.ErrOut, migration, fmt.Sprintf("would migrate (%s dry run)", o.dryRun))
+		// The API server refuses the rendered CRDs even in a dry run until the migration is
+		// done: the preview sends them as the migration leaves them.
+		var err error
+		if objects, err = migration.PreviewObjects(ctx, m.Client, objects); err != nil {
+			return nil, err
+		}
+	}
+	return m.Reconcile(ctx, objects, opts)
 }
 
 // reconcile applies for real: every permission the apply needs is checked before its first
