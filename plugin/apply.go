@@ -201,6 +201,11 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	return o.reportAndWait(ctx, m, res, r.Objects)
+}
+
+// reportAndWait prints what the apply did and, with --wait, waits until every object is ready.
+func (o *ApplyOptions) reportAndWait(ctx context.Context, m *apply.Manager, res *apply.ReconcileResult, objects []*unstructured.Unstructured) error {
 	report := newChangeReport(res.ChangeSet, string(o.dryRun), res.Warnings())
 	if err := printChanges(o.Out, o.Output, report); err != nil {
 		return err
@@ -211,15 +216,15 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 	if !o.Wait || o.dryRun != kube.DryRunNone {
 		return nil
 	}
-	fmt.Fprintf(o.ErrOut, "waiting up to %s for %d objects to be ready\n", o.Timeout, len(r.Objects))
+	fmt.Fprintf(o.ErrOut, "waiting up to %s for %d objects to be ready\n", o.Timeout, len(objects))
 	start := time.Now()
-	err = wait.UntilReady(ctx, m.Client, r.Objects, o.Timeout, func(ready, total int, notReady []string) {
+	err := wait.UntilReady(ctx, m.Client, objects, o.Timeout, func(ready, total int, notReady []string) {
 		fmt.Fprintf(o.ErrOut, "%d/%d ready after %s; waiting for %s\n", ready, total, time.Since(start).Round(time.Second), summarize(notReady, 5))
 	})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(o.ErrOut, "all %d objects ready after %s\n", len(r.Objects), time.Since(start).Round(time.Second))
+	fmt.Fprintf(o.ErrOut, "all %d objects ready after %s\n", len(objects), time.Since(start).Round(time.Second))
 	return nil
 }
 

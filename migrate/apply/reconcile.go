@@ -106,6 +106,15 @@ func (m *Manager) Reconcile(ctx context.Context, objects []*unstructured.Unstruc
 	if err != nil {
 		return res, err
 	}
+	next.Fingerprints = fingerprints
+	next.ResourceVersion = pending.ResourceVersion // the Pending write's, or the one read
+	return res, m.pruneAndRecord(ctx, objects, opts, record, prev, next, res)
+}
+
+// pruneAndRecord ends a Reconcile once everything is applied: prune what the previous record has
+// and the rendering dropped (with opts.Prune), then replace the Pending record with the Applied
+// one: next, plus what prune kept (or, without pruning, everything the previous record listed).
+func (m *Manager) pruneAndRecord(ctx context.Context, objects []*unstructured.Unstructured, opts ReconcileOptions, record inventory.RecordInfo, prev, next *inventory.Inventory, res *ReconcileResult) error {
 	if opts.Prune && prev != nil {
 		pr, err := m.Prune(ctx, prev, objects, PruneOptions{DryRun: kube.DryRunNone, FieldManager: opts.FieldManager})
 		if pr != nil {
@@ -113,24 +122,21 @@ func (m *Manager) Reconcile(ctx context.Context, objects []*unstructured.Unstruc
 			res.ChangeSet.Append(pr.ChangeSet.Entries)
 		}
 		if err != nil {
-			return res, err
+			return err
 		}
-		for _, e := range pr.Retained {
-			next.Entries = append(next.Entries, e)
-		}
+		next.Entries = append(next.Entries, pr.Retained...)
 	} else if prev != nil {
 		// Without pruning, what the previous apply created stays in the cluster and so in the
 		// record, for a later apply with pruning.
-		next = inventory.Union(prev, next)
+		union := inventory.Union(prev, next)
+		next.Entries = union.Entries
 	}
 	next.State, next.RecordInfo, next.AppliedAt = inventory.StateApplied, record, time.Now().UTC()
-	next.Fingerprints = fingerprints
-	next.ResourceVersion = pending.ResourceVersion // the Pending write's, or the one read
 	if err := m.store.Write(ctx, next, opts.FieldManager); err != nil {
-		return res, err
+		return err
 	}
 	res.Inventory = next
-	return res, nil
+	return nil
 }
 
 // pendingRecord is the record written before anything is applied: every object the previous

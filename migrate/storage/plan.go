@@ -182,28 +182,7 @@ func planCRD(ctx context.Context, c client.Client, rendered *unstructured.Unstru
 			m.Removed = append(m.Removed, v)
 		}
 	}
-	// Counted at the live CRD's storage version: the target may not be served yet. The metadata
-	// carries managedFields, which tell whether objects already stored at the target still name
-	// a version about to go.
-	listGVK, err := kube.CRDListKind(live)
-	if err != nil {
-		return nil, fmt.Errorf("planning the storage migration: %w", err)
-	}
-	list := &metav1.PartialObjectMetadataList{}
-	list.SetGroupVersionKind(listGVK)
-	err = kube.ListPages(ctx, c, list, func() error {
-		m.Objects += len(list.Items)
-		for _, item := range list.Items {
-			for _, e := range item.ManagedFields {
-				gv, perr := schema.ParseGroupVersion(e.APIVersion)
-				if perr != nil || gv.Group != m.Group || slices.Contains(rendVersions, gv.Version) || slices.Contains(m.ManagedFieldsAt, gv.Version) {
-					continue
-				}
-				m.ManagedFieldsAt = append(m.ManagedFieldsAt, gv.Version)
-			}
-		}
-		return nil
-	})
+	err = m.count(ctx, c, live, rendVersions)
 	switch {
 	case apierrors.IsForbidden(err) && storedElsewhere:
 		// A user who may not list them is told so with every other missing permission by the
@@ -223,6 +202,31 @@ func planCRD(ctx context.Context, c client.Client, rendered *unstructured.Unstru
 	}
 	slices.Sort(m.ManagedFieldsAt)
 	return m, nil
+}
+
+// count counts m's objects at the live CRD's storage version (the target may not be served yet)
+// and notes the versions about to go that their managedFields still name: the metadata carries
+// them, so objects already stored at the target are checked too.
+func (m *Migration) count(ctx context.Context, c client.Client, live *unstructured.Unstructured, rendVersions []string) error {
+	listGVK, err := kube.CRDListKind(live)
+	if err != nil {
+		return fmt.Errorf("planning the storage migration: %w", err)
+	}
+	list := &metav1.PartialObjectMetadataList{}
+	list.SetGroupVersionKind(listGVK)
+	return kube.ListPages(ctx, c, list, func() error {
+		m.Objects += len(list.Items)
+		for _, item := range list.Items {
+			for _, e := range item.ManagedFields {
+				gv, perr := schema.ParseGroupVersion(e.APIVersion)
+				if perr != nil || gv.Group != m.Group || slices.Contains(rendVersions, gv.Version) || slices.Contains(m.ManagedFieldsAt, gv.Version) {
+					continue
+				}
+				m.ManagedFieldsAt = append(m.ManagedFieldsAt, gv.Version)
+			}
+		}
+		return nil
+	})
 }
 
 // storageVersion returns the name and spec.versions entry of a CRD's storage version.
