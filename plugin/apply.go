@@ -268,8 +268,14 @@ func (o *ApplyOptions) reconcile(ctx context.Context, m *apply.Manager, mg *mana
 	}
 	var res *apply.ReconcileResult
 	err = o.withLock(ctx, m.Instance, "apply", o.ErrOut, func(ctx context.Context) (err error) {
-		if err := o.migrateStorage(ctx, m, objects); err != nil {
-			return err
+		// Planned again under the lock only when there was something to migrate: an apply with
+		// nothing to migrate (nearly all) does not pay for a second round of CRD reads. Were a
+		// concurrent older apply to store objects at a version the rendering drops meanwhile, the
+		// API server would refuse the CRD stage before anything is lost, and a re-run migrates.
+		if !migration.Empty() {
+			if err := o.migrateStorage(ctx, m, objects); err != nil {
+				return err
+			}
 		}
 		res, err = m.Reconcile(ctx, objects, opts)
 		return err
