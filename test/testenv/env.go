@@ -73,8 +73,10 @@ func StartDetached(dir string, o Options) (*Env, error) {
 	return start(binDir, dir, o)
 }
 
-func start(binDir, dir string, o Options) (env *Env, err error) {
-	env = &Env{Dir: dir, BinDir: binDir}
+func start(binDir, dir string, o Options) (_ *Env, err error) {
+	// Not the named result: `return nil, err` would nil it before the deferred Stop, which must
+	// end the processes already started.
+	env := &Env{Dir: dir, BinDir: binDir}
 	defer func() {
 		if err != nil {
 			env.Stop()
