@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -93,36 +94,29 @@ func CheckLosses(ctx context.Context, c client.Client, plan *Plan, objects []*un
 // It reads the objects at every version the live CRD serves and the target removes: the API
 // server prunes what it serves by the schema of the version asked for, so only an old version
 // shows the fields that only the old schema knows (with `conversion: None` the stored content is
-// the same whatever the version). Without such a version, at the live storage version.
+// the same whatever the version). Without such a version, at the live storage version. The live
+// CRD's versions are the plan's (NewPlan read it).
 func droppedOf(ctx context.Context, c client.Client, m Migration, target *unstructured.Unstructured) ([]string, error) {
-	live, state, err := kube.Get(ctx, c, crdStub(m.CRD))
-	if err != nil || state != kube.Found {
-		return nil, err
-	}
-	listGVK, err := kube.CRDListKind(live)
-	if err != nil {
-		return nil, fmt.Errorf("CustomResourceDefinition/%s: %w", m.CRD, err)
-	}
 	kept := map[string]bool{}
 	for _, v := range servedVersions(target) {
 		kept[v] = true
 	}
 	var versions []string
-	for _, v := range servedVersions(live) {
+	for _, v := range m.liveServed {
 		if !kept[v] {
 			versions = append(versions, v)
 		}
 	}
 	if len(versions) == 0 {
-		versions = []string{listGVK.Version}
+		versions = []string{m.liveList.Version}
 	}
 	gv := m.Group + "/" + m.Version
 	refs := map[types.UID]string{}
 	paths := map[types.UID]map[string]bool{}
 	for _, v := range versions {
 		list := &unstructured.UnstructuredList{}
-		list.SetGroupVersionKind(listGVK.GroupKind().WithVersion(v).GroupVersion().WithKind(listGVK.Kind))
-		err = kube.ListPages(ctx, c, list, func() error {
+		list.SetGroupVersionKind(schema.GroupVersionKind{Group: m.liveList.Group, Version: v, Kind: m.liveList.Kind})
+		err := kube.ListPages(ctx, c, list, func() error {
 			for i := range list.Items {
 				obj := &list.Items[i]
 				dropped, err := DroppedFields(obj, target, m.Version)

@@ -41,6 +41,10 @@ type Migration struct {
 
 	// target is the rendered CRD's spec.versions entry of Version.
 	target map[string]any
+	// liveServed and liveList are the live CRD's served versions and list kind when planned, so
+	// that CheckLosses reads the objects without reading the CRD again.
+	liveServed []string
+	liveList   schema.GroupVersionKind
 }
 
 // Uncounted is Migration.Objects when the objects could not be listed.
@@ -171,6 +175,7 @@ func planCRD(ctx context.Context, c client.Client, rendered *unstructured.Unstru
 		StoredVersions: stored,
 		Version:        target,
 		target:         targetEntry,
+		liveServed:     servedVersions(live),
 	}
 	gk := kube.CRDNames(rendered)
 	m.Group, m.Kind = gk.Group, gk.Kind
@@ -212,6 +217,7 @@ func (m *Migration) count(ctx context.Context, c client.Client, live *unstructur
 	if err != nil {
 		return fmt.Errorf("planning the storage migration: %w", err)
 	}
+	m.liveList = listGVK
 	list := &metav1.PartialObjectMetadataList{}
 	list.SetGroupVersionKind(listGVK)
 	return kube.ListPages(ctx, c, list, func() error {

@@ -52,17 +52,7 @@ func ServedVersions(rendered []*unstructured.Unstructured) map[schema.GroupKind]
 			continue
 		}
 		gk := kube.CRDNames(obj)
-		versions, _, _ := unstructured.NestedSlice(obj.Object, "spec", "versions")
-		for _, v := range versions {
-			vm, ok := v.(map[string]any)
-			if !ok {
-				continue
-			}
-			name, _ := vm["name"].(string)
-			if on, _ := vm["served"].(bool); on && name != "" {
-				served[gk] = append(served[gk], name)
-			}
-		}
+		served[gk] = append(served[gk], servedVersions(obj)...)
 	}
 	return served
 }
