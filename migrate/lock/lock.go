@@ -164,7 +164,8 @@ func Acquire(ctx context.Context, inst kube.Instance, opts Options) (context.Con
 		stale := seenVersion != "" && time.Since(seenAt) >= opts.Duration
 		lease, err := me.try(ctx, inst, stale)
 		if err == nil {
-			return hold(ctx, inst.Client, lease, opts.Duration)
+			ctx, l := hold(ctx, inst.Client, lease, opts.Duration)
+			return ctx, l, nil
 		}
 		var held *HeldError
 		if !errors.As(err, &held) {
@@ -300,11 +301,11 @@ func holderOf(lease *coordinationv1.Lease) Holder {
 func ref(ns string) string { return "Lease/" + ns + "/" + LeaseName }
 
 // hold starts renewing the claim every third of its duration.
-func hold(ctx context.Context, c client.Client, lease *coordinationv1.Lease, duration time.Duration) (context.Context, *Lock, error) {
+func hold(ctx context.Context, c client.Client, lease *coordinationv1.Lease, duration time.Duration) (context.Context, *Lock) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	l := &Lock{c: c, lease: lease, duration: duration, cancel: cancel, stop: make(chan struct{}), done: make(chan struct{})}
 	go l.renew(ctx)
-	return ctx, l, nil
+	return ctx, l
 }
 
 // renew keeps the claim alive. A failed renewal is retried at the next tick; once the claim has
