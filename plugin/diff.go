@@ -13,7 +13,9 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/diff"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 )
@@ -52,7 +54,11 @@ func NewCmdDiff(configFlags *genericclioptions.ConfigFlags, streams genericioopt
 		Use:   "diff -f FILENAME",
 		Short: "Show what applying a FluxInstance would change in the cluster",
 		Long: `Render a FluxInstance, server-side dry-run every object against the cluster and print a unified
-diff per object (Secret values masked), plus the objects the apply would prune. Nothing changes.
+diff per object (Secret values masked), plus the objects the apply would prune. Where the new
+release removes API versions that objects are still stored at, the storage migration the apply would
+run first is listed on stderr (kinds, object counts, versions from and to, status.storedVersions
+before and after), with the fields it would drop and the Kustomizations still applying removed
+versions. Nothing changes.
 
 Exit status: 0 no differences, 1 differences found, greater than 1 an error, like kubectl diff.
 KUBECTL_EXTERNAL_DIFF names another diff program, called with the live and merged directories.`,
@@ -85,14 +91,17 @@ func (o *DiffOptions) Validate(cmd *cobra.Command) error {
 	return nil
 }
 
-// Run exits 1 when there are differences; every error exits 2, so a script can tell "changes"
-// from "could not tell".
+// Run exits 1 when there are differences (a planned storage migration is one); every error exits
+// 2, so a script can tell "changes" from "could not tell".
 func (o *DiffOptions) Run(ctx context.Context) error {
-	entries, err := o.diff(ctx)
+	entries, migrates, err := o.diff(ctx)
 	if err != nil {
 		return &ExitError{Code: diffExitError, Err: err}
 	}
 	if !diff.HasChanges(entries) {
+		if migrates {
+			return &ExitError{Code: diffExitChanges}
+		}
 		return nil
 	}
 	if external := os.Getenv("KUBECTL_EXTERNAL_DIFF"); external != "" {
@@ -106,26 +115,31 @@ func (o *DiffOptions) Run(ctx context.Context) error {
 	return &ExitError{Code: diffExitChanges}
 }
 
-func (o *DiffOptions) diff(ctx context.Context) ([]diff.Entry, error) {
+// diff returns the per-object differences and whether the apply would migrate stored objects first.
+func (o *DiffOptions) diff(ctx context.Context) ([]diff.Entry, bool, error) {
 	r, err := o.render(ctx, o.In, o.namespace, o.enforceNS, warnTo(o.ErrOut))
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	conn, err := kube.Connect(o.configFlags)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if err := preflightSync(ctx, conn, r.Instance, r.Objects, o.Strict, o.ErrOut); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	m := apply.NewManager(kube.Instance{Client: conn.Client, Name: r.Instance.Name, Namespace: r.Instance.Namespace})
+	objects, migrates, err := o.previewMigration(ctx, m, r)
+	if err != nil {
+		return nil, false, err
+	}
 	inv, err := m.Store().Read(ctx)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	prunable, _, err := m.PruneCandidates(ctx, inv, r.Objects)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	fieldManager := o.FieldManager
 	if !o.fieldManagerSet {
@@ -133,14 +147,39 @@ func (o *DiffOptions) diff(ctx context.Context) ([]diff.Entry, error) {
 		// and the new rendering drops then show as removed, as its next reconcile will remove them.
 		mg, err := detectManagement(ctx, m)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if mg.ByOperator {
 			fieldManager = ownership.OperatorFieldManager
 		}
 	}
-	entries, err := diff.Objects(ctx, m, r.Objects, prunable, diff.Options{FieldManager: fieldManager})
-	return entries, err
+	entries, err := diff.Objects(ctx, m, objects, prunable, diff.Options{FieldManager: fieldManager})
+	return entries, migrates, err
+}
+
+// previewMigration prints, on stderr, the storage migration the apply would run before the CRD
+// stage and what it would lose, and returns the rendering as a dry run can send it (the API
+// server refuses the new CRDs, even in a dry run, while objects are stored at versions they drop).
+// A migration the instance forbids is the apply's refusal, and diff's error.
+func (o *DiffOptions) previewMigration(ctx context.Context, m *apply.Manager, r *rendering) ([]*unstructured.Unstructured, bool, error) {
+	migration, err := storage.NewPlan(ctx, m.Client, r.Objects)
+	if err != nil || migration.Empty() {
+		return r.Objects, false, err
+	}
+	if !migrateResources(r.Instance) {
+		return nil, false, &storage.DisabledError{Plan: migration}
+	}
+	losses, err := storage.CheckLosses(ctx, m.Client, migration, r.Objects)
+	if err != nil {
+		return nil, false, err
+	}
+	for _, line := range losses.Lines(20) {
+		fmt.Fprintf(o.ErrOut, "Warning: the upgrade would lose (apply refuses unless --force): %s\n", line)
+	}
+	printMigrationPlan(o.ErrOut, migration, "apply would migrate")
+	fmt.Fprintln(o.ErrOut, "  (the diffs show these CRDs as the migration leaves them, still serving the stored versions; the apply then drops the versions the new release removes)")
+	objects, err := migration.PreviewObjects(ctx, m.Client, r.Objects)
+	return objects, true, err
 }
 
 // runExternal hands the live and merged directories to KUBECTL_EXTERNAL_DIFF, as kubectl does:

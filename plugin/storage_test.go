@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -78,6 +79,21 @@ func TestApplyAcrossRemovedVersions(t *testing.T) {
 			assert.Contains(t, r.Stderr, "kustomizations.kustomize.toolkit.fluxcd.io: 2 objects from v1beta2 to v1 (storedVersions [v1] -> [v1])")
 		}
 		assert.Equal(t, before, snapshot())
+	})
+
+	t.Run("diff shows the migration, exits 1 and changes nothing", func(t *testing.T) {
+		before := snapshot()
+		r := plugin("diff", "-f", newFile)
+		require.Equal(t, 1, r.Code, r.Stderr)
+		assert.Contains(t, r.Stderr, "storage migration: apply would migrate the stored objects of")
+		assert.Contains(t, r.Stderr, "helmreleases.helm.toolkit.fluxcd.io: 2 objects from v2beta2 to v2 (storedVersions [v2beta2] -> [v2])")
+		assert.True(t, strings.Contains(r.Stdout, "+++ merged/CustomResourceDefinition/helmreleases.helm.toolkit.fluxcd.io"), "the new CRDs are diffed")
+		assert.True(t, regexp.MustCompile(`\n\+\s+image: ghcr.io/fluxcd/helm-controller:v1\.`).MatchString(r.Stdout), "the controllers' new images are diffed")
+		assert.Equal(t, before, snapshot())
+		off := writeFile(t, dir, "off-diff.yaml", storageInstance("2.9.4", "  migrateResources: false\n"))
+		r = plugin("diff", "-f", off)
+		assert.Equal(t, 2, r.Code, "the apply would refuse: diff cannot tell\n"+r.Stderr)
+		assert.Contains(t, r.Stderr, "migrateResources")
 	})
 
 	t.Run("migrateResources false refuses and changes nothing", func(t *testing.T) {
