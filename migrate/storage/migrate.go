@@ -305,7 +305,9 @@ type progress struct {
 
 func newProgress(m Migration, report func(string)) *progress {
 	p := &progress{m: m, report: report}
-	p.line()
+	if m.Objects != 0 { // a kind with no objects says nothing, unless some appear meanwhile
+		p.line()
+	}
 	return p
 }
 

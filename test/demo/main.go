@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/blang/semver/v4"
+	"sigs.k8s.io/yaml"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
@@ -75,9 +77,19 @@ func run(pluginDir, stateDir string, keep bool) error {
 	path := "PATH=" + pluginDir + string(os.PathListSeparator) + os.Getenv("PATH")
 	kubectl := func(args ...string) error {
 		fmt.Printf("\n$ kubectl %s\n", strings.Join(args, " "))
+		// "> FILE" as the last two arguments sends stdout to FILE, as a shell would.
+		stdout := io.Writer(os.Stdout)
+		if n := len(args); n > 2 && args[n-2] == ">" {
+			f, err := os.Create(args[n-1])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			stdout, args = f, args[:n-2]
+		}
 		cmd := exec.CommandContext(ctx, filepath.Join(env.BinDir, "kubectl"), args...)
 		cmd.Env = append(os.Environ(), "KUBECONFIG="+env.Kubeconfig, path)
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		cmd.Stdout, cmd.Stderr = stdout, os.Stderr
 		return cmd.Run()
 	}
 
@@ -94,11 +106,7 @@ func run(pluginDir, stateDir string, keep bool) error {
 		return err
 	}
 
-	step("Applying it (no kubelet runs here, so without waiting for the controllers)")
-	if err := kubectl("fluxinstance", "apply", "-f", "examples/flux-instance.yaml", "--wait=false"); err != nil {
-		return err
-	}
-	if err := kubectl("fluxinstance", "status"); err != nil {
+	if err := demoUpgrade(ctx, stateDir, kubectl); err != nil {
 		return err
 	}
 
@@ -127,6 +135,63 @@ func run(pluginDir, stateDir string, keep bool) error {
 			env.Kubeconfig, pluginDir, stateDir)
 	}
 	return nil
+}
+
+// demoUpgrade installs Flux 2.2.3, has teams create objects at the API versions of that release,
+// then upgrades to the newest 2.x in one apply, across the versions 2.7 to 2.9 removed.
+func demoUpgrade(ctx context.Context, stateDir string, kubectl func(args ...string) error) error {
+	old := filepath.Join(stateDir, "flux-instance-2.2.yaml")
+	if err := writeReplaced("examples/flux-instance.yaml", old, `version: "2.x"`, `version: "2.2.3"`); err != nil {
+		return err
+	}
+	step("Applying it pinned at Flux 2.2.3 (no kubelet runs here, so without waiting for the controllers)")
+	if err := kubectl("fluxinstance", "apply", "-f", old, "--wait=false"); err != nil {
+		return err
+	}
+	step("Teams create their objects at the API versions of Flux 2.2 (v1beta2 sources, v2beta1 HelmReleases, ...)")
+	teams := filepath.Join(stateDir, "team-objects.yaml")
+	if err := writeObjects(teams, "team-a", "team-b"); err != nil {
+		return err
+	}
+	if err := kubectl("apply", "--server-side", "--field-manager=team-ci", "-f", teams); err != nil {
+		return err
+	}
+	if err := kubectl("fluxinstance", "status"); err != nil {
+		return err
+	}
+	step("diff to 2.x (Flux 2.7-2.9 removed those versions): the storage migration apply would run, on stderr")
+	diffOut := filepath.Join(stateDir, "upgrade.diff")
+	if err := kubectl("fluxinstance", "diff", "-f", "examples/flux-instance.yaml", ">", diffOut); exitCode(err) != 1 {
+		return fmt.Errorf("diff should have found differences (exit 1), got %v", err)
+	}
+	if data, err := os.ReadFile(diffOut); err == nil {
+		fmt.Printf("(%d lines of diff in %s: the new CRDs, controllers and RBAC)\n", strings.Count(string(data), "\n"), diffOut)
+	}
+	step("Upgrading to 2.x in one apply: the stored objects are migrated, then the new CRDs and controllers applied")
+	if err := kubectl("fluxinstance", "apply", "-f", "examples/flux-instance.yaml", "--wait=false"); err != nil {
+		return err
+	}
+	if err := kubectl("get", "helmreleases.helm.toolkit.fluxcd.io", "-A"); err != nil {
+		return err
+	}
+	return kubectl("fluxinstance", "status")
+}
+
+// writeObjects writes the users' objects of testenv.OldFluxObjects, for each namespace, as one
+// YAML stream preceded by the namespaces.
+func writeObjects(path string, namespaces ...string) error {
+	var docs []string
+	for _, ns := range namespaces {
+		docs = append(docs, fmt.Sprintf("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n", ns))
+		for _, o := range testenv.OldFluxObjects(ns) {
+			data, err := yaml.Marshal(o.Object)
+			if err != nil {
+				return err
+			}
+			docs = append(docs, string(data))
+		}
+	}
+	return os.WriteFile(path, []byte(strings.Join(docs, "---\n")), 0o600)
 }
 
 // demoMigrate starts a second API server holding what `flux bootstrap` leaves (simulated: no
@@ -171,15 +236,18 @@ func demoMigrate(ctx context.Context, distDir, stateDir, pathEnv string) error {
 	return kubectl("fluxinstance", "status")
 }
 
-func writeWithout(src, dst, line string) error {
+func writeWithout(src, dst, line string) error { return writeReplaced(src, dst, line, "") }
+
+// writeReplaced copies src to dst with the first occurrence of old replaced by new.
+func writeReplaced(src, dst, old, new string) error {
 	data, err := os.ReadFile(src)
 	if err != nil {
 		return err
 	}
-	if !strings.Contains(string(data), line) {
-		return fmt.Errorf("%s has no line %q", src, line)
+	if !strings.Contains(string(data), old) {
+		return fmt.Errorf("%s has no %q", src, old)
 	}
-	return os.WriteFile(dst, []byte(strings.Replace(string(data), line, "", 1)), 0o600)
+	return os.WriteFile(dst, []byte(strings.Replace(string(data), old, new, 1)), 0o600)
 }
 
 func exitCode(err error) int {

@@ -29,7 +29,7 @@ func CreateOldFluxObjects(t testing.TB, c client.Client, namespaces ...string) [
 		if err := c.Create(ctx, nsObj); err != nil && !apierrors.IsAlreadyExists(err) {
 			t.Fatalf("creating namespace %s: %v", ns, err)
 		}
-		for _, o := range oldObjects(ns) {
+		for _, o := range OldFluxObjects(ns) {
 			var err error
 			if i%2 == 0 {
 				err = c.Patch(ctx, o, client.Apply, client.FieldOwner(OldObjectsManager), client.ForceOwnership)
@@ -45,7 +45,9 @@ func CreateOldFluxObjects(t testing.TB, c client.Client, namespaces ...string) [
 	return out
 }
 
-func oldObjects(ns string) []*unstructured.Unstructured {
+// OldFluxObjects are the objects CreateOldFluxObjects creates in one namespace, not yet created
+// (the demo applies them with kubectl).
+func OldFluxObjects(ns string) []*unstructured.Unstructured {
 	obj := func(apiVersion, kind, name string, spec map[string]any) *unstructured.Unstructured {
 		return &unstructured.Unstructured{Object: map[string]any{
 			"apiVersion": apiVersion, "kind": kind,
