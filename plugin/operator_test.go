@@ -45,8 +45,6 @@ func TestModeSelection(t *testing.T) {
 		r := plugin("apply", "-f", file, "--mode=pilot")
 		assert.Equal(t, 2, r.Code)
 		assert.Contains(t, r.Stderr, `--mode must be "auto", "direct" or "operator", got "pilot"`)
-		r = plugin("apply", "-f", file, "--mode=operator", "--force")
-		assert.Equal(t, 2, r.Code)
 	})
 
 	t.Run("auto applies directly without an operator", func(t *testing.T) {
