@@ -23,6 +23,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/permissions"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/wait"
+	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 )
 
@@ -356,7 +357,7 @@ func (o *ApplyOptions) runOperator(ctx context.Context, m *apply.Manager, r *ren
 	var migration *storage.Plan
 	if rendered {
 		var err error
-		if migration, err = planMigration(ctx, m.Client, r); err != nil {
+		if migration, err = o.operatorMigration(ctx, m, r); err != nil {
 			return err
 		}
 	}
@@ -377,6 +378,25 @@ func (o *ApplyOptions) runOperator(ctx context.Context, m *apply.Manager, r *ren
 		return err
 	}
 	return o.reportAndWaitOperator(ctx, m, r, action, token)
+}
+
+// operatorMigration plans the storage migration for operator mode. The operator resolves the
+// version from its own distribution: when the instance's version admits another minor release
+// than the plugin rendered, migrating to the storage versions the plugin rendered could make
+// the API server refuse the CRDs the operator applies (a storage version they lack), so the plan
+// is only said.
+func (o *ApplyOptions) operatorMigration(ctx context.Context, m *apply.Manager, r *rendering) (*storage.Plan, error) {
+	migration, err := storage.NewPlan(ctx, m.Client, r.Objects)
+	if err != nil || migration.Empty() {
+		return nil, err
+	}
+	if constraint := r.Instance.Spec.Distribution.Version; !distribution.PinsMinor(constraint, r.Version) {
+		fmt.Fprintf(o.ErrOut, "Note: Flux %s would need a storage migration of %d CRDs first, but spec.distribution.version %q admits other minor releases, "+
+			"which the Flux Operator may resolve from its own distribution: nothing is migrated. Pin the minor (e.g. %s) to have apply migrate first.\n",
+			r.Version, len(migration.Migrations), constraint, minorWildcard(r.Version))
+		return nil, nil
+	}
+	return migration, allowMigration(migration, r.Instance)
 }
 
 // migrateThenApplyInstance checks every permission and what the upgrade loses before the first
@@ -402,6 +422,15 @@ func (o *ApplyOptions) migrateThenApplyInstance(ctx context.Context, m *apply.Ma
 		return err
 	})
 	return action, token, err
+}
+
+// minorWildcard is "2.9.x" for "v2.9.4".
+func minorWildcard(version string) string {
+	parts := strings.SplitN(strings.TrimPrefix(version, "v"), ".", 3)
+	if len(parts) < 2 {
+		return version
+	}
+	return parts[0] + "." + parts[1] + ".x"
 }
 
 func (o *ApplyOptions) applyInstance(ctx context.Context, m *apply.Manager, r *rendering) (string, error) {

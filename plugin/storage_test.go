@@ -300,6 +300,14 @@ func TestOperatorApplyMigratesFirst(t *testing.T) {
 	newFile := writeFile(t, dir, "new.yaml", storageInstance("2.9.4", ""))
 	before := snapshot()
 
+	// A version the operator may resolve to another minor than the plugin's distribution does:
+	// the plan is said, not carried out.
+	r = plugin("apply", "-f", writeFile(t, dir, "range.yaml", storageInstance("2.x", "")), "--mode=operator", "--dry-run=server")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, `Note: Flux v2.9.4 would need a storage migration of `)
+	assert.Contains(t, r.Stderr, `spec.distribution.version "2.x" admits other minor releases`)
+	assert.NotContains(t, r.Stderr, "storage migration: would migrate")
+
 	off := writeFile(t, dir, "off.yaml", storageInstance("2.9.4", "  migrateResources: false\n"))
 	r = plugin("apply", "-f", off, "--mode=operator", "--wait=false")
 	assert.Equal(t, 1, r.Code, r.Stderr)

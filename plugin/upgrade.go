@@ -30,10 +30,15 @@ func planMigration(ctx context.Context, c client.Client, r *rendering) (*storage
 	if err != nil {
 		return nil, err
 	}
-	if !migration.Empty() && !migrateResources(r.Instance) {
-		return nil, &storage.DisabledError{Plan: migration}
+	return migration, allowMigration(migration, r.Instance)
+}
+
+// allowMigration refuses a migration the instance forbids.
+func allowMigration(migration *storage.Plan, instance *fluxinstance.FluxInstance) error {
+	if !migration.Empty() && !migrateResources(instance) {
+		return &storage.DisabledError{Plan: migration}
 	}
-	return migration, nil
+	return nil
 }
 
 // previewMigration is the dry run of the migration: what it would lose, as warnings, and what it
