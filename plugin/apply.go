@@ -79,7 +79,9 @@ everything is ready. Users' own Flux objects are never touched.
 
 Where the Flux Operator runs (its FluxInstance CRD is installed and an operator Deployment or a
 FluxReport updated in the last 15 minutes is found), --mode=operator applies the FluxInstance object
-itself and waits until the operator reports it Ready; no manifest is applied directly. --mode=direct
+itself and waits until the operator reports it Ready; no manifest is applied directly, but objects
+stored at API versions the new Flux version removes are migrated first, as in direct mode, when
+the version pins the minor release (2.9.4, 2.9.x). --mode=direct
 applies the manifests, and refuses when the operator manages the instance (the two would undo each
 other's changes) unless --force. --mode=auto (the default) picks operator when the operator manages
 the instance or runs and nothing was applied directly, direct otherwise. An instance applied directly
