@@ -146,3 +146,16 @@ func TestModeSelection(t *testing.T) {
 		assert.Regexp(t, `FluxInstance: +flux-system/flux, reconciled by the operator: Ready=Unknown`, r.Stdout)
 	})
 }
+
+// A hand-off warns when the operator may resolve the recorded version to another minor release
+// than the one installed, and only then.
+func TestHandoffWarnsOfMinorDrift(t *testing.T) {
+	for constraint, warns := range map[string]bool{"2.7.5": false, "2.7.x": false, "2.x": true, ">=2.6.0": true, "*": true} {
+		w := minorDrift(constraint, "v2.7.5")
+		assert.Equal(t, warns, w != "", constraint)
+		if warns {
+			assert.Contains(t, w, `spec.distribution.version "`+constraint+`" admits other minor releases than the installed v2.7.5`)
+			assert.Contains(t, w, "spec.distribution.version 2.7.x first")
+		}
+	}
+}
