@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/permissions"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/wait"
+	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 )
 
@@ -79,7 +79,9 @@ everything is ready. Users' own Flux objects are never touched.
 
 Where the Flux Operator runs (its FluxInstance CRD is installed and an operator Deployment or a
 FluxReport updated in the last 15 minutes is found), --mode=operator applies the FluxInstance object
-itself and waits until the operator reports it Ready; no manifest is applied directly. --mode=direct
+itself and waits until the operator reports it Ready; no manifest is applied directly, but objects
+stored at API versions the new Flux version removes are migrated first, as in direct mode, when
+the version pins the minor release (2.9.4, 2.9.x). --mode=direct
 applies the manifests, and refuses when the operator manages the instance (the two would undo each
 other's changes) unless --force. --mode=auto (the default) picks operator when the operator manages
 the instance or runs and nothing was applied directly, direct otherwise. An instance applied directly
@@ -98,7 +100,7 @@ moves to the operator with 'kubectl fluxinstance handoff'.`,
 	flags.DurationVar(&o.Timeout, "timeout", o.Timeout, "How long to wait with --wait.")
 	o.outputFlag.addFlag(cmd, "one line per object", "json", "yaml")
 	flags.StringVar(&o.Mode, "mode", o.Mode, `How to apply: "auto", "direct" (render and apply the manifests) or "operator" (apply the FluxInstance object for the Flux Operator to reconcile).`)
-	flags.BoolVar(&o.Force, "force", false, "Go on where apply would refuse to protect you: apply the manifests directly even though the Flux Operator manages the instance; upgrade even though objects would lose fields the new API versions drop, or Kustomizations still apply Flux objects at removed versions.")
+	flags.BoolVar(&o.Force, "force", false, "Go on where apply would refuse to protect you: in either mode, upgrade even though objects would lose fields the new API versions drop, or Kustomizations still apply Flux objects at removed versions; with --mode=direct, apply the manifests even though the Flux Operator manages the instance.")
 	addStrictFlag(cmd, &o.Strict)
 	o.lockFlag.addFlag(cmd)
 	return cmd
@@ -136,9 +138,6 @@ func (o *ApplyOptions) Validate(cmd *cobra.Command) error {
 	default:
 		return usageError(cmd, `--mode must be "auto", "direct" or "operator", got %q`, o.Mode)
 	}
-	if o.Force && o.Mode == modeOperator {
-		return usageError(cmd, "--force applies the manifests directly; it cannot be combined with --mode=operator")
-	}
 	return nil
 }
 
@@ -166,12 +165,12 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 		if mode != modeOperator {
 			return unresolved
 		}
-		fmt.Fprintf(o.ErrOut, "Note: %v; the Flux Operator resolves it from its own distribution (the sync preflight needs a rendering and was skipped)\n", unresolved)
+		fmt.Fprintf(o.ErrOut, "Note: %v; the Flux Operator resolves it from its own distribution (the sync preflight and the storage migration need a rendering and were skipped)\n", unresolved)
 	} else if err := preflightSync(ctx, conn, r.Instance, r.Objects, o.Strict, o.ErrOut); err != nil {
 		return err
 	}
 	if mode == modeOperator {
-		return o.runOperator(ctx, m, r)
+		return o.runOperator(ctx, m, r, unresolved == nil)
 	}
 	record, err := applyRecord(r, o.version)
 	if err != nil {
@@ -182,15 +181,9 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 		Prune:   o.Prune,
 		Record:  record,
 	}
-	// Stored objects at versions the rendered CRDs drop make the API server refuse those CRDs:
-	// planned before anything else (the permission check needs the plan), refused at once when
-	// the instance forbids migrating.
-	migration, err := storage.NewPlan(ctx, m.Client, r.Objects)
+	migration, err := planMigration(ctx, m.Client, r)
 	if err != nil {
 		return err
-	}
-	if !migration.Empty() && !migrateResources(r.Instance) {
-		return &storage.DisabledError{Plan: migration}
 	}
 	var res *apply.ReconcileResult
 	if o.dryRun.Changes() {
@@ -231,11 +224,10 @@ func (o *ApplyOptions) reportAndWait(ctx context.Context, m *apply.Manager, res 
 // preview is a dry run of reconcile: what the migration would lose and do, then what applying
 // and pruning would do. Nothing changes.
 func (o *ApplyOptions) preview(ctx context.Context, m *apply.Manager, objects []*unstructured.Unstructured, opts apply.ReconcileOptions, migration *storage.Plan) (*apply.ReconcileResult, error) {
+	if err := o.previewMigration(ctx, m, migration, objects); err != nil {
+		return nil, err
+	}
 	if !migration.Empty() {
-		if err := o.checkLosses(ctx, m, migration, objects); err != nil {
-			return nil, err
-		}
-		printMigrationPlan(o.ErrOut, migration, fmt.Sprintf("would migrate (%s dry run)", o.dryRun))
 		// The API server refuses the rendered CRDs even in a dry run until the migration is
 		// done: the preview sends them as the migration leaves them.
 		var err error
@@ -257,10 +249,7 @@ func (o *ApplyOptions) reconcile(ctx context.Context, m *apply.Manager, mg *mana
 	if err != nil {
 		return nil, err
 	}
-	if err := checkPermissions(ctx, m.Client, "apply", perms, o.ErrOut); err != nil {
-		return nil, err
-	}
-	if err := o.checkLosses(ctx, m, migration, objects); err != nil {
+	if err := o.checkBeforeChange(ctx, m, perms, migration, objects); err != nil {
 		return nil, err
 	}
 	if opts.NamespaceCreated, err = m.Prepare(ctx, objects, opts); err != nil {
@@ -281,57 +270,6 @@ func (o *ApplyOptions) reconcile(ctx context.Context, m *apply.Manager, mg *mana
 		return err
 	})
 	return res, err
-}
-
-// migrateStorage plans again under the lock (another writer may have migrated meanwhile, or a
-// killed run left part of it done: the plan starts from status.storedVersions) and migrates the
-// stored objects before Reconcile applies the CRDs.
-func (o *ApplyOptions) migrateStorage(ctx context.Context, m *apply.Manager, objects []*unstructured.Unstructured) error {
-	migration, err := storage.NewPlan(ctx, m.Client, objects)
-	if err != nil || migration.Empty() {
-		return err
-	}
-	printMigrationPlan(o.ErrOut, migration, "migrating")
-	start := time.Now()
-	err = storage.Migrate(ctx, m.Client, migration, storage.Options{
-		FieldManager: o.FieldManager,
-		Progress:     func(line string) { fmt.Fprintln(o.ErrOut, line) },
-	})
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(o.ErrOut, "storage migration done after %s\n", time.Since(start).Round(time.Millisecond))
-	return nil
-}
-
-// checkLosses says, before anything changes, what an upgrade across removed versions would lose
-// (fields the new versions drop, Kustomizations still applying removed versions): a dry run lists
-// it, an apply refuses unless --force.
-func (o *ApplyOptions) checkLosses(ctx context.Context, m *apply.Manager, migration *storage.Plan, objects []*unstructured.Unstructured) error {
-	losses, err := storage.CheckLosses(ctx, m.Client, migration, objects)
-	if err != nil || losses.Empty() {
-		return err
-	}
-	if o.dryRun.Changes() && !o.Force {
-		return &storage.LossesError{Losses: losses}
-	}
-	for _, line := range losses.Lines(20) {
-		fmt.Fprintf(o.ErrOut, "Warning: the upgrade loses: %s\n", line)
-	}
-	return nil
-}
-
-// printMigrationPlan lists the storage migration on stderr, one line per CRD.
-func printMigrationPlan(w io.Writer, migration *storage.Plan, verb string) {
-	fmt.Fprintf(w, "storage migration: %s the stored objects of %d CRDs before applying them:\n", verb, len(migration.Migrations))
-	for _, line := range migration.Describe() {
-		fmt.Fprintf(w, "  %s\n", line)
-	}
-}
-
-// migrateResources is the instance's spec.migrateResources, true unless set to false.
-func migrateResources(instance *fluxinstance.FluxInstance) bool {
-	return instance.Spec.MigrateResources == nil || *instance.Spec.MigrateResources
 }
 
 // applyRecord is what the inventory keeps about this apply: the operator's revision form for the
@@ -413,12 +351,97 @@ func summarize(items []string, n int) string {
 }
 
 // runOperator applies the FluxInstance object and waits for the Flux Operator to reconcile it.
-// The rendering is not applied; it validated the instance and fed the preflight checks.
-func (o *ApplyOptions) runOperator(ctx context.Context, m *apply.Manager, r *rendering) error {
-	action, err := operator.ApplyFluxInstance(ctx, m.Instance, r.Object, o.FieldManager, o.dryRun, "")
+// The rendering is not applied; it validated the instance, fed the preflight checks and, when
+// rendered is true (the plugin's distribution has the version), plans the storage migration the
+// upgrade needs: the operator applies the new CRDs before it migrates anything, so the API
+// server would refuse them. The migration runs first, with the user's permissions.
+func (o *ApplyOptions) runOperator(ctx context.Context, m *apply.Manager, r *rendering, rendered bool) error {
+	var migration *storage.Plan
+	if rendered {
+		var err error
+		if migration, err = o.operatorMigration(ctx, m, r); err != nil {
+			return err
+		}
+	}
+	var action, token string
+	var err error
+	switch {
+	case o.dryRun != kube.DryRunNone:
+		if err = o.previewMigration(ctx, m, migration, r.Objects); err == nil {
+			action, err = o.applyInstance(ctx, m, r)
+		}
+	case migration.Empty():
+		// One write, refused whole or done whole: no lock, no permission check beforehand.
+		action, err = o.applyInstance(ctx, m, r)
+	default:
+		action, token, err = o.migrateThenApplyInstance(ctx, m, r, migration)
+	}
 	if err != nil {
 		return err
 	}
+	return o.reportAndWaitOperator(ctx, m, r, action, token)
+}
+
+// operatorMigration plans the storage migration for operator mode. The operator resolves the
+// version from its own distribution: when the instance's version admits another minor release
+// than the plugin rendered, migrating to the storage versions the plugin rendered could make
+// the API server refuse the CRDs the operator applies (a storage version they lack), so the plan
+// is only said.
+func (o *ApplyOptions) operatorMigration(ctx context.Context, m *apply.Manager, r *rendering) (*storage.Plan, error) {
+	migration, err := storage.NewPlan(ctx, m.Client, r.Objects)
+	if err != nil || migration.Empty() {
+		return nil, err
+	}
+	if constraint := r.Instance.Spec.Distribution.Version; !distribution.PinsMinor(constraint, r.Version) {
+		fmt.Fprintf(o.ErrOut, "Note: Flux %s would need a storage migration of %d CRDs first, but spec.distribution.version %q admits other minor releases, "+
+			"which the Flux Operator may resolve from its own distribution: nothing is migrated. Pin the minor (e.g. %s) to have apply migrate first.\n",
+			r.Version, len(migration.Migrations), constraint, minorWildcard(r.Version))
+		return nil, nil
+	}
+	return migration, allowMigration(migration, r.Instance)
+}
+
+// migrateThenApplyInstance checks every permission and what the upgrade loses before the first
+// change, then migrates and applies the FluxInstance under the instance's lock (so that no other
+// apply, migrate or handoff of the plugin writes meanwhile). The wait for the operator is left
+// to the caller, after the lock is released, with the token of the reconcile requested after the
+// apply: the operator may already have failed on this very spec (applied with kubectl, say) and
+// be waiting out its retry; it reconciles now, and the wait is for that reconcile, not for the
+// failure before the migration.
+func (o *ApplyOptions) migrateThenApplyInstance(ctx context.Context, m *apply.Manager, r *rendering, migration *storage.Plan) (action, token string, err error) {
+	perms := permissions.ForOperatorApply(permissions.OperatorApplyPlan{Name: m.Name, Namespace: m.Namespace, Storage: migration})
+	if err := o.checkBeforeChange(ctx, m, perms, migration, r.Objects); err != nil {
+		return "", "", err
+	}
+	err = o.withLock(ctx, m.Instance, "apply", o.ErrOut, func(ctx context.Context) (err error) {
+		if err := o.migrateStorage(ctx, m, r.Objects); err != nil {
+			return err
+		}
+		if action, err = o.applyInstance(ctx, m, r); err != nil {
+			return err
+		}
+		token, err = operator.RequestReconcile(ctx, m.Instance, o.FieldManager, time.Now())
+		return err
+	})
+	return action, token, err
+}
+
+// minorWildcard is "2.9.x" for "v2.9.4".
+func minorWildcard(version string) string {
+	parts := strings.SplitN(strings.TrimPrefix(version, "v"), ".", 3)
+	if len(parts) < 2 {
+		return version
+	}
+	return parts[0] + "." + parts[1] + ".x"
+}
+
+func (o *ApplyOptions) applyInstance(ctx context.Context, m *apply.Manager, r *rendering) (string, error) {
+	return operator.ApplyFluxInstance(ctx, m.Instance, r.Object, o.FieldManager, o.dryRun, "")
+}
+
+// reportAndWaitOperator prints the FluxInstance's change and, with --wait, waits until the
+// operator reports it Ready (for the reconcile request token, when set).
+func (o *ApplyOptions) reportAndWaitOperator(ctx context.Context, m *apply.Manager, r *rendering, action, token string) error {
 	gvk := r.Object.GroupVersionKind()
 	report := ChangeReport{DryRun: string(o.dryRun), Changes: []Change{{
 		Kind: gvk.Kind, Group: gvk.Group, APIVersion: gvk.GroupVersion().String(),
@@ -436,7 +459,7 @@ func (o *ApplyOptions) runOperator(ctx context.Context, m *apply.Manager, r *ren
 	ref := fmt.Sprintf("FluxInstance %s/%s", m.Namespace, m.Name)
 	fmt.Fprintf(o.ErrOut, "waiting up to %s for the Flux Operator to reconcile %s\n", o.Timeout, ref)
 	start := time.Now()
-	state, err := operator.WaitForOperator(ctx, m.Instance, "", o.Timeout, func(s *operator.State) {
+	state, err := operator.WaitForOperator(ctx, m.Instance, token, o.Timeout, func(s *operator.State) {
 		fmt.Fprintf(o.ErrOut, "%s after %s: %s\n", ref, time.Since(start).Round(time.Second), s.Summary())
 	})
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/lock"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/operator"
+	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 )
 
@@ -157,6 +158,10 @@ func (o *HandoffOptions) handoff(ctx context.Context, inst kube.Instance) error 
 	if o.Output == "" {
 		o.printPlan(report)
 	}
+	constraint, _, _ := unstructured.NestedString(plan.Instance.Object, "spec", "distribution", "version")
+	if w := minorDrift(constraint, plan.Inventory.FluxVersion); w != "" {
+		fmt.Fprintf(o.ErrOut, "Warning: %s\n", w)
+	}
 	if !o.dryRun.Changes() {
 		return o.print(report)
 	}
@@ -195,6 +200,23 @@ func (o *HandoffOptions) renderRecord(ctx context.Context, inv *inventory.Invent
 		return nil, nil, err
 	}
 	return obj, r.Objects, nil
+}
+
+// minorDrift warns when the recorded spec.distribution.version admits other minor releases than
+// the installed one. The hand-off needs no storage migration otherwise: the installed CRDs are the
+// recorded version's, so every version objects are stored at is one they serve, and Flux adds and
+// removes API versions only in minor releases. With such a version the operator, which resolves it
+// from its own distribution, may upgrade while it takes over; the plugin cannot know to which
+// release, so it migrates nothing (migrating to the wrong storage versions could make the API
+// server refuse the operator's CRDs) and says so.
+func minorDrift(constraint, installed string) string {
+	if constraint == "" || installed == "" || distribution.PinsMinor(constraint, installed) {
+		return ""
+	}
+	return fmt.Sprintf("the recorded spec.distribution.version %q admits other minor releases than the installed %s: the Flux Operator resolves it from "+
+		"its own distribution and may upgrade Flux while it takes over (restarting the controllers; and failing if objects are stored at API versions "+
+		"the newer release removes, which a hand-off does not migrate). To hand off without an upgrade, apply the instance with spec.distribution.version %s first",
+		constraint, installed, minorWildcard(installed))
 }
 
 func (o *HandoffOptions) printPlan(r *HandoffReport) {

@@ -45,8 +45,6 @@ func TestModeSelection(t *testing.T) {
 		r := plugin("apply", "-f", file, "--mode=pilot")
 		assert.Equal(t, 2, r.Code)
 		assert.Contains(t, r.Stderr, `--mode must be "auto", "direct" or "operator", got "pilot"`)
-		r = plugin("apply", "-f", file, "--mode=operator", "--force")
-		assert.Equal(t, 2, r.Code)
 	})
 
 	t.Run("auto applies directly without an operator", func(t *testing.T) {
@@ -147,4 +145,17 @@ func TestModeSelection(t *testing.T) {
 		assert.Regexp(t, `Flux Operator: +running \(Deployment operator-system/flux-operator\)\n`, r.Stdout)
 		assert.Regexp(t, `FluxInstance: +flux-system/flux, reconciled by the operator: Ready=Unknown`, r.Stdout)
 	})
+}
+
+// A hand-off warns when the operator may resolve the recorded version to another minor release
+// than the one installed, and only then.
+func TestHandoffWarnsOfMinorDrift(t *testing.T) {
+	for constraint, warns := range map[string]bool{"2.7.5": false, "2.7.x": false, "2.x": true, ">=2.6.0": true, "*": true} {
+		w := minorDrift(constraint, "v2.7.5")
+		assert.Equal(t, warns, w != "", constraint)
+		if warns {
+			assert.Contains(t, w, `spec.distribution.version "`+constraint+`" admits other minor releases than the installed v2.7.5`)
+			assert.Contains(t, w, "spec.distribution.version 2.7.x first")
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -282,4 +283,101 @@ func TestInterruptedApplyMigrationConverges(t *testing.T) {
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
+}
+
+// Operator mode migrates as direct mode does before it applies the FluxInstance, with the same
+// refusals, here with the operator's traces only (its CRD and a FluxInstance carrying its
+// finalizer): the real operator's reconcile after the migration is proven in test/e2e/operator.
+func TestOperatorApplyMigratesFirst(t *testing.T) {
+	dist := testenv.DistributionDir(t)
+	env := testenv.Start(t)
+	c := env.Client(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	plugin := func(args ...string) result {
+		return runPlugin(t, "", append(args, "--kubeconfig", env.Kubeconfig, "--distribution", dist)...)
+	}
+	r := plugin("apply", "-f", writeFile(t, dir, "old.yaml", storageInstance("2.2.3", "")), "--wait=false")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	testenv.CreateOldFluxObjects(t, c, "team-a")
+	crd, err := testenv.DecodeYAML([]byte(testenv.FluxInstanceStandInCRD))
+	require.NoError(t, err)
+	require.NoError(t, c.Create(ctx, crd[0]))
+	fi, err := testenv.DecodeYAML([]byte(storageInstance("2.2.3", "")))
+	require.NoError(t, err)
+	fi[0].SetFinalizers([]string{"fluxcd.controlplane.io/finalizer"})
+	require.Eventually(t, func() bool { return env.Client(t).Create(ctx, fi[0].DeepCopy()) == nil }, 20*time.Second, 200*time.Millisecond)
+	snapshot := func() map[string]string {
+		return testenv.ListResourceVersions(t, c,
+			schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinitionList"},
+			schema.GroupVersionKind{Group: "helm.toolkit.fluxcd.io", Version: "v2beta1", Kind: "HelmReleaseList"},
+			schema.GroupVersionKind{Group: "fluxcd.controlplane.io", Version: "v1", Kind: "FluxInstanceList"})
+	}
+	newFile := writeFile(t, dir, "new.yaml", storageInstance("2.9.4", ""))
+	before := snapshot()
+
+	// A version the operator may resolve to another minor than the plugin's distribution does:
+	// the plan is said, not carried out.
+	r = plugin("apply", "-f", writeFile(t, dir, "range.yaml", storageInstance("2.x", "")), "--mode=operator", "--dry-run=server")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, `Note: Flux v2.9.4 would need a storage migration of `)
+	assert.Contains(t, r.Stderr, `spec.distribution.version "2.x" admits other minor releases`)
+	assert.NotContains(t, r.Stderr, "storage migration: would migrate")
+
+	off := writeFile(t, dir, "off.yaml", storageInstance("2.9.4", "  migrateResources: false\n"))
+	r = plugin("apply", "-f", off, "--mode=operator", "--wait=false")
+	assert.Equal(t, 1, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, "helmreleases.helm.toolkit.fluxcd.io stores v2beta2")
+	assert.Equal(t, before, snapshot(), "migrateResources: false refuses and changes nothing")
+
+	r = plugin("apply", "-f", newFile, "--mode=operator", "--dry-run=server")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, "storage migration: would migrate (server dry run)")
+	assert.Contains(t, r.Stderr, "helmreleases.helm.toolkit.fluxcd.io: 1 object from v2beta2 to v2")
+	assert.Equal(t, "fluxinstance.fluxcd.controlplane.io/flux configured (server dry run)\n", r.Stdout)
+	assert.Equal(t, before, snapshot(), "a dry run changes nothing")
+
+	// A user who may read everything and apply the FluxInstance, but not migrate.
+	viewer := []permissions.Permission{{Verbs: []string{"get", "list"}, Group: "*", Resource: "*"}}
+	grant(t, c, "fred", append(viewer, permissions.ForOperatorApply(permissions.OperatorApplyPlan{Name: "flux", Namespace: "flux-system"})...),
+		func(permissions.Permission, string) bool { return true })
+	r = runPlugin(t, "", "apply", "-f", newFile, "--mode=operator", "--wait=false", "--distribution", dist, "--kubeconfig", env.UserKubeconfig(t, "fred"))
+	assert.Equal(t, 1, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, "permissions this apply needs (nothing was changed)")
+	assert.Contains(t, r.Stderr, "  update customresourcedefinitions.apiextensions.k8s.io/status named helmreleases.helm.toolkit.fluxcd.io cluster-wide")
+	assert.Equal(t, before, snapshot())
+
+	// A HelmRelease holding a field the v2 schema drops: refused unless --force, which in
+	// operator mode means only that.
+	env.CreateNamespace(t, "team-c")
+	require.NoError(t, c.Create(ctx, &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "helm.toolkit.fluxcd.io/v2beta2", "kind": "HelmRelease",
+		"metadata": map[string]any{"name": "lossy", "namespace": "team-c"},
+		"spec": map[string]any{"interval": "5m", "chart": map[string]any{"spec": map[string]any{
+			"chart": "podinfo", "valuesFile": "values-prod.yaml",
+			"sourceRef": map[string]any{"kind": "HelmRepository", "name": "charts"}}}},
+	}}))
+	dropped := "HelmRelease/team-c/lossy: spec.chart.spec.valuesFile would be dropped at helm.toolkit.fluxcd.io/v2"
+	before = snapshot()
+	r = plugin("apply", "-f", newFile, "--mode=operator", "--wait=false")
+	assert.Equal(t, 1, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, "  "+dropped)
+	assert.Contains(t, r.Stderr, "re-run with --force to upgrade anyway")
+	assert.Equal(t, before, snapshot())
+
+	r = plugin("apply", "-f", newFile, "--mode=operator", "--force", "--wait=false")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, "Warning: the upgrade loses: "+dropped)
+	assert.Contains(t, r.Stderr, "migrating 2 helmreleases.helm.toolkit.fluxcd.io to v2: 2/2")
+	assert.Equal(t, "fluxinstance.fluxcd.controlplane.io/flux configured\n", r.Stdout)
+	live := &unstructured.Unstructured{}
+	live.SetGroupVersionKind(schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinition"})
+	require.NoError(t, c.Get(ctx, client.ObjectKey{Name: "helmreleases.helm.toolkit.fluxcd.io"}, live))
+	stored, _, _ := unstructured.NestedStringSlice(live.Object, "status", "storedVersions")
+	assert.Equal(t, []string{"v2"}, stored, "migrated, though no operator runs to apply the new CRDs")
+	live.SetGroupVersionKind(schema.GroupVersionKind{Group: "fluxcd.controlplane.io", Version: "v1", Kind: "FluxInstance"})
+	require.NoError(t, c.Get(ctx, client.ObjectKey{Namespace: "flux-system", Name: "flux"}, live))
+	version, _, _ := unstructured.NestedString(live.Object, "spec", "distribution", "version")
+	assert.Equal(t, "2.9.4", version)
+	assert.NotEmpty(t, live.GetAnnotations()["reconcile.fluxcd.io/requestedAt"], "the operator is asked to reconcile now")
 }

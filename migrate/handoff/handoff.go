@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -197,7 +196,7 @@ func Run(ctx context.Context, inst kube.Instance, p *Plan, o Options) (*Result, 
 		return nil, err
 	}
 	progress(fmt.Sprintf("moved %d objects", moved))
-	token := strconv.FormatInt(now().UnixNano(), 10)
+	token := operator.RequestToken(now())
 	progress("enabling reconciliation: the Flux Operator takes over")
 	if _, err := operator.ApplyFluxInstance(ctx, inst, p.Instance, fieldManager, kube.DryRunNone, token); err != nil {
 		return nil, err

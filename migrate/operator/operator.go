@@ -5,16 +5,20 @@ package operator
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	appsv1 "k8s.io/api/apps/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
@@ -333,6 +337,30 @@ func WaitForOperator(ctx context.Context, inst kube.Instance, token string, time
 	return state, &OperatorNotReadyError{Instance: ref, Timeout: timeout, State: state}
 }
 
+// RequestToken is a reconcile request token for ApplyFluxInstance and WaitForOperator: the
+// request time in nanoseconds, unique per request.
+func RequestToken(now time.Time) string { return strconv.FormatInt(now.UnixNano(), 10) }
+
+// RequestReconcile asks the operator to reconcile the FluxInstance now, by the requestedAt
+// annotation, and returns the token for WaitForOperator. A merge patch, not part of the apply: the
+// annotation is then owned by fieldManager's update, which the next apply of the FluxInstance
+// leaves alone (an apply would drop it again and report the FluxInstance configured).
+func RequestReconcile(ctx context.Context, inst kube.Instance, fieldManager string, now time.Time) (string, error) {
+	token := RequestToken(now)
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{AnnotationRequestedAt: token}}})
+	if err != nil {
+		return "", err
+	}
+	obj := &unstructured.Unstructured{}
+	obj.SetGroupVersionKind(FluxInstanceGVK)
+	obj.SetNamespace(inst.Namespace)
+	obj.SetName(inst.Name)
+	if err := inst.Client.Patch(ctx, obj, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(fieldManager)); err != nil {
+		return "", fmt.Errorf("FluxInstance/%s/%s: requesting a reconcile: %w", inst.Namespace, inst.Name, err)
+	}
+	return token, nil
+}
+
 // ApplyFluxInstance server-side applies the FluxInstance object (the user's intent for the
 // operator) and returns the action as kubectl prints it. requestToken, when set, goes into the
 // reconcile.fluxcd.io/requestedAt annotation so that the operator reconciles now even when the
@@ -373,6 +401,12 @@ func ApplyFluxInstance(ctx context.Context, inst kube.Instance, obj *unstructure
 	switch {
 	case before == nil:
 		return "created", nil
+	case dryRun == kube.DryRunServer:
+		// A dry run keeps the resourceVersion: the answer is what would be stored.
+		if apiequality.Semantic.DeepEqual(before.Object, obj.Object) {
+			return "unchanged", nil
+		}
+		return "configured", nil
 	case before.GetResourceVersion() == obj.GetResourceVersion():
 		return "unchanged", nil
 	default:

@@ -12,6 +12,7 @@ import (
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/lock"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/uninstall"
 	"github.com/stretchr/testify/assert"
@@ -390,4 +391,30 @@ func TestForApplyWithStorageMigration(t *testing.T) {
 		"update customresourcedefinitions.apiextensions.k8s.io/status:helmreleases.helm.toolkit.fluxcd.io",
 		"list helmreleases.helm.toolkit.fluxcd.io", "patch helmreleases.helm.toolkit.fluxcd.io", "update helmreleases.helm.toolkit.fluxcd.io",
 	}, got[len(reviews(base)):])
+}
+
+// Operator mode asks for the migration's permissions as direct mode does, the lock, and the
+// FluxInstance by name; none of the rendered objects, which the operator applies.
+func TestForOperatorApply(t *testing.T) {
+	migration := &storage.Plan{Migrations: []storage.Migration{{
+		CRD: "helmreleases.helm.toolkit.fluxcd.io", Group: "helm.toolkit.fluxcd.io", Kind: "HelmRelease", Resource: "helmreleases",
+		Namespaced: true, StoredVersions: []string{"v2beta2"}, Version: "v2", Removed: []string{"v2beta2"},
+	}}}
+	got := reviews(ForOperatorApply(OperatorApplyPlan{Name: "flux", Namespace: "flux-system", Storage: migration}))
+	direct, err := ForApply(mapper(), ApplyPlan{Name: "flux", Namespace: "flux-system", Objects: rendering(), Storage: migration})
+	require.NoError(t, err)
+	assert.Subset(t, reviews(direct), got[:6], "the migration's permissions are direct mode's")
+	assert.Equal(t, []string{
+		"get customresourcedefinitions.apiextensions.k8s.io:helmreleases.helm.toolkit.fluxcd.io",
+		"update customresourcedefinitions.apiextensions.k8s.io:helmreleases.helm.toolkit.fluxcd.io",
+		"update customresourcedefinitions.apiextensions.k8s.io/status:helmreleases.helm.toolkit.fluxcd.io",
+		"list helmreleases.helm.toolkit.fluxcd.io", "patch helmreleases.helm.toolkit.fluxcd.io", "update helmreleases.helm.toolkit.fluxcd.io",
+		"get leases.coordination.k8s.io:" + lock.LeaseName + " flux-system",
+		"update leases.coordination.k8s.io:" + lock.LeaseName + " flux-system",
+		"delete leases.coordination.k8s.io:" + lock.LeaseName + " flux-system",
+		"create leases.coordination.k8s.io flux-system",
+		"get fluxinstances.fluxcd.controlplane.io:flux flux-system",
+		"create fluxinstances.fluxcd.controlplane.io:flux flux-system",
+		"patch fluxinstances.fluxcd.controlplane.io:flux flux-system",
+	}, got)
 }

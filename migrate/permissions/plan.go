@@ -325,8 +325,34 @@ func lockPermissions(ns string) []Permission {
 }
 
 func fluxInstanceStatus(name, ns string) Permission {
-	return Permission{Verbs: []string{"patch"}, Group: "fluxcd.controlplane.io", Resource: "fluxinstances", Subresource: "status",
-		Namespace: ns, Name: name, Why: "mirroring the record into the FluxInstance's status.inventory"}
+	p := fluxInstance([]string{"patch"}, name, ns, "mirroring the record into the FluxInstance's status.inventory")
+	p.Subresource = "status"
+	return p
+}
+
+// fluxInstance asks for verbs on the instance's FluxInstance object.
+func fluxInstance(verbs []string, name, ns, why string) Permission {
+	return Permission{Verbs: verbs, Group: "fluxcd.controlplane.io", Resource: "fluxinstances", Namespace: ns, Name: name, Why: why}
+}
+
+// OperatorApplyPlan is what one `apply --mode=operator` (not a dry run) that migrates storage
+// versions first will do, as far as permissions go.
+type OperatorApplyPlan struct {
+	// Name and Namespace of the instance: its FluxInstance and lock live there.
+	Name, Namespace string
+	// Storage is the storage migration run before the FluxInstance is applied.
+	Storage *storage.Plan
+}
+
+// ForOperatorApply lists what the plan needs: the storage migration's permissions (as ForApply
+// asks them), the lock held around it, and reading and server-side applying the FluxInstance
+// (create as well as patch: the apply may create it), which the wait for the operator reads
+// too. The operator applies the manifests with its own permissions: none of them is asked.
+func ForOperatorApply(plan OperatorApplyPlan) []Permission {
+	perms := storagePermissions(plan.Storage)
+	perms = append(perms, lockPermissions(plan.Namespace)...)
+	return append(perms, fluxInstance([]string{"get", "create", "patch"}, plan.Name, plan.Namespace,
+		"applying the FluxInstance for the Flux Operator to reconcile, and waiting for it"))
 }
 
 // resolver maps kinds to resources.

@@ -69,7 +69,7 @@ func Migrate(ctx context.Context, c client.Client, plan *Plan, opts Options) err
 		if err := rewriteObjects(ctx, c, m, opts); err != nil {
 			return err
 		}
-		if err := setStoredVersions(ctx, c, m); err != nil {
+		if err := setStoredVersions(ctx, c, m, opts.FieldManager); err != nil {
 			return err
 		}
 	}
@@ -264,8 +264,9 @@ func rewrite(ctx context.Context, c client.Client, m Migration, obj *unstructure
 }
 
 // setStoredVersions records that every object is stored at the target version: the API server
-// then accepts a CRD without the old versions. A status update with the resourceVersion read.
-func setStoredVersions(ctx context.Context, c client.Client, m Migration) error {
+// then accepts a CRD without the old versions. A status update with the resourceVersion read,
+// by manager (left unnamed, the status entry in managedFields would name the binary).
+func setStoredVersions(ctx context.Context, c client.Client, m Migration, manager string) error {
 	for attempt := 0; ; attempt++ {
 		live, state, err := kube.Get(ctx, c, crdStub(m.CRD))
 		if err != nil {
@@ -281,7 +282,7 @@ func setStoredVersions(ctx context.Context, c client.Client, m Migration) error 
 		if err := unstructured.SetNestedStringSlice(live.Object, []string{m.Version}, "status", "storedVersions"); err != nil {
 			return fmt.Errorf("CustomResourceDefinition/%s: setting status.storedVersions: %w", m.CRD, err)
 		}
-		err = c.Status().Update(ctx, live)
+		err = c.Status().Update(ctx, live, client.FieldOwner(manager))
 		if err == nil {
 			return nil
 		}

@@ -63,3 +63,13 @@ func TestSortVersions(t *testing.T) {
 	sortVersions(vs)
 	assert.Equal(t, []string{"v2.2.3", "v2.9.4", "v2.9.10", "v2.10.0"}, vs)
 }
+
+func TestPinsMinor(t *testing.T) {
+	for constraint, want := range map[string]bool{
+		"2.9.4": true, "v2.9.4": true, "2.9.x": true, ">=2.9.0 <2.10.0": true,
+		"2.x": false, "*": false, ">=2.7.0": false, ">=2.8.0 <2.10.0": false, "<2.10.0": false,
+		"not a version": false,
+	} {
+		assert.Equal(t, want, PinsMinor(constraint, "v2.9.4"), constraint)
+	}
+}
