@@ -129,7 +129,7 @@ func (o *DiffOptions) diff(ctx context.Context) ([]diff.Entry, bool, error) {
 		return nil, false, err
 	}
 	m := apply.NewManager(kube.Instance{Client: conn.Client, Name: r.Instance.Name, Namespace: r.Instance.Namespace})
-	objects, migrates, err := o.previewMigration(ctx, m, r)
+	objects, migrates, err := o.migrationPreview(ctx, m, r)
 	if err != nil {
 		return nil, false, err
 	}
@@ -157,25 +157,20 @@ func (o *DiffOptions) diff(ctx context.Context) ([]diff.Entry, bool, error) {
 	return entries, migrates, err
 }
 
-// previewMigration prints, on stderr, the storage migration the apply would run before the CRD
+// migrationPreview prints, on stderr, the storage migration the apply would run before the CRD
 // stage and what it would lose, and returns the rendering as a dry run can send it (the API
 // server refuses the new CRDs, even in a dry run, while objects are stored at versions they drop).
 // A migration the instance forbids is the apply's refusal, and diff's error.
-func (o *DiffOptions) previewMigration(ctx context.Context, m *apply.Manager, r *rendering) ([]*unstructured.Unstructured, bool, error) {
-	migration, err := storage.NewPlan(ctx, m.Client, r.Objects)
+func (o *DiffOptions) migrationPreview(ctx context.Context, m *apply.Manager, r *rendering) ([]*unstructured.Unstructured, bool, error) {
+	migration, err := planMigration(ctx, m.Client, r)
 	if err != nil || migration.Empty() {
 		return r.Objects, false, err
-	}
-	if !migrateResources(r.Instance) {
-		return nil, false, &storage.DisabledError{Plan: migration}
 	}
 	losses, err := storage.CheckLosses(ctx, m.Client, migration, r.Objects)
 	if err != nil {
 		return nil, false, err
 	}
-	for _, line := range losses.Lines(20) {
-		fmt.Fprintf(o.ErrOut, "Warning: the upgrade would lose (apply refuses unless --force): %s\n", line)
-	}
+	printLosses(o.ErrOut, losses, "the upgrade would lose (apply refuses unless --force)")
 	printMigrationPlan(o.ErrOut, migration, "apply would migrate")
 	fmt.Fprintln(o.ErrOut, "  (the diffs show these CRDs as the migration leaves them, still serving the stored versions; the apply then drops the versions the new release removes)")
 	objects, err := migration.PreviewObjects(ctx, m.Client, r.Objects)

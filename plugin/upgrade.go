@@ -95,10 +95,15 @@ func (o *ApplyOptions) checkLosses(ctx context.Context, m *apply.Manager, migrat
 	if o.dryRun.Changes() && !o.Force {
 		return &storage.LossesError{Losses: losses}
 	}
-	for _, line := range losses.Lines(20) {
-		fmt.Fprintf(o.ErrOut, "Warning: the upgrade loses: %s\n", line)
-	}
+	printLosses(o.ErrOut, losses, "the upgrade loses")
 	return nil
+}
+
+// printLosses warns of each loss, at most 20 lines.
+func printLosses(w io.Writer, losses *storage.Losses, what string) {
+	for _, line := range losses.Lines(20) {
+		fmt.Fprintf(w, "Warning: %s: %s\n", what, line)
+	}
 }
 
 // printMigrationPlan lists the storage migration on stderr, one line per CRD.
