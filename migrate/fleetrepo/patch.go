@@ -1,0 +1,141 @@
+package fleetrepo
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	yaml "go.yaml.in/yaml/v3"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	sigsyaml "sigs.k8s.io/yaml"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
+)
+
+// inlinePatch rewrites the Flux objects inside a patch given as a string (patches[].patch, an
+// inline patchesStrategicMerge entry). The string is parsed on its own and walked like a file;
+// its edits are then mapped to the file's lines, which is exact for a literal block (`|`): each
+// line of the value is a line of the file behind the block's indentation. Any other style is
+// reported for a person to edit.
+func (w *walker) inlinePatch(n *yaml.Node, path, owner string) {
+	if n.Kind != yaml.ScalarNode || !strings.Contains(n.Value, ".toolkit.fluxcd.io/") {
+		return
+	}
+	what := strings.TrimSpace(owner + " " + path)
+	sub := &walker{t: w.t, lines: splitLines([]byte(n.Value)), inPatch: true}
+	dec := yaml.NewDecoder(strings.NewReader(n.Value))
+	for {
+		var doc yaml.Node
+		err := dec.Decode(&doc)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			w.warnings = append(w.warnings, Warning{Line: n.Line, Message: fmt.Sprintf("%s: the inline patch names a Flux group but does not parse as YAML (%v): check its apiVersions by hand", what, err)})
+			return
+		}
+		sub.document(&doc)
+	}
+	if len(sub.edits) > 0 && n.Style&yaml.LiteralStyle == 0 {
+		w.warnings = append(w.warnings, Warning{Line: n.Line, Message: fmt.Sprintf("%s: the inline patch names Flux versions the target does not serve (%s), but only a literal block (|) can be edited in place: rewrite them by hand", what, summary(sub.changes))})
+		return
+	}
+	edits, err := w.mapEdits(n, sub)
+	if err != nil {
+		w.warnings = append(w.warnings, Warning{Line: n.Line, Message: fmt.Sprintf("%s: the inline patch cannot be edited in place (%v): rewrite %s by hand", what, err, summary(sub.changes))})
+		return
+	}
+	w.edits = append(w.edits, edits...)
+	for _, c := range sub.changes {
+		c.Line += n.Line
+		c.Object = strings.TrimSpace(what + ": " + c.Object)
+		w.changes = append(w.changes, c)
+	}
+	for _, warning := range sub.warnings {
+		warning.Line += n.Line
+		warning.Message = what + ": " + warning.Message
+		w.warnings = append(w.warnings, warning)
+	}
+}
+
+// mapEdits moves the edits of a literal block's text to the file: line k of the text is line
+// n.Line+k of the file, shifted right by the block's indentation.
+func (w *walker) mapEdits(n *yaml.Node, sub *walker) ([]edit, error) {
+	var out []edit
+	for _, e := range sub.edits {
+		line := n.Line + e.line
+		if line > len(w.lines) {
+			return nil, fmt.Errorf("line %d is outside the file", line)
+		}
+		fileLine, text := trimCR(w.lines[line-1]), sub.lines[e.line-1]
+		if !bytes.HasSuffix(fileLine, text) {
+			return nil, fmt.Errorf("line %d is not line %d of the patch", line, e.line)
+		}
+		e.off += len(fileLine) - len(text)
+		e.line = line
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// summary lists changes as "Kind group/from → to", for a warning.
+func summary(changes []Change) string {
+	parts := make([]string, 0, len(changes))
+	for _, c := range changes {
+		parts = append(parts, fmt.Sprintf("%s %s/%s → %s", c.Object, c.Group, c.From, c.To))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// dropped warns about the fields of a rewritten object that its new version does not have, found
+// by the API server's pruning (storage.DroppedFields) against the target CRD. Patch directives
+// ($patch, $setElementOrder/…) of an inline patch are not fields, and are left out.
+func (w *walker) dropped(root *yaml.Node, owner, kind, to string, line int) {
+	group, _, _ := strings.Cut(scalar(root, "apiVersion"), "/")
+	crd := w.t.crd(schema.GroupKind{Group: group, Kind: kind})
+	if crd == nil {
+		return
+	}
+	obj, err := decode(root)
+	if err == nil {
+		var paths []string
+		paths, err = storage.DroppedFields(obj, crd, to)
+		if err == nil {
+			paths = withoutDirectives(paths, w.inPatch)
+			if msg := storage.FormatDropped(owner, paths, group+"/"+to); msg != "" {
+				w.warnings = append(w.warnings, Warning{Line: line, Message: msg + ": the API server prunes them when this is applied; move each to its replacement in " + to + " (see the Flux release notes) or delete it"})
+			}
+			return
+		}
+	}
+	w.warnings = append(w.warnings, Warning{Line: line, Message: fmt.Sprintf("%s: could not check which fields %s/%s drops (%v): review the object against the new version", owner, group, to, err)})
+}
+
+// decode turns a YAML node into an object with JSON types, as the API server would read it.
+func decode(n *yaml.Node) (*unstructured.Unstructured, error) {
+	data, err := yaml.Marshal(n)
+	if err != nil {
+		return nil, err
+	}
+	obj := &unstructured.Unstructured{}
+	if err := sigsyaml.Unmarshal(data, &obj.Object); err != nil {
+		return nil, err
+	}
+	return obj, nil
+}
+
+func withoutDirectives(paths []string, inPatch bool) []string {
+	if !inPatch {
+		return paths
+	}
+	var out []string
+	for _, p := range paths {
+		if !strings.Contains(p, "$") {
+			out = append(out, p)
+		}
+	}
+	return out
+}
