@@ -49,12 +49,12 @@ func (w Warning) String() string {
 // walker collects the edits, changes and warnings of one YAML source (a file, or the text of an
 // inline patch, whose lines inlinePatch maps back to the file's). Lines are the source's own.
 type walker struct {
-	t        *Target
-	lines    [][]byte
-	inPatch  bool // the source is an inline patch: partial objects, with patch directives
+	t       *Target
+	lines   [][]byte
+	inPatch bool // the source is an inline patch: partial objects, with patch directives
 	// fluxDoc tells whether the document being walked is a Flux object: only there is a nested
 	// apiVersion without a sibling kind taken for a reference to rewrite.
-	fluxDoc bool
+	fluxDoc  bool
 	edits    []edit
 	changes  []Change
 	warnings []Warning
