@@ -318,6 +318,7 @@ func (o *ApplyOptions) checkLosses(ctx context.Context, m *apply.Manager, migrat
 	for _, line := range losses.Lines(20) {
 		fmt.Fprintf(o.ErrOut, "Warning: the upgrade loses: %s\n", line)
 	}
+	fmt.Fprintf(o.ErrOut, "Warning: to fix the sources: %s\n", storage.FixSources)
 	return nil
 }
 

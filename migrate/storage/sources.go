@@ -22,7 +22,7 @@ const kustomizationsCRD = "kustomizations.kustomize.toolkit.fluxcd.io"
 // StaleSource is one object that a Kustomization applies at an API version the target Flux no
 // longer serves. Migrating the stored objects does not help here: kustomize-controller applies
 // what the source (Git, OCI) says, so its next reconcile after the upgrade fails until the source
-// is rewritten (`flux migrate -f .`).
+// is rewritten (`kubectl fluxinstance upgrade-repo`, package fleetrepo).
 type StaleSource struct {
 	// Kustomization is the namespace/name of the Kustomization that applies the object.
 	Kustomization string
