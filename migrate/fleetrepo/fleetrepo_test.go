@@ -116,6 +116,16 @@ func TestPlanAndWrite(t *testing.T) {
 		golden(t, "repo/files/"+f.Path, data)
 	}
 	assertTree(t, dir, filepath.Join("testdata", "repo"), old, changed)
+
+	// The rewritten objects are valid for the target, and a second plan finds nothing to do.
+	var paths []string
+	for _, f := range p.Files {
+		paths = append(paths, f.Path)
+	}
+	assertValidForTarget(t, targetCRDs(t, targetFlux), dir, paths, []string{"apps/overlay/patch-interval.yaml"})
+	again, err := fleetrepo.NewPlan(dir, newTarget(t), fleetrepo.Options{})
+	require.NoError(t, err)
+	assert.Empty(t, again.Files)
 }
 
 // assertTree checks the rewritten tree against the fixture: a file without changes is neither

@@ -21,7 +21,7 @@ import (
 // line of the value is a line of the file behind the block's indentation. Any other style is
 // reported for a person to edit.
 func (w *walker) inlinePatch(n *yaml.Node, path, owner string) {
-	if n.Kind != yaml.ScalarNode || !strings.Contains(n.Value, ".toolkit.fluxcd.io/") {
+	if n.Kind != yaml.ScalarNode || !strings.Contains(n.Value, ".toolkit.fluxcd.io") {
 		return
 	}
 	what := strings.TrimSpace(owner + " " + path)

@@ -141,7 +141,7 @@ func planFile(path, rel string, t *Target) (*File, []Warning, *invalidFile, erro
 	if err := walkYAML(data, w.document); err != nil {
 		return nil, nil, &invalidFile{
 			Warning: Warning{Path: rel, Message: fmt.Sprintf("not valid YAML (%v)", err)},
-			flux:    bytes.Contains(data, []byte(".toolkit.fluxcd.io/")),
+			flux:    bytes.Contains(data, []byte(".toolkit.fluxcd.io")),
 		}, nil
 	}
 	warnings := w.warnings
