@@ -55,13 +55,13 @@ func TestRewriteCases(t *testing.T) {
 			want: "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: \"ünïcødé—名前\", annotations: {ref: x}}\ndata: {}\n---\napiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nspec: {path: \"./ä/ö\", sourceRef: {kind: GitRepository, apiVersion: source.toolkit.fluxcd.io/v1, name: ü}}\n",
 		},
 		"an anchored reference is edited once, where it is written": {
-			in:   "apiVersion: kustomize.toolkit.fluxcd.io/v1beta2\nkind: Kustomization\nspec:\n  sourceRef: &src\n    kind: GitRepository\n    apiVersion: source.toolkit.fluxcd.io/v1beta2\n  copy: *src\n",
-			want: "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nspec:\n  sourceRef: &src\n    kind: GitRepository\n    apiVersion: source.toolkit.fluxcd.io/v1\n  copy: *src\n",
+			in:       "apiVersion: kustomize.toolkit.fluxcd.io/v1beta2\nkind: Kustomization\nspec:\n  sourceRef: &src\n    kind: GitRepository\n    apiVersion: source.toolkit.fluxcd.io/v1beta2\n  copy: *src\n",
+			want:     "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nspec:\n  sourceRef: &src\n    kind: GitRepository\n    apiVersion: source.toolkit.fluxcd.io/v1\n  copy: *src\n",
 			warnings: []string{"objects.yaml:1: Kustomization: spec.copy would be dropped at kustomize.toolkit.fluxcd.io/v1"},
 		},
 		"a patch target without a kind takes the group's one storage version": {
-			in:   "patches:\n  - target: {group: helm.toolkit.fluxcd.io, version: v2beta1}\n    path: p.yaml\n  - target: {group: notification.toolkit.fluxcd.io, version: v1beta2}\n    path: q.yaml\n",
-			want: "patches:\n  - target: {group: helm.toolkit.fluxcd.io, version: v2}\n    path: p.yaml\n  - target: {group: notification.toolkit.fluxcd.io, version: v1beta2}\n    path: q.yaml\n",
+			in:       "patches:\n  - target: {group: helm.toolkit.fluxcd.io, version: v2beta1}\n    path: p.yaml\n  - target: {group: notification.toolkit.fluxcd.io, version: v1beta2}\n    path: q.yaml\n",
+			want:     "patches:\n  - target: {group: helm.toolkit.fluxcd.io, version: v2}\n    path: p.yaml\n  - target: {group: notification.toolkit.fluxcd.io, version: v1beta2}\n    path: q.yaml\n",
 			warnings: []string{"objects.yaml:4: patches[1].target: notification.toolkit.fluxcd.io/v1beta2 left unchanged: no sibling kind, and the kinds of notification.toolkit.fluxcd.io store different versions"},
 		},
 		"an inline patch that is not a literal block is left for a person": {
@@ -70,8 +70,8 @@ func TestRewriteCases(t *testing.T) {
 			warnings: []string{"objects.yaml:2: patches[0].patch: the inline patch names Flux versions the target does not serve (HelmRelease x helm.toolkit.fluxcd.io/v2beta1 → v2), but only a literal block (|) can be edited in place"},
 		},
 		"an inline strategic-merge patch of kustomize and its dropped fields": {
-			in:   "patchesStrategicMerge:\n  - |-\n    # header comment\n    apiVersion: kustomize.toolkit.fluxcd.io/v1beta2\n    kind: Kustomization\n    metadata: {name: apps}\n    spec:\n      validation: client\n      $patch: merge\n",
-			want: "patchesStrategicMerge:\n  - |-\n    # header comment\n    apiVersion: kustomize.toolkit.fluxcd.io/v1\n    kind: Kustomization\n    metadata: {name: apps}\n    spec:\n      validation: client\n      $patch: merge\n",
+			in:       "patchesStrategicMerge:\n  - |-\n    # header comment\n    apiVersion: kustomize.toolkit.fluxcd.io/v1beta2\n    kind: Kustomization\n    metadata: {name: apps}\n    spec:\n      validation: client\n      $patch: merge\n",
+			want:     "patchesStrategicMerge:\n  - |-\n    # header comment\n    apiVersion: kustomize.toolkit.fluxcd.io/v1\n    kind: Kustomization\n    metadata: {name: apps}\n    spec:\n      validation: client\n      $patch: merge\n",
 			warnings: []string{"objects.yaml:4: patchesStrategicMerge[0]: Kustomization apps: spec.validation would be dropped at kustomize.toolkit.fluxcd.io/v1"},
 		},
 		"a file of comments and an empty document change nothing": {
