@@ -127,6 +127,14 @@ spec: {distribution: {version: 2.9.x, registry: ghcr.io/fluxcd}}
 	// Its source reference is a source kind the target has: rewritten, and only that line.
 	after := snapshot(t, dir)
 	assert.Equal(t, strings.Replace(before["image/automation.yaml"], "apiVersion: source.toolkit.fluxcd.io/v1beta1", "apiVersion: source.toolkit.fluxcd.io/v1", 1), after["image/automation.yaml"])
+
+	// Run again: nothing left to rewrite, but what was left unchanged (the automation, the
+	// ConfigMap's data) is still said to be.
+	r = runPlugin(t, "", "upgrade-repo", "-f", instance, "--repo-dir", dir, "--distribution", dist)
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Equal(t, "nothing rewritten in "+dir+": the 2 warnings above name what to fix by hand\n", r.Stdout)
+	assertLines(t, r.Stderr, "image/automation.yaml:1: ImageUpdateAutomation flux-system/fleet: ImageUpdateAutomation image.toolkit.fluxcd.io/v1beta1 left unchanged")
+	assert.Equal(t, after, snapshot(t, dir))
 }
 
 func TestUpgradeRepoRefusals(t *testing.T) {

@@ -50,6 +50,10 @@ func TestRewriteCases(t *testing.T) {
 			in:   "apiVersion: helm.toolkit.fluxcd.io/v2beta2\r\nkind: HelmRelease # x\r\nspec: {}\r\n",
 			want: "apiVersion: helm.toolkit.fluxcd.io/v2\r\nkind: HelmRelease # x\r\nspec: {}\r\n",
 		},
+		"a byte order mark is kept": {
+			in:   "\ufeffapiVersion: helm.toolkit.fluxcd.io/v2beta1\nkind: HelmRelease\n",
+			want: "\ufeffapiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\n",
+		},
 		"columns count characters, not bytes": {
 			in:   "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: \"ünïcødé—名前\", annotations: {ref: x}}\ndata: {}\n---\napiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nspec: {path: \"./ä/ö\", sourceRef: {kind: GitRepository, apiVersion: source.toolkit.fluxcd.io/v1beta2, name: ü}}\n",
 			want: "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: \"ünïcødé—名前\", annotations: {ref: x}}\ndata: {}\n---\napiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nspec: {path: \"./ä/ö\", sourceRef: {kind: GitRepository, apiVersion: source.toolkit.fluxcd.io/v1, name: ü}}\n",

@@ -28,10 +28,16 @@ func scalarEdit(lines [][]byte, n *yaml.Node, value string) (edit, error) {
 		return edit{}, fmt.Errorf("line %d is outside the file", n.Line)
 	}
 	line := lines[n.Line-1]
-	off, ok := runeOffset(line, n.Column-1)
+	// yaml.v3 does not count a byte order mark as a column.
+	bom := 0
+	if n.Line == 1 && bytes.HasPrefix(line, []byte("\ufeff")) {
+		bom = len("\ufeff")
+	}
+	off, ok := runeOffset(line[bom:], n.Column-1)
 	if !ok {
 		return edit{}, fmt.Errorf("line %d has no column %d", n.Line, n.Column)
 	}
+	off += bom
 	if n.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle) != 0 {
 		off++
 	}
