@@ -134,7 +134,9 @@ func (o *UpgradeRepoOptions) printSummary(plan *fleetrepo.Plan, version string) 
 	n := len(plan.Changes())
 	switch {
 	case len(plan.Files) == 0 && len(plan.Warnings) > 0:
-		fmt.Fprintf(o.Out, "nothing rewritten in %s: the %s above name what to fix by hand\n", o.RepoDir, plural(len(plan.Warnings), "warning"))
+		fmt.Fprintf(o.Out, "nothing rewritten in %s (%s above to fix by hand)\n", o.RepoDir, plural(len(plan.Warnings), "warning"))
+	case len(plan.Files) == 0 && len(plan.Skipped) > 0:
+		fmt.Fprintf(o.Out, "nothing to rewrite: every Flux apiVersion of the files read in %s is served by Flux %s (%s skipped above)\n", o.RepoDir, version, plural(len(plan.Skipped), "path"))
 	case len(plan.Files) == 0:
 		fmt.Fprintf(o.Out, "nothing to rewrite: every Flux apiVersion in %s is served by Flux %s\n", o.RepoDir, version)
 	case o.DryRun:

@@ -4,6 +4,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -93,7 +94,8 @@ func TestUpgradeRepo(t *testing.T) {
 
 	r = runPlugin(t, "", "upgrade-repo", "-f", instance, "--repo-dir", dir, "--distribution", dist)
 	require.Equal(t, 0, r.Code, r.Stderr)
-	assert.Contains(t, r.Stdout, "nothing to rewrite: every Flux apiVersion in "+dir+" is served by Flux v2.9.")
+	assert.Equal(t, "nothing rewritten in "+dir+" (1 warning above to fix by hand)\n", r.Stdout)
+	assertLines(t, r.Stderr, "clusters/prod/apps.yaml:21: ConfigMap flux-system/settings data: source.toolkit.fluxcd.io/v1beta2 left unchanged: not a Flux object")
 	assert.Equal(t, after, snapshot(t, dir), "a second run rewrote")
 }
 
@@ -132,7 +134,7 @@ spec: {distribution: {version: 2.9.x, registry: ghcr.io/fluxcd}}
 	// ConfigMap's data) is still said to be.
 	r = runPlugin(t, "", "upgrade-repo", "-f", instance, "--repo-dir", dir, "--distribution", dist)
 	require.Equal(t, 0, r.Code, r.Stderr)
-	assert.Equal(t, "nothing rewritten in "+dir+": the 2 warnings above name what to fix by hand\n", r.Stdout)
+	assert.Equal(t, "nothing rewritten in "+dir+" (2 warnings above to fix by hand)\n", r.Stdout)
 	assertLines(t, r.Stderr, "image/automation.yaml:1: ImageUpdateAutomation flux-system/fleet: ImageUpdateAutomation image.toolkit.fluxcd.io/v1beta1 left unchanged")
 	assert.Equal(t, after, snapshot(t, dir))
 }
@@ -162,4 +164,13 @@ func TestUpgradeRepoRefusals(t *testing.T) {
 	assertLines(t, r.Stdout, " M fine.yaml")
 	assertLines(t, r.Stderr, "skipped broken.yaml: not valid YAML (yaml: line 4:")
 	assert.Equal(t, before["broken.yaml"], snapshot(t, dir)["broken.yaml"])
+
+	r = runPlugin(t, "", "upgrade-repo", "-f", instance, "--repo-dir", dir, "--distribution", dist, "--skip-invalid")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Regexp(t, "^nothing to rewrite: every Flux apiVersion of the files read in "+regexp.QuoteMeta(dir)+` is served by Flux v2\.9\.\d+ \(1 path skipped above\)\n$`, r.Stdout)
+	require.NoError(t, os.Remove(filepath.Join(dir, "broken.yaml")))
+	r = runPlugin(t, "", "upgrade-repo", "-f", instance, "--repo-dir", dir, "--distribution", dist)
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Regexp(t, "^nothing to rewrite: every Flux apiVersion in "+regexp.QuoteMeta(dir)+` is served by Flux v2\.9\.\d+\n$`, r.Stdout)
+	assert.Empty(t, r.Stderr)
 }
