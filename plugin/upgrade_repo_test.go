@@ -95,7 +95,7 @@ func TestUpgradeRepo(t *testing.T) {
 	r = runPlugin(t, "", "upgrade-repo", "-f", instance, "--repo-dir", dir, "--distribution", dist)
 	require.Equal(t, 0, r.Code, r.Stderr)
 	assert.Equal(t, "nothing rewritten in "+dir+" (1 warning above to fix by hand)\n", r.Stdout)
-	assertLines(t, r.Stderr, "clusters/prod/apps.yaml:21: ConfigMap flux-system/settings data: source.toolkit.fluxcd.io/v1beta2 left unchanged: not a Flux object")
+	assertLines(t, r.Stderr, "clusters/prod/apps.yaml:21: ConfigMap flux-system/settings data: source.toolkit.fluxcd.io/v1beta2 left unchanged: no kind beside it")
 	assert.Equal(t, after, snapshot(t, dir), "a second run rewrote")
 }
 

@@ -99,19 +99,26 @@ func (w *walker) dropped(root *yaml.Node, owner, kind, to string, line int) {
 	if crd == nil {
 		return
 	}
-	obj, err := decode(root)
-	if err == nil {
-		var paths []string
-		paths, err = storage.DroppedFields(obj, crd, to)
-		if err == nil {
-			paths = withoutDirectives(paths, w.inPatch)
-			if msg := storage.FormatDropped(owner, paths, group+"/"+to); msg != "" {
-				w.warnings = append(w.warnings, Warning{Line: line, Message: msg + ": the API server prunes them when this is applied; move each to its replacement in " + to + " (see the Flux release notes) or delete it"})
-			}
-			return
-		}
+	paths, err := droppedPaths(root, crd, to)
+	if err != nil {
+		w.warnings = append(w.warnings, Warning{Line: line, Message: fmt.Sprintf("%s: could not check which fields %s/%s drops (%v): review the object against the new version", owner, group, to, err)})
+		return
 	}
-	w.warnings = append(w.warnings, Warning{Line: line, Message: fmt.Sprintf("%s: could not check which fields %s/%s drops (%v): review the object against the new version", owner, group, to, err)})
+	if w.inPatch {
+		paths = withoutDirectives(paths)
+	}
+	if msg := storage.FormatDropped(owner, paths, group+"/"+to); msg != "" {
+		w.warnings = append(w.warnings, Warning{Line: line, Message: msg + ": the API server prunes them when this is applied; move each to its replacement in " + to + " (see the Flux release notes) or delete it"})
+	}
+}
+
+// droppedPaths are the paths of root's fields that version to of crd does not have.
+func droppedPaths(root *yaml.Node, crd *unstructured.Unstructured, to string) ([]string, error) {
+	obj, err := decode(root)
+	if err != nil {
+		return nil, err
+	}
+	return storage.DroppedFields(obj, crd, to)
 }
 
 // decode turns a YAML node into an object with JSON types, as the API server would read it.
@@ -127,10 +134,8 @@ func decode(n *yaml.Node) (*unstructured.Unstructured, error) {
 	return obj, nil
 }
 
-func withoutDirectives(paths []string, inPatch bool) []string {
-	if !inPatch {
-		return paths
-	}
+// withoutDirectives drops the paths of strategic-merge patch directives, which start with "$".
+func withoutDirectives(paths []string) []string {
 	var out []string
 	for _, p := range paths {
 		if !strings.Contains(p, "$") {

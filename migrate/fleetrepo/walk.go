@@ -135,7 +135,10 @@ func (w *walker) apiVersion(n *yaml.Node, path, owner string) (kind, to string, 
 	if kind == "" && !w.fluxDoc && d.to != "" {
 		// Outside a Flux object, a bare apiVersion is data (a ConfigMap's, a chart's values): it is
 		// not guessed at.
-		d = decision{warn: av.Value + " left unchanged: not a Flux object (no kind beside it, outside a Flux object); set it to " + group + "/" + d.to + " by hand if it names one"}
+		d = decision{warn: av.Value + " left unchanged: no kind beside it and outside a Flux object, so it may be data; set it to " + group + "/" + d.to + " by hand if it names a Flux object"}
+	}
+	if what == "" {
+		what = "apiVersion"
 	}
 	if w.record(d, av, group+"/", group, version, what) {
 		return kind, d.to, av.Line
