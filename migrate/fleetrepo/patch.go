@@ -95,11 +95,11 @@ func summary(changes []Change) string {
 // ($patch, $setElementOrder/…) of an inline patch are not fields, and are left out.
 func (w *walker) dropped(root *yaml.Node, owner, kind, to string, line int) {
 	group, _, _ := strings.Cut(scalar(root, "apiVersion"), "/")
-	crd := w.t.crd(schema.GroupKind{Group: group, Kind: kind})
-	if crd == nil {
+	pruner := w.t.pruner(schema.GroupKind{Group: group, Kind: kind})
+	if pruner == nil {
 		return
 	}
-	paths, err := droppedPaths(root, crd, to)
+	paths, err := droppedPaths(root, pruner)
 	if err != nil {
 		w.warnings = append(w.warnings, Warning{Line: line, Message: fmt.Sprintf("%s: could not check which fields %s/%s drops (%v): review the object against the new version", owner, group, to, err)})
 		return
@@ -112,13 +112,13 @@ func (w *walker) dropped(root *yaml.Node, owner, kind, to string, line int) {
 	}
 }
 
-// droppedPaths are the paths of root's fields that version to of crd does not have.
-func droppedPaths(root *yaml.Node, crd *unstructured.Unstructured, to string) ([]string, error) {
+// droppedPaths are the paths of root's fields that the pruner's version does not have.
+func droppedPaths(root *yaml.Node, pruner *storage.Pruner) ([]string, error) {
 	obj, err := decode(root)
 	if err != nil {
 		return nil, err
 	}
-	return storage.DroppedFields(obj, crd, to)
+	return pruner.DroppedFields(obj)
 }
 
 // decode turns a YAML node into an object with JSON types, as the API server would read it.

@@ -2,6 +2,7 @@ package fleetrepo
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -12,17 +13,18 @@ import (
 )
 
 // Target is what the Flux being upgraded to serves: for each Flux kind its served versions, its
-// storage version and its CRD (for the pruning that DroppedFields runs).
+// storage version and the pruning of its CRD at that version (storage.DroppedFields).
 type Target struct {
 	served  map[schema.GroupKind][]string
 	storage map[schema.GroupKind]string
-	crds    map[schema.GroupKind]*unstructured.Unstructured
+	// pruners answer storage.DroppedFields at the storage version, each CRD decoded once.
+	pruners map[schema.GroupKind]*storage.Pruner
 }
 
 // NewTarget reads the Flux CRDs of a rendering (other objects are ignored). It fails when the
 // rendering has no Flux CRD: nothing could be checked against it.
 func NewTarget(rendered []*unstructured.Unstructured) (*Target, error) {
-	t := &Target{served: map[schema.GroupKind][]string{}, storage: map[schema.GroupKind]string{}, crds: map[schema.GroupKind]*unstructured.Unstructured{}}
+	t := &Target{served: map[schema.GroupKind][]string{}, storage: map[schema.GroupKind]string{}, pruners: map[schema.GroupKind]*storage.Pruner{}}
 	stored := storage.StorageVersions(rendered)
 	for gk, versions := range storage.ServedVersions(rendered) {
 		if storage.IsFluxGroup(gk.Group) && stored[gk] != "" {
@@ -30,10 +32,15 @@ func NewTarget(rendered []*unstructured.Unstructured) (*Target, error) {
 		}
 	}
 	for _, obj := range rendered {
-		if obj != nil && obj.GroupVersionKind().GroupKind() == kube.CRDGVK.GroupKind() {
-			if gk := kube.CRDNames(obj); t.storage[gk] != "" {
-				t.crds[gk] = obj
+		if obj == nil || obj.GroupVersionKind().GroupKind() != kube.CRDGVK.GroupKind() {
+			continue
+		}
+		if gk := kube.CRDNames(obj); t.storage[gk] != "" {
+			p, err := storage.NewPruner(obj, t.storage[gk])
+			if err != nil {
+				return nil, fmt.Errorf("the rendered CRD of %s: %w", gk, err)
 			}
+			t.pruners[gk] = p
 		}
 	}
 	if len(t.storage) == 0 {
@@ -99,5 +106,5 @@ func (t *Target) decideGroup(group, version, kind string) decision {
 	return decision{to: stores}
 }
 
-// crd is the target CRD of a Flux kind, or nil.
-func (t *Target) crd(gk schema.GroupKind) *unstructured.Unstructured { return t.crds[gk] }
+// pruner is the pruning of a Flux kind's target CRD at its storage version, or nil.
+func (t *Target) pruner(gk schema.GroupKind) *storage.Pruner { return t.pruners[gk] }
