@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/cobra"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -173,4 +174,10 @@ func TestUpgradeRepoRefusals(t *testing.T) {
 	require.Equal(t, 0, r.Code, r.Stderr)
 	assert.Regexp(t, "^nothing to rewrite: every Flux apiVersion in "+regexp.QuoteMeta(dir)+` is served by Flux v2\.9\.\d+\n$`, r.Stdout)
 	assert.Empty(t, r.Stderr)
+}
+
+func TestUpgradeRepoCompletion(t *testing.T) {
+	assert.Equal(t, cobra.ShellCompDirectiveFilterDirs, complete(t, "upgrade-repo", "--repo-dir", "").directive)
+	assert.Equal(t, completion{[]string{"yaml", "yml", "json"}, cobra.ShellCompDirectiveFilterFileExt}, complete(t, "upgrade-repo", "-f", ""))
+	assert.Contains(t, complete(t, "").values, "upgrade-repo")
 }
