@@ -63,10 +63,18 @@ type walker struct {
 // document walks one YAML document: its root object first (which also reports the fields the
 // new version drops), then everything inside it.
 func (w *walker) document(doc *yaml.Node) {
-	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
 		return
 	}
 	root := doc.Content[0]
+	if root.Kind == yaml.SequenceNode { // a JSON 6902 patch file, a list of objects
+		w.fluxDoc = false
+		w.walk(root, "", "")
+		return
+	}
+	if root.Kind != yaml.MappingNode {
+		return
+	}
 	owner := describe(root)
 	group, _, _ := strings.Cut(scalar(root, "apiVersion"), "/")
 	w.fluxDoc = storage.IsFluxGroup(group)
@@ -81,6 +89,7 @@ func (w *walker) walk(n *yaml.Node, path, owner string) {
 	switch n.Kind {
 	case yaml.MappingNode:
 		w.apiVersion(n, path, owner)
+		w.patchOperation(n, path, owner)
 		w.children(n, path, owner)
 	case yaml.SequenceNode:
 		for i, item := range n.Content {
@@ -144,6 +153,22 @@ func (w *walker) apiVersion(n *yaml.Node, path, owner string) (kind, to string, 
 		return kind, d.to, av.Line
 	}
 	return "", "", 0
+}
+
+// patchOperation rewrites the value of a JSON 6902 operation that sets an apiVersion ({op:
+// replace, path: /spec/sourceRef/apiVersion, value: GROUP/VERSION}). No kind is beside it, so the
+// group's storage version is used when its kinds agree.
+func (w *walker) patchOperation(n *yaml.Node, path, owner string) {
+	op, target, val := scalar(n, "op"), scalar(n, "path"), value(n, "value")
+	if op == "" || !strings.HasSuffix(target, "/apiVersion") || val == nil || val.Kind != yaml.ScalarNode {
+		return
+	}
+	group, version, ok := strings.Cut(val.Value, "/")
+	if !ok || !storage.IsFluxGroup(group) {
+		return
+	}
+	what := strings.TrimSpace(fmt.Sprintf("%s %s (%s %s)", owner, joinPath(path, "value"), op, target))
+	w.record(w.t.decide(group, version, ""), val, group+"/", group, version, what)
 }
 
 // patchTargets rewrites the version of each kustomize patch target (patches[].target,
