@@ -79,8 +79,8 @@ func TestRewriteCases(t *testing.T) {
 			warnings: []string{"objects.yaml:4: patchesStrategicMerge[0]: Kustomization apps: spec.validation would be dropped at kustomize.toolkit.fluxcd.io/v1"},
 		},
 		"JSON 6902 operations that set an apiVersion, in a file and inline": {
-			in:   "- op: replace\n  path: /spec/sourceRef/apiVersion\n  value: source.toolkit.fluxcd.io/v1beta2\n- op: add\n  path: /spec/providerRef/apiVersion\n  value: notification.toolkit.fluxcd.io/v1beta2\n---\npatches:\n  - target: {kind: Kustomization}\n    patch: |\n      - {op: replace, path: /spec/sourceRef/apiVersion, value: source.toolkit.fluxcd.io/v1beta1}\n",
-			want: "- op: replace\n  path: /spec/sourceRef/apiVersion\n  value: source.toolkit.fluxcd.io/v1\n- op: add\n  path: /spec/providerRef/apiVersion\n  value: notification.toolkit.fluxcd.io/v1beta2\n---\npatches:\n  - target: {kind: Kustomization}\n    patch: |\n      - {op: replace, path: /spec/sourceRef/apiVersion, value: source.toolkit.fluxcd.io/v1}\n",
+			in:       "- op: replace\n  path: /spec/sourceRef/apiVersion\n  value: source.toolkit.fluxcd.io/v1beta2\n- op: add\n  path: /spec/providerRef/apiVersion\n  value: notification.toolkit.fluxcd.io/v1beta2\n---\npatches:\n  - target: {kind: Kustomization}\n    patch: |\n      - {op: replace, path: /spec/sourceRef/apiVersion, value: source.toolkit.fluxcd.io/v1beta1}\n",
+			want:     "- op: replace\n  path: /spec/sourceRef/apiVersion\n  value: source.toolkit.fluxcd.io/v1\n- op: add\n  path: /spec/providerRef/apiVersion\n  value: notification.toolkit.fluxcd.io/v1beta2\n---\npatches:\n  - target: {kind: Kustomization}\n    patch: |\n      - {op: replace, path: /spec/sourceRef/apiVersion, value: source.toolkit.fluxcd.io/v1}\n",
 			warnings: []string{"objects.yaml:6: [1].value (add /spec/providerRef/apiVersion): notification.toolkit.fluxcd.io/v1beta2 left unchanged: no sibling kind"},
 		},
 		"a file of comments and an empty document change nothing": {
