@@ -127,3 +127,20 @@ func TestNewTargetNeedsFluxCRDs(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "no Flux CustomResourceDefinition")
 }
+
+func TestSymbolicLinksAreListedNotFollowed(t *testing.T) {
+	dir := t.TempDir()
+	content := "apiVersion: helm.toolkit.fluxcd.io/v2beta2\nkind: HelmRelease\n"
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "real.yaml"), []byte(content), 0o644))
+	require.NoError(t, os.Symlink("real.yaml", filepath.Join(dir, "link.yaml")))
+	p, err := fleetrepo.NewPlan(dir, newTarget(t), fleetrepo.Options{})
+	require.NoError(t, err)
+	require.Len(t, p.Files, 1)
+	assert.Equal(t, "real.yaml", p.Files[0].Path)
+	require.Len(t, p.Skipped, 1)
+	assert.Equal(t, "link.yaml: not a regular file: not followed (a symbolic link's target is rewritten where it lives, when that is in the repository)", p.Skipped[0].String())
+	require.NoError(t, p.Write())
+	info, err := os.Lstat(filepath.Join(dir, "link.yaml"))
+	require.NoError(t, err)
+	assert.Equal(t, os.ModeSymlink, info.Mode().Type(), "the link is still a link")
+}

@@ -90,7 +90,7 @@ func NewPlan(dir string, t *Target, opts Options) (*Plan, error) {
 			return nil
 		}
 		if !d.Type().IsRegular() {
-			p.Skipped = append(p.Skipped, Warning{Path: rel, Message: "not a regular file (a symbolic link is followed where its target lives, when that is in the repository)"})
+			p.Skipped = append(p.Skipped, Warning{Path: rel, Message: "not a regular file: not followed (a symbolic link's target is rewritten where it lives, when that is in the repository)"})
 			return nil
 		}
 		f, warnings, bad, err := planFile(path, rel, t)
@@ -99,6 +99,9 @@ func NewPlan(dir string, t *Target, opts Options) (*Plan, error) {
 			return err
 		case bad != nil && !opts.SkipInvalid && bad.flux:
 			invalid = append(invalid, bad.Warning)
+		case bad != nil && bad.flux:
+			bad.Message += ": not read; it names a Flux API group, so check its apiVersions by hand"
+			p.Skipped = append(p.Skipped, bad.Warning)
 		case bad != nil:
 			bad.Message += ": not read"
 			p.Skipped = append(p.Skipped, bad.Warning)
