@@ -26,14 +26,14 @@ var update = flag.Bool("update", false, "regenerate the golden files under testd
 const targetFlux = "v2.9.4"
 
 // targetCRDs reads the rendered objects of a Flux release from the distribution data.
-func targetCRDs(t *testing.T, version string) []*unstructured.Unstructured {
+func targetCRDs(t testing.TB, version string) []*unstructured.Unstructured {
 	t.Helper()
 	objs, err := testenv.ReadManifests(filepath.Join(testenv.DistributionDir(t), "flux", version))
 	require.NoError(t, err)
 	return objs
 }
 
-func newTarget(t *testing.T) *fleetrepo.Target {
+func newTarget(t testing.TB) *fleetrepo.Target {
 	t.Helper()
 	target, err := fleetrepo.NewTarget(targetCRDs(t, targetFlux))
 	require.NoError(t, err)
