@@ -83,6 +83,11 @@ func TestRewriteCases(t *testing.T) {
 			want:     "- op: replace\n  path: /spec/sourceRef/apiVersion\n  value: source.toolkit.fluxcd.io/v1\n- op: add\n  path: /spec/providerRef/apiVersion\n  value: notification.toolkit.fluxcd.io/v1beta2\n---\npatches:\n  - target: {kind: Kustomization}\n    patch: |\n      - {op: replace, path: /spec/sourceRef/apiVersion, value: source.toolkit.fluxcd.io/v1}\n",
 			warnings: []string{"objects.yaml:6: [1].value (add /spec/providerRef/apiVersion): notification.toolkit.fluxcd.io/v1beta2 left unchanged: no sibling kind"},
 		},
+		"aliases that expand to a billion values are not expanded": {
+			in:       "apiVersion: helm.toolkit.fluxcd.io/v2beta1\nkind: HelmRelease\nspec:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n  b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n  c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n  d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n  e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n  f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n  g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]\n  h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]\n  i: [*h, *h, *h, *h, *h, *h, *h, *h, *h, *h]\n",
+			want:     "apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nspec:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n  b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n  c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n  d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n  e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n  f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n  g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]\n  h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]\n  i: [*h, *h, *h, *h, *h, *h, *h, *h, *h, *h]\n",
+			warnings: []string{"objects.yaml:1: HelmRelease: could not check which fields helm.toolkit.fluxcd.io/v2 drops (line 4: the object expands to more than 200 levels or 1048576 values (aliases))"},
+		},
 		"a file of comments and an empty document change nothing": {
 			in:   "# nothing here\n---\n---\n# still nothing\n",
 			want: "# nothing here\n---\n---\n# still nothing\n",

@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strings"
 
 	yaml "go.yaml.in/yaml/v3"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
 )
@@ -121,17 +121,84 @@ func droppedPaths(root *yaml.Node, pruner *storage.Pruner) ([]string, error) {
 	return pruner.DroppedFields(obj)
 }
 
-// decode turns a YAML node into an object with JSON types, as the API server would read it.
+// decode turns a YAML node into an object with JSON types, as the API server would read it. Only
+// the shape matters to the pruning (which fields and lists exist), so scalars are typed by their
+// resolved tag and nothing is re-serialised.
 func decode(n *yaml.Node) (*unstructured.Unstructured, error) {
-	data, err := yaml.Marshal(n)
+	d := &decoder{budget: maxNodes}
+	v, err := d.value(n, 0)
 	if err != nil {
 		return nil, err
 	}
-	obj := &unstructured.Unstructured{}
-	if err := sigsyaml.Unmarshal(data, &obj.Object); err != nil {
-		return nil, err
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("line %d: not a mapping", n.Line)
 	}
-	return obj, nil
+	return &unstructured.Unstructured{Object: obj}, nil
+}
+
+// maxDepth and maxNodes bound what decode expands: aliases can make a small file deep or huge
+// (the "billion laughs").
+const (
+	maxDepth = 200
+	maxNodes = 1 << 20
+)
+
+type decoder struct{ budget int }
+
+func (d *decoder) value(n *yaml.Node, depth int) (any, error) {
+	if d.budget--; depth > maxDepth || d.budget < 0 {
+		return nil, fmt.Errorf("line %d: the object expands to more than %d levels or %d values (aliases)", n.Line, maxDepth, maxNodes)
+	}
+	switch n.Kind {
+	case yaml.AliasNode:
+		return d.value(n.Alias, depth+1)
+	case yaml.MappingNode:
+		m := make(map[string]any, len(n.Content)/2)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			v, err := d.value(n.Content[i+1], depth+1)
+			if err != nil {
+				return nil, err
+			}
+			m[n.Content[i].Value] = v
+		}
+		return m, nil
+	case yaml.SequenceNode:
+		l := make([]any, 0, len(n.Content))
+		for _, item := range n.Content {
+			v, err := d.value(item, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			l = append(l, v)
+		}
+		return l, nil
+	}
+	return scalarValue(n), nil
+}
+
+// scalarValue types a scalar by its resolved tag, with JSON's number types.
+func scalarValue(n *yaml.Node) any {
+	switch n.ShortTag() {
+	case "!!null":
+		return nil
+	case "!!bool":
+		var b bool
+		if n.Decode(&b) == nil {
+			return b
+		}
+	case "!!int":
+		var i int64
+		if n.Decode(&i) == nil {
+			return i
+		}
+	case "!!float":
+		var f float64
+		if n.Decode(&f) == nil && !math.IsInf(f, 0) && !math.IsNaN(f) {
+			return f
+		}
+	}
+	return n.Value
 }
 
 // withoutDirectives drops the paths of strategic-merge patch directives, which start with "$".
