@@ -67,6 +67,7 @@ func newRootCommand(streams genericiooptions.IOStreams, info BuildInfo) (*cobra.
 		NewCmdStatus(configFlags, streams),
 		NewCmdDelete(configFlags, streams),
 		NewCmdMigrate(configFlags, streams, info),
+		NewCmdUpgradeRepo(configFlags, streams),
 		NewCmdHandoff(configFlags, streams),
 		NewCmdCreate(configFlags, streams),
 	)

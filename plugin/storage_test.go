@@ -172,11 +172,13 @@ func TestApplyAcrossRemovedVersions(t *testing.T) {
 		require.Equal(t, 0, r.Code, r.Stderr)
 		assert.Contains(t, r.Stderr, "Warning: the upgrade loses: "+droppedLine)
 		assert.Contains(t, r.Stderr, "Warning: the upgrade loses: "+staleLine)
+		assert.Contains(t, r.Stderr, "Warning: to fix the sources: `kubectl fluxinstance upgrade-repo -f FILE --repo-dir DIR`")
 
 		r = plugin("apply", "-f", newFile, "--wait=false")
 		assert.Equal(t, 1, r.Code, r.Stderr)
 		assert.Contains(t, r.Stderr, "error: the upgrade would lose what these lines name (nothing was changed):\n  "+droppedLine)
 		assert.Contains(t, r.Stderr, "  "+staleLine)
+		assert.Contains(t, r.Stderr, "fix the objects and sources first: `kubectl fluxinstance upgrade-repo -f FILE --repo-dir DIR`")
 		assert.Contains(t, r.Stderr, "re-run with --force to upgrade anyway")
 		assert.Equal(t, before, snapshot())
 	})

@@ -96,6 +96,7 @@ func (o *ApplyOptions) checkLosses(ctx context.Context, m *apply.Manager, migrat
 		return &storage.LossesError{Losses: losses}
 	}
 	printLosses(o.ErrOut, losses, "the upgrade loses")
+	fmt.Fprintf(o.ErrOut, "Warning: to fix the sources: %s\n", storage.FixSources)
 	return nil
 }
 

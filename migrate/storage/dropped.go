@@ -29,33 +29,67 @@ import (
 // its next reconcile, so a caller that only cares about what a person wrote may skip those paths.
 //
 // obj is not modified. The CRD must serve obj's group and kind (a mismatch is an error, since
-// the answer would be meaningless), and targetVersion must be one of its versions.
+// the answer would be meaningless), and targetVersion must be one of its versions. For many
+// objects of one CRD, NewPruner decodes the CRD and builds its schema once.
 func DroppedFields(obj *unstructured.Unstructured, targetCRD *unstructured.Unstructured, targetVersion string) ([]string, error) {
 	if obj == nil || targetCRD == nil {
 		return nil, errors.New("dropped fields: an object and a target CRD are required")
+	}
+	p, err := NewPruner(targetCRD, targetVersion)
+	if err != nil {
+		return nil, err
+	}
+	return p.DroppedFields(obj)
+}
+
+// Pruner is DroppedFields for one version of one CRD, its schema built once.
+type Pruner struct {
+	crd     *apiextensionsv1.CustomResourceDefinition
+	version string
+	// schema is nil when the CRD preserves unknown fields: nothing is pruned.
+	schema *structuralschema.Structural
+}
+
+// NewPruner decodes targetCRD and builds the structural schema of targetVersion.
+func NewPruner(targetCRD *unstructured.Unstructured, targetVersion string) (*Pruner, error) {
+	if targetCRD == nil {
+		return nil, errors.New("dropped fields: a target CRD is required")
 	}
 	crd := &apiextensionsv1.CustomResourceDefinition{}
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(targetCRD.Object, crd); err != nil {
 		return nil, fmt.Errorf("CustomResourceDefinition/%s: decoding: %w", targetCRD.GetName(), err)
 	}
-	gvk := obj.GroupVersionKind()
-	if gvk.Group != crd.Spec.Group || gvk.Kind != crd.Spec.Names.Kind {
-		return nil, fmt.Errorf("CustomResourceDefinition/%s serves %s.%s, not %s", crd.Name, crd.Spec.Names.Kind, crd.Spec.Group, gvk.GroupKind())
-	}
+	p := &Pruner{crd: crd, version: targetVersion}
 	// v1 CRDs cannot set spec.preserveUnknownFields any more, but a CRD read from a cluster that
 	// was upgraded from v1beta1 may still have it: the server then prunes nothing.
 	if crd.Spec.PreserveUnknownFields {
-		return []string{}, nil
+		return p, nil
 	}
 	s, err := structuralFor(crd, targetVersion)
 	if err != nil {
 		return nil, err
 	}
+	p.schema = s
+	return p, nil
+}
+
+// DroppedFields is DroppedFields of obj against the pruner's CRD and version.
+func (p *Pruner) DroppedFields(obj *unstructured.Unstructured) ([]string, error) {
+	if obj == nil {
+		return nil, errors.New("dropped fields: an object is required")
+	}
+	gvk := obj.GroupVersionKind()
+	if gvk.Group != p.crd.Spec.Group || gvk.Kind != p.crd.Spec.Names.Kind {
+		return nil, fmt.Errorf("CustomResourceDefinition/%s serves %s.%s, not %s", p.crd.Name, p.crd.Spec.Names.Kind, p.crd.Spec.Group, gvk.GroupKind())
+	}
+	if p.schema == nil {
+		return []string{}, nil
+	}
 	// Pruning deletes from the map it walks: work on a copy so that the caller's object is intact.
 	content := runtime.DeepCopyJSON(obj.Object)
-	content["apiVersion"] = crd.Spec.Group + "/" + targetVersion
+	content["apiVersion"] = p.crd.Spec.Group + "/" + p.version
 	// isResourceRoot as the server passes it: apiVersion, kind and metadata are kept at the root.
-	paths := pruning.PruneWithOptions(content, s, true, structuralschema.UnknownFieldPathOptions{TrackUnknownFieldPaths: true})
+	paths := pruning.PruneWithOptions(content, p.schema, true, structuralschema.UnknownFieldPathOptions{TrackUnknownFieldPaths: true})
 	if paths == nil {
 		paths = []string{}
 	}

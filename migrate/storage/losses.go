@@ -54,9 +54,13 @@ type LossesError struct{ Losses *Losses }
 func (e *LossesError) Error() string {
 	return "the upgrade would lose what these lines name (nothing was changed):\n  " +
 		strings.Join(e.Losses.Lines(20), "\n  ") +
-		"\nfix the objects and sources first (set every Flux object's apiVersion in Git to a version the new Flux serves, " +
-		"and move the dropped fields to their replacements), or re-run with --force to upgrade anyway"
+		"\nfix the objects and sources first: " + FixSources + "; or re-run with --force to upgrade anyway"
 }
+
+// FixSources tells a person how to fix what Losses names in the sources Flux applies.
+const FixSources = "`kubectl fluxinstance upgrade-repo -f FILE --repo-dir DIR` sets every Flux apiVersion in a checkout of " +
+	"the fleet repository to a version the new Flux serves and names the fields to move to their replacements; " +
+	"commit that and let Flux reconcile it"
 
 // CheckLosses reads, without changing anything, every object of the plan's kinds and every
 // Kustomization, and reports what the upgrade to the rendered CRDs (objects) would lose.
@@ -111,6 +115,10 @@ func droppedOf(ctx context.Context, c client.Client, m Migration, target *unstru
 		versions = []string{m.liveList.Version}
 	}
 	gv := m.Group + "/" + m.Version
+	pruner, err := NewPruner(target, m.Version)
+	if err != nil {
+		return nil, err
+	}
 	refs := map[types.UID]string{}
 	paths := map[types.UID]map[string]bool{}
 	for _, v := range versions {
@@ -119,7 +127,7 @@ func droppedOf(ctx context.Context, c client.Client, m Migration, target *unstru
 		err := kube.ListPages(ctx, c, list, func() error {
 			for i := range list.Items {
 				obj := &list.Items[i]
-				dropped, err := DroppedFields(obj, target, m.Version)
+				dropped, err := pruner.DroppedFields(obj)
 				if err != nil {
 					return fmt.Errorf("%s: %w", kube.Ref(obj), err)
 				}

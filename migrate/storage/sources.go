@@ -22,7 +22,7 @@ const kustomizationsCRD = "kustomizations.kustomize.toolkit.fluxcd.io"
 // StaleSource is one object that a Kustomization applies at an API version the target Flux no
 // longer serves. Migrating the stored objects does not help here: kustomize-controller applies
 // what the source (Git, OCI) says, so its next reconcile after the upgrade fails until the source
-// is rewritten (`flux migrate -f .`).
+// is rewritten (`kubectl fluxinstance upgrade-repo`, package fleetrepo).
 type StaleSource struct {
 	// Kustomization is the namespace/name of the Kustomization that applies the object.
 	Kustomization string
@@ -55,6 +55,28 @@ func ServedVersions(rendered []*unstructured.Unstructured) map[schema.GroupKind]
 		served[gk] = append(served[gk], servedVersions(obj)...)
 	}
 	return served
+}
+
+// StorageVersions returns, for each kind a rendering's CustomResourceDefinitions define, the
+// version they store objects at (storage: true). Objects other than CRDs are ignored, and so is a
+// CRD without a storage version (the API server refuses one, so the rendering is broken).
+func StorageVersions(rendered []*unstructured.Unstructured) map[schema.GroupKind]string {
+	stored := map[schema.GroupKind]string{}
+	for _, obj := range rendered {
+		if obj == nil || obj.GroupVersionKind().GroupKind() != kube.CRDGVK.GroupKind() {
+			continue
+		}
+		if v, _ := storageVersion(obj); v != "" {
+			stored[kube.CRDNames(obj)] = v
+		}
+	}
+	return stored
+}
+
+// IsFluxGroup tells whether group is one of Flux's API groups (source, kustomize, helm,
+// notification, image), all under toolkit.fluxcd.io.
+func IsFluxGroup(group string) bool {
+	return strings.HasSuffix(group, ".toolkit.fluxcd.io")
 }
 
 // StaleSources lists every Kustomization and returns the Flux objects (group *.toolkit.fluxcd.io)
@@ -140,7 +162,7 @@ func staleIn(ks *unstructured.Unstructured, served map[schema.GroupKind][]string
 		if id.Name == "" || id.GroupKind.Kind == "" {
 			return nil, fmt.Errorf("Kustomization %s: status.inventory.entries[%d]: id %q names no object", ref, i, rawID)
 		}
-		if !isFluxGroup(id.GroupKind.Group) {
+		if !IsFluxGroup(id.GroupKind.Group) {
 			continue
 		}
 		// kustomize-controller always writes v; without it the entry cannot be judged, which is
@@ -160,12 +182,6 @@ func staleIn(ks *unstructured.Unstructured, served map[schema.GroupKind][]string
 		})
 	}
 	return stale, nil
-}
-
-// isFluxGroup tells whether group is one of Flux's API groups (source, kustomize, helm,
-// notification, image), all under toolkit.fluxcd.io.
-func isFluxGroup(group string) bool {
-	return strings.HasSuffix(group, ".toolkit.fluxcd.io")
 }
 
 // objectName is "Kind namespace/name", or "Kind name" for a cluster-scoped object.
@@ -220,7 +236,7 @@ func StoredAtRemovedVersions(ctx context.Context, c client.Client) ([]string, er
 		for i := range list.Items {
 			crd := &list.Items[i]
 			group, _, _ := unstructured.NestedString(crd.Object, "spec", "group")
-			if !isFluxGroup(group) {
+			if !IsFluxGroup(group) {
 				continue
 			}
 			stored, _, _ := unstructured.NestedStringSlice(crd.Object, "status", "storedVersions")
