@@ -96,15 +96,18 @@ func (o *ApplyOptions) checkLosses(ctx context.Context, m *apply.Manager, migrat
 		return &storage.LossesError{Losses: losses}
 	}
 	printLosses(o.ErrOut, losses, "the upgrade loses")
-	fmt.Fprintf(o.ErrOut, "Warning: to fix the sources: %s\n", storage.FixSources)
 	return nil
 }
 
-// printLosses warns of each loss, at most 20 lines.
+// printLosses warns of each loss, at most 20 lines, and of how to fix the sources.
 func printLosses(w io.Writer, losses *storage.Losses, what string) {
+	if losses.Empty() {
+		return
+	}
 	for _, line := range losses.Lines(20) {
 		fmt.Fprintf(w, "Warning: %s: %s\n", what, line)
 	}
+	fmt.Fprintf(w, "Warning: to fix the sources: %s\n", storage.FixSources)
 }
 
 // printMigrationPlan lists the storage migration on stderr, one line per CRD.
