@@ -345,18 +345,25 @@ func atCommit(revision, commit string) bool {
 	return commit == "" || strings.HasSuffix(revision, "sha1:"+commit)
 }
 
-// WaitReady waits until the Kustomization is Ready, observed at its generation, and (when commit
-// is not empty) applied at that commit. It fails the test with the Ready message and the
+// WaitReady waits until the sync Kustomization is Ready, observed at its generation, and (when
+// commit is not empty) applied at that commit. It fails the test with the Ready message and the
 // controllers' logs otherwise.
 func (f *Flux) WaitReady(t testing.TB, commit string) *unstructured.Unstructured {
 	t.Helper()
+	return f.WaitKustomizationReady(t, f.Key(), commit)
+}
+
+// WaitKustomizationReady is WaitReady for any Kustomization, e.g. a user's that the sync
+// Kustomization applies from the fleet repository.
+func (f *Flux) WaitKustomizationReady(t testing.TB, key types.NamespacedName, commit string) *unstructured.Unstructured {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	ks, err := f.waitKustomization(ctx, func(ks *unstructured.Unstructured) bool {
+	ks, err := f.waitKustomization(ctx, key, func(ks *unstructured.Unstructured) bool {
 		return atCommit(Status(ks, "lastAppliedRevision"), commit)
 	})
 	if err != nil {
-		t.Fatalf("Kustomization %s not Ready at commit %q: %v\n%s", f.Key(), commit, err, f.Controllers.Logs(20))
+		t.Fatalf("Kustomization %s not Ready at commit %q: %v\n%s", key, commit, err, f.Controllers.Logs(20))
 	}
 	return ks
 }
@@ -393,7 +400,7 @@ func (f *Flux) Reconcile(t testing.TB, commit string) *unstructured.Unstructured
 	if err := f.request(ctx, ks, requested); err != nil {
 		t.Fatal(err)
 	}
-	ks, err = f.waitKustomization(ctx, func(ks *unstructured.Unstructured) bool {
+	ks, err = f.waitKustomization(ctx, f.Key(), func(ks *unstructured.Unstructured) bool {
 		return Status(ks, "lastHandledReconcileAt") == requested && atCommit(Status(ks, "lastAppliedRevision"), commit)
 	})
 	if err != nil {
@@ -418,11 +425,11 @@ func (f *Flux) request(ctx context.Context, obj client.Object, requested string)
 	return RequestReconcile(ctx, f.Client, obj, requested)
 }
 
-func (f *Flux) waitKustomization(ctx context.Context, done func(*unstructured.Unstructured) bool) (*unstructured.Unstructured, error) {
+func (f *Flux) waitKustomization(ctx context.Context, key types.NamespacedName, done func(*unstructured.Unstructured) bool) (*unstructured.Unstructured, error) {
 	ks := &unstructured.Unstructured{}
 	ks.SetGroupVersionKind(KustomizationKind())
 	err := f.Controllers.waitRunning(ctx, 200*time.Millisecond, func() (bool, error) {
-		if err := f.Client.Get(ctx, f.Key(), ks); err != nil {
+		if err := f.Client.Get(ctx, key, ks); err != nil {
 			if apierrors.IsNotFound(err) {
 				return false, nil
 			}

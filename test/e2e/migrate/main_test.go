@@ -191,11 +191,18 @@ func templates(t testing.TB, c client.Client) map[string]string {
 // deleted, not even deleted and re-created), except the keys in gone.
 func (s *snapshot) assertSurvived(t testing.TB, c client.Client, gone ...objectKey) {
 	t.Helper()
+	s.assertSurvivedAs(t, func(k objectKey) (*metav1.PartialObjectMetadata, error) { return getMeta(c, k) }, gone...)
+}
+
+// assertSurvivedAs is assertSurvived reading each object with get (e.g. at another version than
+// the recorded one, after an upgrade removed it).
+func (s *snapshot) assertSurvivedAs(t testing.TB, get func(objectKey) (*metav1.PartialObjectMetadata, error), gone ...objectKey) {
+	t.Helper()
 	for k, uid := range s.uids {
 		if slices.Contains(gone, k) {
 			continue
 		}
-		m, err := getMeta(c, k)
+		m, err := get(k)
 		if !assert.NoError(t, err, "%s still exists", k) {
 			continue
 		}
