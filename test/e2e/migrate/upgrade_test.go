@@ -15,6 +15,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -43,15 +44,17 @@ const (
 
 type teamObject struct {
 	kind, name, group, from, to string
+	// overlap: Flux 2.2.3 serves the new version too.
+	overlap bool
 }
 
 var teamObjects = []teamObject{
-	{"GitRepository", "fleet", "source.toolkit.fluxcd.io", "v1beta2", "v1"},
-	{"Kustomization", "apps", "kustomize.toolkit.fluxcd.io", "v1beta2", "v1"},
-	{"HelmRepository", "charts", "source.toolkit.fluxcd.io", "v1beta2", "v1"},
-	{"HelmRelease", "podinfo", "helm.toolkit.fluxcd.io", "v2beta1", "v2"},
-	{"Provider", "hook", "notification.toolkit.fluxcd.io", "v1beta2", "v1beta3"},
-	{"Alert", "all", "notification.toolkit.fluxcd.io", "v1beta2", "v1beta3"},
+	{"GitRepository", "fleet", "source.toolkit.fluxcd.io", "v1beta2", "v1", true},
+	{"Kustomization", "apps", "kustomize.toolkit.fluxcd.io", "v1beta2", "v1", true},
+	{"HelmRepository", "charts", "source.toolkit.fluxcd.io", "v1beta2", "v1", false},
+	{"HelmRelease", "podinfo", "helm.toolkit.fluxcd.io", "v2beta1", "v2", false},
+	{"Provider", "hook", "notification.toolkit.fluxcd.io", "v1beta2", "v1beta3", true},
+	{"Alert", "all", "notification.toolkit.fluxcd.io", "v1beta2", "v1beta3", true},
 }
 
 func (o teamObject) key(version string) objectKey {
@@ -229,39 +232,8 @@ func inventoryVersions(t *testing.T, ks *unstructured.Unstructured) map[string]s
 func TestUpgradeAcrossRemovedVersions(t *testing.T) {
 	t.Parallel()
 	start := time.Now()
-	fluxenv.BinDir(t, false)
-	env := testenv.Start(t)
-	o := fluxenv.Options{Version: "v2.2.3"}
-	apps := defaultApps
-	repo := fleetWithApps(t, o.WithDefaults().Path, apps...)
-	writeTeam(t, repo)
-	fluxenv.WriteBootstrapFiles(t, repo, o)
-	repo.CommitAndPush(t, "Add Flux v2.2.3 sync manifests")
-	f := fluxenv.ApplyBootstrap(t, env, repo, o)
-	s := newScenario(t, f, apps...)
-
-	// 2.2.3's kustomize-controller (simulated) applies the team's objects at their versions.
-	f.SimulateReconcile(t)
-	gitAuth := copyGitSecret(t, s)
-	applied := inventoryVersions(t, f.Kustomization(t))
-	for _, obj := range teamObjects {
-		assert.Equal(t, obj.from, applied[obj.key("").String()], "%s is applied at %s", obj.kind, obj.from)
-		assert.True(t, exists(t, s.c, obj.key(obj.from)), "%s %s exists", obj.kind, obj.name)
-	}
-	all := takeSnapshot(t, s.c, f.Kustomization(t), secretKey(f), gitAuth)
-	users := &snapshot{uids: map[objectKey]types.UID{}, templates: all.templates}
-	for k, uid := range all.uids {
-		if !isFlux(t, s.c, k) {
-			users.uids[k] = uid
-		}
-	}
-	recorded := append(appKeys(apps[0]), gitAuth)
-	for _, obj := range teamObjects {
-		recorded = append(recorded, obj.key(obj.from))
-	}
-	for _, k := range recorded {
-		require.Contains(t, users.uids, k, "the users' objects are recorded")
-	}
+	s, all, users := bootstrapTeamAt223(t)
+	f, repo := s.f, s.f.Repo
 	t.Logf("bootstrap of v2.2.3 and the simulated reconcile: %s", time.Since(start).Round(10*time.Millisecond))
 
 	// migrate adopts the bootstrap; the work tree goes to Git; 2.2.3 reconciles that commit.
@@ -290,8 +262,8 @@ func TestUpgradeAcrossRemovedVersions(t *testing.T) {
 
 	// Pruning still works: an app removed from Git is deleted, the rest kept.
 	step = time.Now()
-	gone := apps[0]
-	repo.RemoveApp(t, o.WithDefaults().Path, gone)
+	gone := s.apps[0]
+	repo.RemoveApp(t, f.Options.Path, gone)
 	ks := f.Reconcile(t, f.Push(t, "Remove "+gone.Name))
 	for _, k := range appKeys(gone) {
 		assert.False(t, exists(t, c, k), "%s was pruned", k)
@@ -300,6 +272,46 @@ func TestUpgradeAcrossRemovedVersions(t *testing.T) {
 	users.assertSurvivedAs(t, servedMeta(c), appKeys(gone)...)
 	users.assertTemplates(t, c, fluxDeployments(t, c, f.Options.Namespace), gone.Namespace+"/"+gone.Name)
 	t.Logf("prune: %s; whole journey: %s", time.Since(step).Round(10*time.Millisecond), time.Since(start).Round(10*time.Millisecond))
+}
+
+// bootstrapTeamAt223 bootstraps Flux v2.2.3 from a fleet repository holding the default apps and
+// the team's objects, reconciled by simulation: 2.2.3's kustomize-controller applies the team's
+// objects at their versions. It returns the snapshot of the sync Kustomization's inventory (and
+// of the two Git secrets) and the part of it that is the users'.
+func bootstrapTeamAt223(t *testing.T) (s *scenario, all, users *snapshot) {
+	t.Helper()
+	fluxenv.BinDir(t, false)
+	env := testenv.Start(t)
+	o := fluxenv.Options{Version: "v2.2.3"}
+	repo := fleetWithApps(t, o.WithDefaults().Path, defaultApps...)
+	writeTeam(t, repo)
+	fluxenv.WriteBootstrapFiles(t, repo, o)
+	repo.CommitAndPush(t, "Add Flux v2.2.3 sync manifests")
+	f := fluxenv.ApplyBootstrap(t, env, repo, o)
+	s = newScenario(t, f, defaultApps...)
+
+	f.SimulateReconcile(t)
+	gitAuth := copyGitSecret(t, s)
+	applied := inventoryVersions(t, f.Kustomization(t))
+	for _, obj := range teamObjects {
+		assert.Equal(t, obj.from, applied[obj.key("").String()], "%s is applied at %s", obj.kind, obj.from)
+		assert.True(t, exists(t, s.c, obj.key(obj.from)), "%s %s exists", obj.kind, obj.name)
+	}
+	all = takeSnapshot(t, s.c, f.Kustomization(t), secretKey(f), gitAuth)
+	users = &snapshot{uids: map[objectKey]types.UID{}, templates: all.templates}
+	for k, uid := range all.uids {
+		if !isFlux(t, s.c, k) {
+			users.uids[k] = uid
+		}
+	}
+	recorded := append(appKeys(defaultApps[0]), gitAuth)
+	for _, obj := range teamObjects {
+		recorded = append(recorded, obj.key(obj.from))
+	}
+	for _, k := range recorded {
+		require.Contains(t, users.uids, k, "the users' objects are recorded")
+	}
+	return s, all, users
 }
 
 // upgradeRepository sets the FluxInstance in the work tree to 2.9.4 and rewrites the team's
@@ -396,6 +408,7 @@ func upgradeCluster(t *testing.T, s *scenario, instance string) client.Client {
 	ks := s.f.Kustomization(t)
 	crds := schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinitionList"}
 	rv, crdRV := resourceVersions(t, s.c, ks), testenv.ListResourceVersions(t, s.c, crds)
+	assertServed(t, s.c, false)
 	r := runPlugin(t, "", args...)
 	require.Equal(t, 1, r.Code, "apply without --force:\n%s", r.Stderr)
 	assert.Contains(t, r.Stderr, "error: the upgrade would lose what these lines name (nothing was changed):\n")
@@ -415,17 +428,36 @@ func upgradeCluster(t *testing.T, s *scenario, instance string) client.Client {
 
 	c := fastClient(t, s.f.Env)
 	assertControllersAt(t, c, s, upgradeVersion)
+	assertServed(t, c, true)
 	for _, obj := range teamObjects {
 		crd := &unstructured.Unstructured{}
 		crd.SetGroupVersionKind(schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinition"})
 		mapping, err := c.RESTMapper().RESTMapping(schema.GroupKind{Group: obj.group, Kind: obj.kind})
 		require.NoError(t, err, obj.kind)
-		assert.Equal(t, obj.to, mapping.GroupVersionKind.Version, "2.9.4 serves %s at %s", obj.kind, obj.to)
 		require.NoError(t, c.Get(context.Background(), client.ObjectKey{Name: mapping.Resource.GroupResource().String()}, crd))
 		stored, _, _ := unstructured.NestedStringSlice(crd.Object, "status", "storedVersions")
 		assert.Equal(t, []string{obj.to}, stored, "%s stores %s alone", crd.GetName(), obj.to)
 	}
 	return c
+}
+
+// assertServed checks which of each team object's versions the cluster serves. At 2.2.3 (before
+// the upgrade): the old one, and the new one only where the releases overlap, so 2.2.3's
+// kustomize-controller could not apply the rewritten commit. At 2.9.4: the new one alone, so the
+// new controllers could not apply the old commit.
+func assertServed(t *testing.T, c client.Client, upgraded bool) {
+	t.Helper()
+	for _, obj := range teamObjects {
+		gk := schema.GroupKind{Group: obj.group, Kind: obj.kind}
+		for v, served := range map[string]bool{obj.from: !upgraded, obj.to: upgraded || obj.overlap} {
+			_, err := c.RESTMapper().RESTMapping(gk, v)
+			if served {
+				assert.NoError(t, err, "%s %s is served (upgraded: %t)", obj.kind, v, upgraded)
+			} else {
+				assert.True(t, meta.IsNoMatchError(err), "%s %s is not served (upgraded: %t): %v", obj.kind, v, upgraded, err)
+			}
+		}
+	}
 }
 
 // reconcileUpgraded starts the real controllers: the sync Kustomization and the team's (its
