@@ -53,6 +53,7 @@ var teamObjects = []teamObject{
 	{"Kustomization", "apps", "kustomize.toolkit.fluxcd.io", "v1beta2", "v1", true},
 	{"HelmRepository", "charts", "source.toolkit.fluxcd.io", "v1beta2", "v1", false},
 	{"HelmRelease", "podinfo", "helm.toolkit.fluxcd.io", "v2beta1", "v2", false},
+	{"HelmRelease", "canary", "helm.toolkit.fluxcd.io", "v2beta2", "v2", false},
 	{"Provider", "hook", "notification.toolkit.fluxcd.io", "v1beta2", "v1beta3", true},
 	{"Alert", "all", "notification.toolkit.fluxcd.io", "v1beta2", "v1beta3", true},
 }
@@ -130,6 +131,22 @@ spec:
         name: charts
   values:
     replicaCount: 2 # two replicas in every cluster
+---
+# The canary, written after Flux 2.2 moved HelmRelease to v2beta2.
+apiVersion: helm.toolkit.fluxcd.io/v2beta2
+kind: HelmRelease
+metadata:
+  name: canary
+  namespace: team
+spec:
+  interval: 5m
+  chart:
+    spec:
+      chart: podinfo
+      version: ">=6.9.0"
+      sourceRef:
+        kind: HelmRepository
+        name: charts
 ---
 apiVersion: notification.toolkit.fluxcd.io/v1beta2
 kind: Provider
@@ -423,7 +440,7 @@ func upgradeCluster(t *testing.T, s *scenario, instance string) client.Client {
 	r = runPlugin(t, "", append(args, "--force")...)
 	require.Equal(t, 0, r.Code, "apply --force:\n%s", r.Stderr)
 	t.Logf("apply --force:\n%s", r.Stderr)
-	assert.Contains(t, r.Stderr, "migrating 1 helmreleases.helm.toolkit.fluxcd.io to v2: 1/1")
+	assert.Contains(t, r.Stderr, "migrating 2 helmreleases.helm.toolkit.fluxcd.io to v2: 2/2")
 	assert.Contains(t, r.Stderr, "migrating 1 helmrepositories.source.toolkit.fluxcd.io to v1: 1/1")
 
 	c := fastClient(t, s.f.Env)
