@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -359,11 +360,9 @@ func upgradeRepository(t *testing.T, s *scenario) string {
 		}
 		r := runPlugin(t, "", args...)
 		require.Equal(t, 0, r.Code, "upgrade-repo --dry-run=%t:\n%s", dryRun, r.Stderr)
-		assert.Contains(t, r.Stdout, " M "+teamFile+"\n", "--dry-run=%t", dryRun)
-		for _, line := range lines {
-			assert.Contains(t, r.Stdout, line+"\n", "--dry-run=%t", dryRun)
-		}
-		assert.Equal(t, len(teamObjects)+1, strings.Count(r.Stdout, "\n"), "one line per file and per object, nothing else:\n%s", r.Stdout)
+		files, objects := reportedChanges(r.Stdout)
+		assert.Equal(t, []string{" M " + teamFile}, files, "--dry-run=%t: the changed files", dryRun)
+		assert.ElementsMatch(t, lines, objects, "--dry-run=%t: the rewritten objects", dryRun)
 		if dryRun {
 			assert.Equal(t, old, repo.ReadFile(t, teamFile), "--dry-run writes nothing")
 		}
@@ -371,6 +370,22 @@ func upgradeRepository(t *testing.T, s *scenario) string {
 	assert.Equal(t, want, repo.ReadFile(t, teamFile), "only the objects' apiVersion lines changed")
 	assert.Equal(t, rel+"\n"+teamFile, repo.Git(t, "diff", "--name-only"), "upgrade-repo changed teamFile alone")
 	return file
+}
+
+var rewriteLine = regexp.MustCompile(`^\S+:\d+: `)
+
+// reportedChanges splits upgrade-repo's output into its changed-file lines (" M path") and its
+// rewritten-object lines (path:LINE: ...); other lines (a summary) are left out.
+func reportedChanges(stdout string) (files, objects []string) {
+	for _, line := range strings.Split(stdout, "\n") {
+		switch {
+		case strings.HasPrefix(line, " M "):
+			files = append(files, line)
+		case rewriteLine.MatchString(line):
+			objects = append(objects, line)
+		}
+	}
+	return files, objects
 }
 
 // upgradedInstance is the migrated FluxInstance at another version, without the patches migrate
