@@ -3,7 +3,9 @@
 // apps in it, is migrated, the bootstrap files leave Git exactly as the command's next step says,
 // and kustomize-controller's next reconcile deletes nothing of Flux, restarts nothing, stays Ready
 // and still prunes the users' apps. Older Flux versions, whose CRDs the controllers cannot serve,
-// are reconciled by simulation; faults interrupt migrate after every API call.
+// are reconciled by simulation; faults interrupt migrate after every API call. A 2.2.3 bootstrap
+// whose users' manifests are at versions 2.9.4 removes is migrated, its repository rewritten
+// with upgrade-repo and the instance applied at 2.9.4, then the real controllers reconcile it.
 package migrate_test
 
 import (
