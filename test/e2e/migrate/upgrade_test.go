@@ -334,8 +334,8 @@ func bootstrapTeamAt223(t *testing.T) (s *scenario, all, users *snapshot) {
 
 // upgradeRepository sets the FluxInstance in the work tree to 2.9.4 and rewrites the team's
 // manifests for it with `upgrade-repo` (a dry run first, which writes nothing). It checks what it
-// printed and that teamFile changed in the apiVersion lines of its objects only. It returns the
-// FluxInstance file's path.
+// printed and that teamFile changed in its apiVersion lines only (the objects' and the
+// sourceRef's). It returns the FluxInstance file's path.
 func upgradeRepository(t *testing.T, s *scenario) string {
 	t.Helper()
 	repo := s.f.Repo
@@ -353,6 +353,13 @@ func upgradeRepository(t *testing.T, s *scenario) string {
 			obj.kind, teamNamespace, obj.name, obj.group, obj.from, obj.to))
 		want = strings.Replace(want, obj.header(obj.from), obj.header(obj.to), 1)
 	}
+	// The Kustomization's sourceRef names the GitRepository's version too: rewritten as well.
+	ref, refTo := "    apiVersion: source.toolkit.fluxcd.io/v1beta2\n    kind: GitRepository\n", "    apiVersion: source.toolkit.fluxcd.io/v1\n    kind: GitRepository\n"
+	i := strings.Index(old, ref)
+	require.GreaterOrEqual(t, i, 0, "the sourceRef")
+	lines = append(lines, fmt.Sprintf("%s:%d: Kustomization %s/apps spec.sourceRef (GitRepository): source.toolkit.fluxcd.io/v1beta2 → v1",
+		teamFile, strings.Count(old[:i], "\n")+1, teamNamespace))
+	want = strings.Replace(want, ref, refTo, 1)
 	for _, dryRun := range []bool{true, false} {
 		args := []string{"upgrade-repo", "-f", file, "--repo-dir", repo.Dir}
 		if dryRun {
@@ -367,7 +374,7 @@ func upgradeRepository(t *testing.T, s *scenario) string {
 			assert.Equal(t, old, repo.ReadFile(t, teamFile), "--dry-run writes nothing")
 		}
 	}
-	assert.Equal(t, want, repo.ReadFile(t, teamFile), "only the objects' apiVersion lines changed")
+	assert.Equal(t, want, repo.ReadFile(t, teamFile), "only the apiVersion lines changed")
 	assert.Equal(t, rel+"\n"+teamFile, repo.Git(t, "diff", "--name-only"), "upgrade-repo changed teamFile alone")
 	return file
 }
