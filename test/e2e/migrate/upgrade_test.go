@@ -6,6 +6,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -236,17 +237,17 @@ func inventoryVersions(t *testing.T, ks *unstructured.Unstructured) map[string]s
 
 // TestUpgradeAcrossRemovedVersions is the whole journey of a fleet repository bootstrapped at
 // Flux 2.2.3 whose users' manifests are at versions 2.9.4 removes (#12): migrate, rewrite the
-// repository with upgrade-repo, apply 2.9.4, then the real controllers (v1.9.4) reconcile the new
-// commit keeping every user object, and still prune an app removed from Git.
+// repository with upgrade-repo, apply 2.9.4, push, then the real controllers (v1.9.4) reconcile
+// the new commit keeping every user object, and still prune an app removed from Git.
 //
-// The order is forced by the versions: 2.2.3's CRDs serve none of the rewritten versions of
-// HelmRelease (v2) and HelmRepository (v1), so its kustomize-controller cannot apply the rewritten
-// commit, and 2.9.4's serve none of the old ones, so the new controllers cannot apply the old
-// commit. The rewritten commit is pushed, then the apply upgrades. Until kustomize-controller
-// reconciles that commit, the sync Kustomization's status.inventory still says it applies the
-// team's objects at the removed versions, so the apply refuses (naming them) unless --force;
-// once the commit is in Git that is what the user must pass. Garbage collection compares
-// inventory ids without versions, so the new controllers' first reconcile deletes none of them.
+// No commit suits both releases: 2.2.3's CRDs serve neither the rewritten HelmRelease (v2) nor
+// HelmRepository (v1), and 2.9.4's serve none of the old versions. The README's order is followed:
+// the apply, then the push. While the sync Kustomization's status.inventory still says it applies
+// the team's objects at removed versions, the apply refuses (naming them) unless --force, which
+// the user passes once the rewritten repository is ready. In between, the new kustomize-controller
+// fails the old commit and deletes nothing (its apply fails before its garbage collection); after
+// the push, garbage collection compares inventory ids without versions, so it deletes none of the
+// rewritten objects either.
 func TestUpgradeAcrossRemovedVersions(t *testing.T) {
 	t.Parallel()
 	start := time.Now()
@@ -266,7 +267,6 @@ func TestUpgradeAcrossRemovedVersions(t *testing.T) {
 
 	step = time.Now()
 	instance := upgradeRepository(t, s)
-	commit := repo.CommitAndPush(t, "Upgrade to Flux 2.9.4: the manifests at the versions it serves")
 	t.Logf("upgrade-repo: %s", time.Since(step).Round(10*time.Millisecond))
 
 	step = time.Now()
@@ -275,6 +275,11 @@ func TestUpgradeAcrossRemovedVersions(t *testing.T) {
 	t.Logf("apply of 2.9.4: %s", time.Since(step).Round(10*time.Millisecond))
 
 	step = time.Now()
+	startOnOldCommit(t, s, c, users)
+	t.Logf("the real controllers fail the old commit: %s", time.Since(step).Round(10*time.Millisecond))
+
+	step = time.Now()
+	commit := f.Push(t, "Upgrade to Flux 2.9.4: the manifests at the versions it serves")
 	reconcileUpgraded(t, s, c, users, commit)
 	t.Logf("the real controllers reconcile the rewritten commit: %s", time.Since(step).Round(10*time.Millisecond))
 
@@ -499,15 +504,48 @@ func assertServed(t *testing.T, c client.Client, upgraded bool) {
 	}
 }
 
-// reconcileUpgraded starts the real controllers: the sync Kustomization and the team's (its
-// GitRepository, too: it is Ready at the commit) become Ready at the rewritten commit, the sync
-// Kustomization's inventory now names the team's objects at the new versions, every user object
-// kept its UID and no user Deployment's pod template changed.
+// startOnOldCommit starts the real controllers (v1.9.4) while Git still holds the 2.2.3
+// manifests: the sync Kustomization fails on the removed versions, and nothing is deleted.
+func startOnOldCommit(t *testing.T, s *scenario, c client.Client, users *snapshot) {
+	t.Helper()
+	f := s.f
+	fluxenv.KeepDeploymentsAvailable(t, f.Client)
+	f.Controllers = fluxenv.StartControllers(t, f.Env, fluxenv.ControllerOptions{Namespace: f.Options.Namespace})
+	ks := &unstructured.Unstructured{}
+	ks.SetGroupVersionKind(fluxenv.KustomizationKind())
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		require.NoError(t, c.Get(context.Background(), f.Key(), ks))
+		// The simulation left Ready True; only the controller writes False (first, until
+		// source-controller has fetched the commit, ArtifactFailed).
+		if _, summary := fluxenv.Ready(ks); strings.HasPrefix(summary, "False ") && !strings.HasPrefix(summary, "False ArtifactFailed") {
+			t.Logf("the sync Kustomization on the old commit: %s", summary)
+			assert.True(t, slices.ContainsFunc(teamObjects, func(o teamObject) bool {
+				return strings.Contains(summary, fmt.Sprintf(`%s/%s/%s dry-run failed: no matches for kind %q in version "%s/%s"`,
+					o.kind, teamNamespace, o.name, o.kind, o.group, o.from))
+			}), "it fails on a team object at a removed version")
+			break
+		}
+		require.NoError(t, f.Controllers.Running())
+		require.True(t, time.Now().Before(deadline), "kustomize-controller did not fail the old commit\n%s", f.Controllers.Logs(20))
+		time.Sleep(200 * time.Millisecond)
+	}
+	users.assertSurvivedAs(t, servedMeta(c))
+}
+
+// reconcileUpgraded reconciles the pushed, rewritten commit: the sync Kustomization and the
+// team's (whose GitRepository is asked to fetch now) become Ready at it, the sync Kustomization's
+// inventory names the team's objects at the new versions, every user object kept its UID and no
+// user Deployment's pod template changed.
 func reconcileUpgraded(t *testing.T, s *scenario, c client.Client, users *snapshot, commit string) {
 	t.Helper()
 	f := s.f
-	f.Start(t)
-	ks := f.WaitReady(t, commit)
+	ks := f.Reconcile(t, commit)
+	fleet := &unstructured.Unstructured{}
+	fleet.SetGroupVersionKind(fluxenv.GitRepositoryKind())
+	fleet.SetNamespace(teamNamespace)
+	fleet.SetName("fleet")
+	require.NoError(t, fluxenv.RequestReconcile(context.Background(), c, fleet, time.Now().Format(time.RFC3339Nano)))
 	team := f.WaitKustomizationReady(t, types.NamespacedName{Namespace: teamNamespace, Name: "apps"}, commit)
 	applied := inventoryVersions(t, ks)
 	for _, obj := range teamObjects {
