@@ -401,9 +401,10 @@ func reportedChanges(stdout string) (files, objects []string) {
 }
 
 // upgradedInstance is the migrated FluxInstance at another version, without the patches migrate
-// wrote to keep the running 2.2.3 pod templates: they replace the controllers' images, args and
-// version labels with 2.2.3's, so kept at 2.9.4 they would run the 2.2.3 controllers against
-// 2.9.4's CRDs. Dropping them is the user's part of the upgrade (the plan listed them).
+// wrote to keep the running 2.2.3 pod templates (the bootstrap's images have no digest, the
+// rendering's do): they set the controllers' images, args and version labels to 2.2.3's, so kept
+// at 2.9.4 they would run the 2.2.3 controllers against 2.9.4's CRDs (assertControllersAt fails
+// then). Nothing warns of that yet: the user has to drop them.
 func upgradedInstance(t *testing.T, migrated, version string) string {
 	t.Helper()
 	var inst map[string]any
@@ -461,6 +462,7 @@ func upgradeCluster(t *testing.T, s *scenario, instance string) client.Client {
 			s.f.Options.Namespace, obj.kind, teamNamespace, obj.name, obj.group, obj.from))
 	}
 	assert.Contains(t, r.Stderr, "re-run with --force to upgrade anyway")
+	assert.Contains(t, r.Stderr, "kubectl fluxinstance upgrade-repo -f FILE --repo-dir DIR", "the refusal names the fix")
 	assert.Equal(t, rv, resourceVersions(t, s.c, ks), "the refused apply changed no user object")
 	assert.Equal(t, crdRV, testenv.ListResourceVersions(t, s.c, crds), "the refused apply changed no CRD")
 
