@@ -413,14 +413,7 @@ func (p *plan) mountPersistentStorage(o *unstructured.Unstructured, podSpec, man
 // registry, pinning tag and digest from the variant's image list when it
 // lists the component.
 func (p *plan) rewriteImage(img string) string {
-	repo, tag := img, ""
-	if i := strings.IndexByte(repo, '@'); i >= 0 {
-		repo = repo[:i]
-	}
-	if i := strings.LastIndexByte(repo, ':'); i > strings.LastIndexByte(repo, '/') {
-		repo, tag = repo[:i], repo[i+1:]
-	}
-	name := repo[strings.LastIndexByte(repo, '/')+1:]
+	_, name, tag := splitImage(img)
 	out := p.registry + "/" + name
 	if ref, ok := p.images[name]; ok && ref.Tag != "" {
 		out += ":" + ref.Tag

@@ -116,10 +116,12 @@ func Build(inst *fluxinstance.FluxInstance, rel *distribution.Release, warn func
 	// User patches run before the operator's labels and annotations are set:
 	// selectors see the objects without them, and a patch cannot change them.
 	if k := inst.Spec.Kustomize; k != nil && len(k.Patches) > 0 {
+		images := containerImages(objs)
 		objs, err = applyPatches(objs, k.Patches, p.ids, warn)
 		if err != nil {
 			return nil, err
 		}
+		warnPinnedImages(images, objs, p.version, warn)
 	}
 	for _, o := range objs {
 		p.setMetadata(o)

@@ -415,7 +415,7 @@ func (p *Plan) Summary() []string {
 	if len(p.Patches) == 0 {
 		out = append(out, "Patches: none (the rendering matches the running controllers)")
 	} else {
-		out = append(out, "Patches (spec.kustomize.patches) that keep the running configuration:")
+		out = append(out, "Patches (spec.kustomize.patches) that keep the running configuration (remove those of images, args and version labels when you upgrade spec.distribution.version: they would keep the old release's controllers):")
 		for _, pn := range p.Patches {
 			out = append(out, "  "+pn.Object+":")
 			for _, c := range pn.Changes {

@@ -235,7 +235,7 @@ patches:
 	s := newScenario(t, f, apps...)
 
 	stderr, inst := s.migrateWithControllers(t)
-	assert.Contains(t, stderr, "Patches (spec.kustomize.patches) that keep the running configuration:")
+	assert.Contains(t, stderr, "Patches (spec.kustomize.patches) that keep the running configuration (remove those of images")
 	assert.Contains(t, stderr, "Not expressible: nothing")
 	require.NotNil(t, inst.Spec.Kustomize)
 	patches := ""

@@ -345,8 +345,16 @@ func upgradeRepository(t *testing.T, s *scenario) string {
 	t.Helper()
 	repo := s.f.Repo
 	rel := path.Join(s.f.Options.Dir(), "flux-instance.yaml")
-	repo.WriteFile(t, rel, upgradedInstance(t, repo.ReadFile(t, rel), upgradeVersion))
 	file := filepath.Join(repo.Dir, filepath.FromSlash(rel))
+	migrated := repo.ReadFile(t, rel)
+	// Only the version changed: the rendering warns of each controller the patches keep at 2.2.3.
+	repo.WriteFile(t, rel, upgradedInstance(t, migrated, upgradeVersion, true))
+	r := runPlugin(t, "", "build", "-f", file, "--distribution", s.dist, "-o", "name")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	for _, controller := range []string{"source-controller", "kustomize-controller", "helm-controller", "notification-controller"} {
+		assert.Regexp(t, `Warning: spec.kustomize.patches set Deployment `+controller+` container manager to ghcr.io/fluxcd/`+controller+`:v[0-9.]+, not Flux `+upgradeVersion+`'s v[0-9.]+: that controller stays at another release`, r.Stderr)
+	}
+	repo.WriteFile(t, rel, upgradedInstance(t, migrated, upgradeVersion, false))
 
 	old := teamManifests(repo.URL)
 	want := old
@@ -400,17 +408,19 @@ func reportedChanges(stdout string) (files, objects []string) {
 	return files, objects
 }
 
-// upgradedInstance is the migrated FluxInstance at another version, without the patches migrate
-// wrote to keep the running 2.2.3 pod templates (the bootstrap's images have no digest, the
-// rendering's do): they set the controllers' images, args and version labels to 2.2.3's, so kept
-// at 2.9.4 they would run the 2.2.3 controllers against 2.9.4's CRDs (assertControllersAt fails
-// then). Nothing warns of that yet: the user has to drop them.
-func upgradedInstance(t *testing.T, migrated, version string) string {
+// upgradedInstance is the migrated FluxInstance at another version, with or without the patches
+// migrate wrote to keep the running 2.2.3 pod templates (the bootstrap's images have no digest,
+// the rendering's do): they set the controllers' images, args and version labels to 2.2.3's, so
+// kept at 2.9.4 they would run the 2.2.3 controllers against 2.9.4's CRDs (assertControllersAt
+// fails then). The rendering warns of them (see upgradeRepository); the user drops them.
+func upgradedInstance(t *testing.T, migrated, version string, keepPatches bool) string {
 	t.Helper()
 	var inst map[string]any
 	require.NoError(t, yaml.Unmarshal([]byte(migrated), &inst))
 	require.NoError(t, unstructured.SetNestedField(inst, version, "spec", "distribution", "version"))
-	unstructured.RemoveNestedField(inst, "spec", "kustomize")
+	if !keepPatches {
+		unstructured.RemoveNestedField(inst, "spec", "kustomize")
+	}
 	data, err := yaml.Marshal(inst)
 	require.NoError(t, err)
 	return string(data)
