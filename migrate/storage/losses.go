@@ -60,7 +60,9 @@ func (e *LossesError) Error() string {
 // FixSources tells a person how to fix what Losses names in the sources Flux applies.
 const FixSources = "`kubectl fluxinstance upgrade-repo -f FILE --repo-dir DIR` sets every Flux apiVersion in a checkout of " +
 	"the fleet repository to a version the new Flux serves and names the fields to move to their replacements; " +
-	"commit that and let Flux reconcile it"
+	"where the running Flux serves those versions too, push that and let Flux reconcile it before upgrading; where it " +
+	"does not (an upgrade over several releases), upgrade with --force and push it right after (until then " +
+	"kustomize-controller fails those Kustomizations and deletes nothing)"
 
 // CheckLosses reads, without changing anything, every object of the plan's kinds and every
 // Kustomization, and reports what the upgrade to the rendered CRDs (objects) would lose.
