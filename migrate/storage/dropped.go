@@ -34,28 +34,58 @@ func DroppedFields(obj *unstructured.Unstructured, targetCRD *unstructured.Unstr
 	if obj == nil || targetCRD == nil {
 		return nil, errors.New("dropped fields: an object and a target CRD are required")
 	}
+	p, err := newPruner(targetCRD, targetVersion)
+	if err != nil {
+		return nil, err
+	}
+	return p.dropped(obj)
+}
+
+// pruner is DroppedFields for many objects of one kind: the CRD is decoded and the structural
+// schema built once (per object they cost far more than the pruning: most of the CPU time of a
+// check of 10,000 objects).
+type pruner struct {
+	group, kind, version string
+	crd                  string
+	// preserve is a CRD with spec.preserveUnknownFields: the server prunes nothing.
+	preserve bool
+	schema   *structuralschema.Structural
+}
+
+func newPruner(targetCRD *unstructured.Unstructured, targetVersion string) (*pruner, error) {
 	crd := &apiextensionsv1.CustomResourceDefinition{}
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(targetCRD.Object, crd); err != nil {
 		return nil, fmt.Errorf("CustomResourceDefinition/%s: decoding: %w", targetCRD.GetName(), err)
 	}
-	gvk := obj.GroupVersionKind()
-	if gvk.Group != crd.Spec.Group || gvk.Kind != crd.Spec.Names.Kind {
-		return nil, fmt.Errorf("CustomResourceDefinition/%s serves %s.%s, not %s", crd.Name, crd.Spec.Names.Kind, crd.Spec.Group, gvk.GroupKind())
-	}
+	p := &pruner{group: crd.Spec.Group, kind: crd.Spec.Names.Kind, version: targetVersion, crd: crd.Name}
 	// v1 CRDs cannot set spec.preserveUnknownFields any more, but a CRD read from a cluster that
 	// was upgraded from v1beta1 may still have it: the server then prunes nothing.
 	if crd.Spec.PreserveUnknownFields {
-		return []string{}, nil
+		p.preserve = true
+		return p, nil
 	}
 	s, err := structuralFor(crd, targetVersion)
 	if err != nil {
 		return nil, err
 	}
+	p.schema = s
+	return p, nil
+}
+
+// dropped is DroppedFields of obj against the pruner's CRD and version.
+func (p *pruner) dropped(obj *unstructured.Unstructured) ([]string, error) {
+	gvk := obj.GroupVersionKind()
+	if gvk.Group != p.group || gvk.Kind != p.kind {
+		return nil, fmt.Errorf("CustomResourceDefinition/%s serves %s.%s, not %s", p.crd, p.kind, p.group, gvk.GroupKind())
+	}
+	if p.preserve {
+		return []string{}, nil
+	}
 	// Pruning deletes from the map it walks: work on a copy so that the caller's object is intact.
 	content := runtime.DeepCopyJSON(obj.Object)
-	content["apiVersion"] = crd.Spec.Group + "/" + targetVersion
+	content["apiVersion"] = p.group + "/" + p.version
 	// isResourceRoot as the server passes it: apiVersion, kind and metadata are kept at the root.
-	paths := pruning.PruneWithOptions(content, s, true, structuralschema.UnknownFieldPathOptions{TrackUnknownFieldPaths: true})
+	paths := pruning.PruneWithOptions(content, p.schema, true, structuralschema.UnknownFieldPathOptions{TrackUnknownFieldPaths: true})
 	if paths == nil {
 		paths = []string{}
 	}

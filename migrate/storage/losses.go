@@ -111,6 +111,10 @@ func droppedOf(ctx context.Context, c client.Client, m Migration, target *unstru
 		versions = []string{m.liveList.Version}
 	}
 	gv := m.Group + "/" + m.Version
+	prune, err := newPruner(target, m.Version)
+	if err != nil {
+		return nil, err
+	}
 	refs := map[types.UID]string{}
 	paths := map[types.UID]map[string]bool{}
 	for _, v := range versions {
@@ -119,7 +123,7 @@ func droppedOf(ctx context.Context, c client.Client, m Migration, target *unstru
 		err := kube.ListPages(ctx, c, list, func() error {
 			for i := range list.Items {
 				obj := &list.Items[i]
-				dropped, err := DroppedFields(obj, target, m.Version)
+				dropped, err := prune.dropped(obj)
 				if err != nil {
 					return fmt.Errorf("%s: %w", kube.Ref(obj), err)
 				}
