@@ -194,7 +194,7 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 	}
 	var res *apply.ReconcileResult
 	if o.dryRun.Changes() {
-		res, err = o.reconcile(ctx, m, mg, r.Objects, opts, migration)
+		res, err = o.reconcile(ctx, conn, m, mg, r.Objects, opts, migration)
 	} else {
 		res, err = o.preview(ctx, m, r.Objects, opts, migration)
 	}
@@ -249,7 +249,7 @@ func (o *ApplyOptions) preview(ctx context.Context, m *apply.Manager, objects []
 // reconcile applies for real: every permission the apply needs is checked before its first
 // write (a refusal halfway would leave the CRDs and cluster RBAC applied and the controllers
 // not), then the checks and the instance Namespace the lock needs, then the apply under the lock.
-func (o *ApplyOptions) reconcile(ctx context.Context, m *apply.Manager, mg *management, objects []*unstructured.Unstructured, opts apply.ReconcileOptions, migration *storage.Plan) (*apply.ReconcileResult, error) {
+func (o *ApplyOptions) reconcile(ctx context.Context, conn *kube.Connection, m *apply.Manager, mg *management, objects []*unstructured.Unstructured, opts apply.ReconcileOptions, migration *storage.Plan) (*apply.ReconcileResult, error) {
 	perms, err := permissions.ForApply(m.Client.RESTMapper(), permissions.ApplyPlan{
 		Name: m.Name, Namespace: m.Namespace, Objects: objects, Previous: mg.Record,
 		Prune: o.Prune, Wait: o.Wait, FluxInstance: mg.Instance != nil, Storage: migration,
@@ -273,7 +273,7 @@ func (o *ApplyOptions) reconcile(ctx context.Context, m *apply.Manager, mg *mana
 		// concurrent older apply to store objects at a version the rendering drops meanwhile, the
 		// API server would refuse the CRD stage before anything is lost, and a re-run migrates.
 		if !migration.Empty() {
-			if err := o.migrateStorage(ctx, m, objects); err != nil {
+			if err := o.migrateStorage(ctx, conn, m, objects); err != nil {
 				return err
 			}
 		}
@@ -285,15 +285,20 @@ func (o *ApplyOptions) reconcile(ctx context.Context, m *apply.Manager, mg *mana
 
 // migrateStorage plans again under the lock (another writer may have migrated meanwhile, or a
 // killed run left part of it done: the plan starts from status.storedVersions) and migrates the
-// stored objects before Reconcile applies the CRDs.
-func (o *ApplyOptions) migrateStorage(ctx context.Context, m *apply.Manager, objects []*unstructured.Unstructured) error {
+// stored objects before Reconcile applies the CRDs. The rewrites go through a client without the
+// client-side rate limit: Migrate bounds how many are in flight.
+func (o *ApplyOptions) migrateStorage(ctx context.Context, conn *kube.Connection, m *apply.Manager, objects []*unstructured.Unstructured) error {
 	migration, err := storage.NewPlan(ctx, m.Client, objects)
 	if err != nil || migration.Empty() {
 		return err
 	}
+	bulk, err := conn.Unthrottled()
+	if err != nil {
+		return err
+	}
 	printMigrationPlan(o.ErrOut, migration, "migrating")
 	start := time.Now()
-	err = storage.Migrate(ctx, m.Client, migration, storage.Options{
+	err = storage.Migrate(ctx, bulk, migration, storage.Options{
 		FieldManager: o.FieldManager,
 		Progress:     func(line string) { fmt.Fprintln(o.ErrOut, line) },
 	})
