@@ -79,8 +79,12 @@ func printTableOf(w io.Writer, title string, n int, rows []row) {
 	fmt.Fprintf(w, "\n%s (%s; %d CPUs; load average %s)\n", title, what, runtime.NumCPU(), loadAverage())
 	fmt.Fprintf(w, "%-12s %-40s %10s %10s %12s\n", "instance", "run", "wall", "CPU", "peak RSS")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%-12s %-40s %10s %10s %9.1f MB\n", r.instance, r.run,
-			r.s.Wall.Round(time.Millisecond), r.s.CPU.Round(time.Millisecond), float64(r.s.RSS)/(1<<20))
+		// A phase of a process (timed by the process itself) has a wall time only.
+		cpu, rss := r.s.CPU.Round(time.Millisecond).String(), fmt.Sprintf("%9.1f MB", float64(r.s.RSS)/(1<<20))
+		if r.s.CPU == 0 && r.s.RSS == 0 {
+			cpu, rss = "-", "-"
+		}
+		fmt.Fprintf(w, "%-12s %-40s %10s %10s %12s\n", r.instance, r.run, r.s.Wall.Round(time.Millisecond), cpu, rss)
 	}
 }
 
