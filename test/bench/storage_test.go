@@ -65,7 +65,8 @@ const (
 //   - ours: `kubectl fluxinstance apply` of the FluxInstance at 2.9.4 (measured: the whole
 //     process, and the migration inside it from its "storage migration done after" line). It
 //     makes the new version the storage version, rewrites every object (the same patch, or an
-//     update) ten at a time, and sets storedVersions, before it applies the 2.9.4 objects.
+//     update) ten at a time without a client-side rate limit, and sets storedVersions, before it
+//     applies the 2.9.4 objects.
 //
 // The ratio compares the migration phase of ours with the whole of flux's process: both rewrite
 // the same 10,000 objects once, and the phase leaves out what only ours does (render, plan, the
