@@ -101,8 +101,8 @@ demo: testenv build ## Start a local API server and run the plugin through the r
 	$(GO) run ./test/demo -plugin-dir $(BIN)
 
 .PHONY: bench
-bench: testenv build ## Benchmarks with ratios against the peers named in the issues
-	KUBEBUILDER_ASSETS=$$(readlink -f $(TESTENV)) $(GO) test -run '^$$' -bench . -benchtime 1x ./test/bench/...
+bench: testenv flux-testenv build ## Benchmarks with ratios against the peers named in the issues (BENCH_STORAGE_OBJECTS=1000 for a quick storage migration one)
+	KUBEBUILDER_ASSETS=$$(readlink -f $(TESTENV)) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 1h ./test/bench/...
 
 .PHONY: clean
 clean:

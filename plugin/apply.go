@@ -170,7 +170,7 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 		return err
 	}
 	if mode == modeOperator {
-		return o.runOperator(ctx, m, r, unresolved == nil)
+		return o.runOperator(ctx, conn, m, r, unresolved == nil)
 	}
 	record, err := applyRecord(r, o.version)
 	if err != nil {
@@ -187,7 +187,7 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 	}
 	var res *apply.ReconcileResult
 	if o.dryRun.Changes() {
-		res, err = o.reconcile(ctx, m, mg, r.Objects, opts, migration)
+		res, err = o.reconcile(ctx, conn, m, mg, r.Objects, opts, migration)
 	} else {
 		res, err = o.preview(ctx, m, r.Objects, opts, migration)
 	}
@@ -241,7 +241,7 @@ func (o *ApplyOptions) preview(ctx context.Context, m *apply.Manager, objects []
 // reconcile applies for real: every permission the apply needs is checked before its first
 // write (a refusal halfway would leave the CRDs and cluster RBAC applied and the controllers
 // not), then the checks and the instance Namespace the lock needs, then the apply under the lock.
-func (o *ApplyOptions) reconcile(ctx context.Context, m *apply.Manager, mg *management, objects []*unstructured.Unstructured, opts apply.ReconcileOptions, migration *storage.Plan) (*apply.ReconcileResult, error) {
+func (o *ApplyOptions) reconcile(ctx context.Context, conn *kube.Connection, m *apply.Manager, mg *management, objects []*unstructured.Unstructured, opts apply.ReconcileOptions, migration *storage.Plan) (*apply.ReconcileResult, error) {
 	perms, err := permissions.ForApply(m.Client.RESTMapper(), permissions.ApplyPlan{
 		Name: m.Name, Namespace: m.Namespace, Objects: objects, Previous: mg.Record,
 		Prune: o.Prune, Wait: o.Wait, FluxInstance: mg.Instance != nil, Storage: migration,
@@ -262,7 +262,7 @@ func (o *ApplyOptions) reconcile(ctx context.Context, m *apply.Manager, mg *mana
 		// concurrent older apply to store objects at a version the rendering drops meanwhile, the
 		// API server would refuse the CRD stage before anything is lost, and a re-run migrates.
 		if !migration.Empty() {
-			if err := o.migrateStorage(ctx, m, objects); err != nil {
+			if err := o.migrateStorage(ctx, conn, m, objects); err != nil {
 				return err
 			}
 		}
@@ -355,7 +355,7 @@ func summarize(items []string, n int) string {
 // rendered is true (the plugin's distribution has the version), plans the storage migration the
 // upgrade needs: the operator applies the new CRDs before it migrates anything, so the API
 // server would refuse them. The migration runs first, with the user's permissions.
-func (o *ApplyOptions) runOperator(ctx context.Context, m *apply.Manager, r *rendering, rendered bool) error {
+func (o *ApplyOptions) runOperator(ctx context.Context, conn *kube.Connection, m *apply.Manager, r *rendering, rendered bool) error {
 	var migration *storage.Plan
 	if rendered {
 		var err error
@@ -374,7 +374,7 @@ func (o *ApplyOptions) runOperator(ctx context.Context, m *apply.Manager, r *ren
 		// One write, refused whole or done whole: no lock, no permission check beforehand.
 		action, err = o.applyInstance(ctx, m, r)
 	default:
-		action, token, err = o.migrateThenApplyInstance(ctx, m, r, migration)
+		action, token, err = o.migrateThenApplyInstance(ctx, conn, m, r, migration)
 	}
 	if err != nil {
 		return err
@@ -408,13 +408,13 @@ func (o *ApplyOptions) operatorMigration(ctx context.Context, m *apply.Manager, 
 // apply: the operator may already have failed on this very spec (applied with kubectl, say) and
 // be waiting out its retry; it reconciles now, and the wait is for that reconcile, not for the
 // failure before the migration.
-func (o *ApplyOptions) migrateThenApplyInstance(ctx context.Context, m *apply.Manager, r *rendering, migration *storage.Plan) (action, token string, err error) {
+func (o *ApplyOptions) migrateThenApplyInstance(ctx context.Context, conn *kube.Connection, m *apply.Manager, r *rendering, migration *storage.Plan) (action, token string, err error) {
 	perms := permissions.ForOperatorApply(permissions.OperatorApplyPlan{Name: m.Name, Namespace: m.Namespace, Storage: migration})
 	if err := o.checkBeforeChange(ctx, m, perms, migration, r.Objects); err != nil {
 		return "", "", err
 	}
 	err = o.withLock(ctx, m.Instance, "apply", o.ErrOut, func(ctx context.Context) (err error) {
-		if err := o.migrateStorage(ctx, m, r.Objects); err != nil {
+		if err := o.migrateStorage(ctx, conn, m, r.Objects); err != nil {
 			return err
 		}
 		if action, err = o.applyInstance(ctx, m, r); err != nil {

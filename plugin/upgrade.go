@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/permissions"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
@@ -65,15 +66,20 @@ func (o *ApplyOptions) checkBeforeChange(ctx context.Context, m *apply.Manager, 
 
 // migrateStorage plans again under the lock (another writer may have migrated meanwhile, or a
 // killed run left part of it done: the plan starts from status.storedVersions) and migrates the
-// stored objects before the new CRDs are applied.
-func (o *ApplyOptions) migrateStorage(ctx context.Context, m *apply.Manager, objects []*unstructured.Unstructured) error {
+// stored objects before the new CRDs are applied. The rewrites go through a client without the
+// client-side rate limit: Migrate bounds how many are in flight.
+func (o *ApplyOptions) migrateStorage(ctx context.Context, conn *kube.Connection, m *apply.Manager, objects []*unstructured.Unstructured) error {
 	migration, err := storage.NewPlan(ctx, m.Client, objects)
 	if err != nil || migration.Empty() {
 		return err
 	}
+	bulk, err := conn.Unthrottled()
+	if err != nil {
+		return err
+	}
 	printMigrationPlan(o.ErrOut, migration, "migrating")
 	start := time.Now()
-	err = storage.Migrate(ctx, m.Client, migration, storage.Options{
+	err = storage.Migrate(ctx, bulk, migration, storage.Options{
 		FieldManager: o.FieldManager,
 		Progress:     func(line string) { fmt.Fprintln(o.ErrOut, line) },
 	})

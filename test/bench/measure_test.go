@@ -67,11 +67,24 @@ type row struct {
 }
 
 func printTable(w io.Writer, title string, rows []row) {
-	fmt.Fprintf(w, "\n%s (median of %d runs; %d CPUs; load average %s)\n", title, runs, runtime.NumCPU(), loadAverage())
+	printTableOf(w, title, runs, rows)
+}
+
+// printTableOf is printTable for a benchmark that measures each command n times.
+func printTableOf(w io.Writer, title string, n int, rows []row) {
+	what := fmt.Sprintf("median of %d runs", n)
+	if n == 1 {
+		what = "one run each"
+	}
+	fmt.Fprintf(w, "\n%s (%s; %d CPUs; load average %s)\n", title, what, runtime.NumCPU(), loadAverage())
 	fmt.Fprintf(w, "%-12s %-40s %10s %10s %12s\n", "instance", "run", "wall", "CPU", "peak RSS")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%-12s %-40s %10s %10s %9.1f MB\n", r.instance, r.run,
-			r.s.Wall.Round(time.Millisecond), r.s.CPU.Round(time.Millisecond), float64(r.s.RSS)/(1<<20))
+		// A phase of a process (timed by the process itself) has a wall time only.
+		cpu, rss := r.s.CPU.Round(time.Millisecond).String(), fmt.Sprintf("%9.1f MB", float64(r.s.RSS)/(1<<20))
+		if r.s.CPU == 0 && r.s.RSS == 0 {
+			cpu, rss = "-", "-"
+		}
+		fmt.Fprintf(w, "%-12s %-40s %10s %10s %12s\n", r.instance, r.run, r.s.Wall.Round(time.Millisecond), cpu, rss)
 	}
 }
 
@@ -84,6 +97,17 @@ func ratio(w io.Writer, what string, ours, theirs, target float64) float64 {
 	}
 	fmt.Fprintf(w, "  %-52s %6.3f  (target ≤ %.2f: %s)\n", what, r, target, verdict)
 	return r
+}
+
+// rssTarget prints a process's peak RSS against a limit in MB and returns it in MB.
+func rssTarget(w io.Writer, what string, rss int64, limitMB float64) float64 {
+	mb := float64(rss) / (1 << 20)
+	verdict := "meets"
+	if mb > limitMB {
+		verdict = "MISSES"
+	}
+	fmt.Fprintf(w, "  %-52s %6.1f MB  (target ≤ %.0f MB: %s)\n", what, mb, limitMB, verdict)
+	return mb
 }
 
 // loadAverage tells how busy the machine was: the figures of a shared machine depend on it.

@@ -18,6 +18,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -157,10 +159,30 @@ type Result struct {
 	Err error
 }
 
-// Run runs name with args and env and measures it.
+// gnuTime is GNU time, which Run measures peak RSS through.
+const gnuTime = "/usr/bin/time"
+
+// Run runs name with args and env and measures it. The peak RSS is the one GNU time reports when
+// /usr/bin/time exists (Linux): the child's own rusage is no measure of it, since Linux charges a
+// process the RSS high-water mark of the memory it replaced at exec, which for os/exec's vfork is
+// this test process's (a /bin/true spawned from a 300 MB process reports 302 MB); time is a 1 MB
+// process, so its child's figure is the command's own. Without it, MaxRSS is the rusage figure,
+// at least this process's RSS. CPU is the rusage of both (time's own is negligible).
 func Run(ctx context.Context, env []string, name string, args ...string) Result {
 	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, name, args...)
+	cmdName, cmdArgs, rssFile := name, args, ""
+	if _, err := os.Stat(gnuTime); err == nil && runtime.GOOS == "linux" {
+		if f, err := os.CreateTemp("", "parity-rss-*"); err == nil {
+			rssFile = f.Name()
+			f.Close()
+			defer os.Remove(rssFile)
+			cmdName, cmdArgs = gnuTime, append([]string{"-f", "%M", "-o", rssFile, name}, args...)
+		}
+	}
+	cmd := exec.CommandContext(ctx, cmdName, cmdArgs...)
+	// A canceled context kills the command too, not only time: they share a process group.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
@@ -172,12 +194,30 @@ func Run(ctx context.Context, env []string, name string, args ...string) Result 
 			res.MaxRSS = ru.Maxrss * 1024 // kilobytes on Linux
 		}
 	}
+	if kb, ok := timeMaxRSS(rssFile); ok {
+		res.MaxRSS = kb * 1024
+	}
 	res.Stdout, res.Stderr = stdout.Bytes(), stderr.Bytes()
 	var exit *exec.ExitError
 	if errors.As(err, &exit) {
 		res.Err = fmt.Errorf("%s %s: %w: %s", filepath.Base(name), strings.Join(args, " "), err, testenv.Last(string(res.Stderr), 2000))
 	}
 	return res
+}
+
+// timeMaxRSS reads the kilobytes GNU time wrote to file: the last line (a failed command's
+// "Command exited with non-zero status N" comes before it).
+func timeMaxRSS(file string) (int64, bool) {
+	if file == "" {
+		return 0, false
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0, false
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	kb, err := strconv.ParseInt(strings.TrimSpace(lines[len(lines)-1]), 10, 64)
+	return kb, err == nil && kb > 0
 }
 
 // ReferenceArgs are the arguments of the reference CLI rendering file from the artifact at ociURL.
