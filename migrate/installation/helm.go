@@ -67,8 +67,8 @@ type HelmRelease struct {
 	ValuesSet []string `json:"valuesSet,omitempty"`
 	// ManagedBy is the Flux HelmRelease whose helm-controller runs this release, when one does.
 	ManagedBy *FluxHelmRelease `json:"managedBy,omitempty"`
-	// Unread says why the record could not be read (e.g. no permission to list Secrets there):
-	// the rest then comes from the annotations alone.
+	// Unread says why the record could not be read (no permission to list Secrets there, no
+	// record, a record that does not decode): the rest then comes from the annotations alone.
 	Unread string `json:"unread,omitempty"`
 }
 
@@ -168,7 +168,10 @@ func readHelmRecordObject(ctx context.Context, c client.Reader, rel *HelmRelease
 	}
 	decoded, err := DecodeHelmRelease(data)
 	if err != nil {
-		return fmt.Errorf("decoding the Helm release record %s (data.%s): %w", ref, helmReleaseKey, err)
+		// Reported, not returned: `version` still answers; whatever adopts the release must
+		// refuse on Unread.
+		rel.Unread = fmt.Sprintf("cannot decode %s (data.%s): %v", ref, helmReleaseKey, err)
+		return nil
 	}
 	if decoded.Namespace == "" {
 		decoded.Namespace = rel.Namespace

@@ -172,7 +172,8 @@ func (h *Helm) release(t testing.TB, env *testenv.Env, verb string, rel Release,
 }
 
 // Run runs helm with args against env's API server (its admin kubeconfig), with extra environment
-// variables, and returns its combined output.
+// variables, and returns its combined output. HELM_DRIVER is Helm's default (Secrets), set so that a
+// developer's own HELM_DRIVER does not move the release records the tests read.
 func (h *Helm) Run(ctx context.Context, env *testenv.Env, environ []string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, h.Binary, append(args, "--kubeconfig", env.Kubeconfig)...)
 	cmd.Env = append(append(os.Environ(),
