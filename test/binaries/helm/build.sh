@@ -12,7 +12,9 @@
 #   build.sh --check   prints the directory and exits 0 when the binary is cached, exits 1 without
 #                      building when it is not (test/helmenv uses it to decide whether to build or skip).
 # `make helm-tools` (part of `make test`'s harness) runs it before the tests, which then find it cached.
-# Cold: see the measurement in test/helmenv's package comment; cached: instant.
+# Cold, measured on 2 shared cores (load 2-3) with an empty build cache and the module cache filled
+# (182 MB of module zips, about 10 s to download here): 130 s wall, 198 s CPU, 0.87 GB peak RSS.
+# Cached: instant (`build.sh --check` 0.05 s).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

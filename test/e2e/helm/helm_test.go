@@ -6,6 +6,7 @@ package helm
 import (
 	"context"
 	"encoding/json"
+	"regexp"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -138,9 +139,9 @@ func TestHelmInstallation(t *testing.T) {
 
 		r = run(t, "", "status", "--kubeconfig", env.Kubeconfig)
 		require.Equal(t, 0, r.Code, r.Stderr)
-		assert.Contains(t, r.Stdout, "Managed By:       Helm (release flux2 in flux-system, chart flux2-2.18.3, revision 1, deployed)\n")
-		assert.Contains(t, r.Stdout, "Helm Record:      Secret/flux-system/sh.helm.release.v1.flux2.v1\n")
-		assert.Contains(t, r.Stdout, "Helm Values Set:  imagePullSecrets, logLevel, policies.create\n")
+		assertRow(t, r.Stdout, "Managed By:", "Helm (release flux2 in flux-system, chart flux2-2.18.3, revision 1, deployed)")
+		assertRow(t, r.Stdout, "Helm Record:", "Secret/flux-system/sh.helm.release.v1.flux2.v1")
+		assertRow(t, r.Stdout, "Helm Values Set:", "imagePullSecrets, logLevel, policies.create")
 		assert.Contains(t, r.Stdout, "source-controller")
 		assert.NotContains(t, r.Stdout, "regcred")
 	})
@@ -171,6 +172,12 @@ func TestHelmInstallation(t *testing.T) {
 		assert.Contains(t, r.Stdout, "Managed By: Helm (release flux2 in flux-system, chart flux2-2.18.3, revision 2, deployed; "+
 			"managed by HelmRelease flux-system/flux, suspended)\n")
 	})
+}
+
+// assertRow checks that out has the line "label value", whatever the tab writer's padding.
+func assertRow(t *testing.T, out, label, value string) {
+	t.Helper()
+	assert.Regexp(t, "(?m)^"+regexp.QuoteMeta(label)+" +"+regexp.QuoteMeta(value)+"$", out)
 }
 
 // fluxHelmRelease is a suspended HelmRelease that manages the chart (its CRD is the chart's).
