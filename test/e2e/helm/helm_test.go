@@ -1,13 +1,16 @@
 // Package helm installs Flux with the real Helm CLI from the real community chart (test/helmenv) into
-// a test API server and checks what the plugin detects of it: the release, its record, the values
-// the user set, a HelmRelease that manages it, and what `version` and `status` print.
+// a test API server and checks what the plugin detects of it: the release, its record (Secrets, or
+// ConfigMaps with HELM_DRIVER=configmap), the values the user set, a HelmRelease that manages it,
+// and what `version` and `status` print. One API server for all: the subtests run in order.
 package helm
 
 import (
 	"context"
 	"encoding/json"
 	"regexp"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -15,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -37,6 +41,12 @@ const (
 	release   = "flux2"
 	namespace = "flux-system"
 )
+
+// chartComponents are the controllers the chart installs by default (sourceWatcher.create is false).
+func chartComponents() []string {
+	return []string{"helm-controller", "image-automation-controller", "image-reflector-controller",
+		"kustomize-controller", "notification-controller", "source-controller"}
+}
 
 // values differ from the chart's defaults (logLevel info, no pull secrets, policies created).
 func values() map[string]any {
@@ -81,8 +91,7 @@ func TestHelmInstallation(t *testing.T) {
 			assert.Equal(t, []corev1.LocalObjectReference{{Name: "regcred"}}, d.Spec.Template.Spec.ImagePullSecrets, d.Name)
 			assert.Contains(t, d.Spec.Template.Spec.Containers[0].Args, "--log-level=debug", d.Name)
 		}
-		assert.ElementsMatch(t, []string{"helm-controller", "image-automation-controller", "image-reflector-controller",
-			"kustomize-controller", "notification-controller", "source-controller"}, names)
+		assert.ElementsMatch(t, chartComponents(), names)
 		var policies networkingv1.NetworkPolicyList
 		require.NoError(t, c.List(ctx, &policies, client.InNamespace(namespace)))
 		assert.Empty(t, policies.Items, "policies.create=false")
@@ -142,8 +151,18 @@ func TestHelmInstallation(t *testing.T) {
 		assertRow(t, r.Stdout, "Managed By:", "Helm (release flux2 in flux-system, chart flux2-2.18.3, revision 1, deployed)")
 		assertRow(t, r.Stdout, "Helm Record:", "Secret/flux-system/sh.helm.release.v1.flux2.v1")
 		assertRow(t, r.Stdout, "Helm Values Set:", "imagePullSecrets, logLevel, policies.create")
-		assert.Contains(t, r.Stdout, "source-controller")
 		assert.NotContains(t, r.Stdout, "regcred")
+
+		r = run(t, "", "status", "-o", "json", "--kubeconfig", env.Kubeconfig)
+		require.Equal(t, 0, r.Code, r.Stderr)
+		var status plugin.StatusReport
+		require.NoError(t, json.Unmarshal([]byte(r.Stdout), &status), r.Stdout)
+		assert.Equal(t, namespace, status.Namespace, "the release's namespace")
+		var components []string
+		for _, comp := range status.Components {
+			components = append(components, comp.Name)
+		}
+		assert.ElementsMatch(t, chartComponents(), components)
 	})
 
 	t.Run("a user who may read only the CRD", func(t *testing.T) {
@@ -171,6 +190,41 @@ func TestHelmInstallation(t *testing.T) {
 		require.Equal(t, 0, r.Code, r.Stderr)
 		assert.Contains(t, r.Stdout, "Managed By: Helm (release flux2 in flux-system, chart flux2-2.18.3, revision 2, deployed; "+
 			"managed by HelmRelease flux-system/flux, suspended)\n")
+	})
+
+	t.Run("records in ConfigMaps", func(t *testing.T) {
+		h.Uninstall(t, env, release, namespace)
+		// helm deleted the CRDs; the API server finishes deleting them (and their objects) itself.
+		require.Eventually(t, func() bool {
+			crds := &metav1.PartialObjectMetadataList{}
+			crds.SetGroupVersionKind(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinitionList"))
+			if err := c.List(ctx, crds); err != nil {
+				t.Logf("listing CRDs: %v", err)
+				return false
+			}
+			for _, crd := range crds.Items {
+				if strings.HasSuffix(crd.Name, ".toolkit.fluxcd.io") {
+					return false
+				}
+			}
+			return true
+		}, time.Minute, 100*time.Millisecond, "the chart's CRDs are deleted")
+		var secrets corev1.SecretList
+		require.NoError(t, c.List(ctx, &secrets, client.InNamespace(namespace), client.MatchingLabels{"owner": "helm"}))
+		assert.Empty(t, secrets.Items, "helm uninstall deletes the release records")
+
+		h.Install(t, env, helmenv.Release{Name: release, Namespace: namespace, Driver: "configmap"})
+		inst, err := installation.DetectInstallation(ctx, c)
+		require.NoError(t, err)
+		require.NotNil(t, inst.Helm)
+		assert.Equal(t, installation.HelmRelease{
+			Name: release, Namespace: namespace, Revision: 1, Status: "deployed",
+			Chart: helmenv.ChartName, ChartVersion: helmenv.ChartVersion, AppVersion: helmenv.AppVersion,
+			Record: "ConfigMap/flux-system/sh.helm.release.v1.flux2.v1",
+		}, *inst.Helm)
+		r := run(t, "", "status", "--kubeconfig", env.Kubeconfig)
+		require.Equal(t, 0, r.Code, r.Stderr)
+		assertRow(t, r.Stdout, "Helm Values Set:", "none (the chart's defaults)")
 	})
 }
 
