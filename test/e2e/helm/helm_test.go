@@ -57,175 +57,199 @@ func values() map[string]any {
 	}
 }
 
+// fixture is the one API server with the chart installed that the subtests share, in order.
+type fixture struct {
+	h      *helmenv.Helm
+	env    *testenv.Env
+	c      client.Client
+	plugin pluginrun.Plugin
+}
+
+func (f *fixture) run(t *testing.T, args ...string) pluginrun.Result {
+	t.Helper()
+	return f.plugin.Run(t, "", append(args, "--kubeconfig", f.env.Kubeconfig)...)
+}
+
 func TestHelmInstallation(t *testing.T) {
-	h := helmenv.Require(t)
-	env := testenv.Start(t)
-	c := env.Client(t)
+	f := &fixture{h: helmenv.Require(t), plugin: pluginrun.With(plugin.Run, plugin.BuildInfo{Version: "v0.0.0-e2e-helm"})}
+	f.env = testenv.Start(t)
+	f.c = f.env.Client(t)
+	f.h.Install(t, f.env, helmenv.Release{Name: release, Namespace: namespace, Values: values()})
+
+	t.Run("detected from the release record", f.detected)
+	t.Run("the values took effect", f.valuesTookEffect)
+	t.Run("the record decodes as helm reads it", f.recordDecodes)
+	t.Run("version and status", f.versionAndStatus)
+	t.Run("a user who may read only the CRD", f.crdReaderOnly)
+	t.Run("managed by a Flux HelmRelease", f.managedByHelmRelease)
+	t.Run("records in ConfigMaps", f.recordsInConfigMaps)
+}
+
+func (f *fixture) detected(t *testing.T) {
 	ctx := context.Background()
-	run := pluginrun.With(plugin.Run, plugin.BuildInfo{Version: "v0.0.0-e2e-helm"}).Run
-	h.Install(t, env, helmenv.Release{Name: release, Namespace: namespace, Values: values()})
+	inst, err := installation.DetectInstallation(ctx, f.c)
+	require.NoError(t, err)
+	assert.Equal(t, installation.ManagedByHelm, inst.ManagedBy)
+	assert.Equal(t, helmenv.AppVersion, inst.Version, "the CRD's app.kubernetes.io/version label")
+	assert.Equal(t, namespace, inst.Namespace)
+	require.NotNil(t, inst.Helm)
+	hr := *inst.Helm
+	assert.Equal(t, installation.HelmRelease{
+		Name: release, Namespace: namespace, Revision: 1, Status: "deployed",
+		Chart: helmenv.ChartName, ChartVersion: helmenv.ChartVersion, AppVersion: helmenv.AppVersion,
+		Record: "Secret/flux-system/sh.helm.release.v1.flux2.v1", Values: values(),
+		ValuesSet: []string{"imagePullSecrets", "logLevel", "policies.create"},
+	}, hr)
+}
 
-	t.Run("detected from the release record", func(t *testing.T) {
-		inst, err := installation.DetectInstallation(ctx, c)
-		require.NoError(t, err)
-		assert.Equal(t, installation.ManagedByHelm, inst.ManagedBy)
-		assert.Equal(t, helmenv.AppVersion, inst.Version, "the CRD's app.kubernetes.io/version label")
-		assert.Equal(t, namespace, inst.Namespace)
-		require.NotNil(t, inst.Helm)
-		hr := *inst.Helm
-		assert.Equal(t, installation.HelmRelease{
-			Name: release, Namespace: namespace, Revision: 1, Status: "deployed",
-			Chart: helmenv.ChartName, ChartVersion: helmenv.ChartVersion, AppVersion: helmenv.AppVersion,
-			Record: "Secret/flux-system/sh.helm.release.v1.flux2.v1", Values: values(),
-			ValuesSet: []string{"imagePullSecrets", "logLevel", "policies.create"},
-		}, hr)
-	})
+func (f *fixture) valuesTookEffect(t *testing.T) {
+	ctx := context.Background()
+	var deps appsv1.DeploymentList
+	require.NoError(t, f.c.List(ctx, &deps, client.InNamespace(namespace)))
+	var names []string
+	for _, d := range deps.Items {
+		names = append(names, d.Name)
+		assert.Equal(t, release, d.Annotations[ownership.AnnotationHelmReleaseName], d.Name)
+		assert.Equal(t, []corev1.LocalObjectReference{{Name: "regcred"}}, d.Spec.Template.Spec.ImagePullSecrets, d.Name)
+		assert.Contains(t, d.Spec.Template.Spec.Containers[0].Args, "--log-level=debug", d.Name)
+	}
+	assert.ElementsMatch(t, chartComponents(), names)
+	var policies networkingv1.NetworkPolicyList
+	require.NoError(t, f.c.List(ctx, &policies, client.InNamespace(namespace)))
+	assert.Empty(t, policies.Items, "policies.create=false")
+}
 
-	t.Run("the values took effect", func(t *testing.T) {
-		var deps appsv1.DeploymentList
-		require.NoError(t, c.List(ctx, &deps, client.InNamespace(namespace)))
-		var names []string
-		for _, d := range deps.Items {
-			names = append(names, d.Name)
-			assert.Equal(t, release, d.Annotations[ownership.AnnotationHelmReleaseName], d.Name)
-			assert.Equal(t, []corev1.LocalObjectReference{{Name: "regcred"}}, d.Spec.Template.Spec.ImagePullSecrets, d.Name)
-			assert.Contains(t, d.Spec.Template.Spec.Containers[0].Args, "--log-level=debug", d.Name)
+func (f *fixture) recordDecodes(t *testing.T) {
+	ctx := context.Background()
+	s := &corev1.Secret{}
+	require.NoError(t, f.c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: "sh.helm.release.v1.flux2.v1"}, s))
+	assert.Equal(t, corev1.SecretType(installation.HelmReleaseSecretType), s.Type)
+	got, err := installation.DecodeHelmRelease(s.Data["release"])
+	require.NoError(t, err)
+
+	// Helm's own reading of the same record.
+	out, err := f.h.Run(ctx, f.env, nil, "get", "values", release, "-n", namespace, "-o", "json")
+	require.NoError(t, err, string(out))
+	var helmValues map[string]any
+	require.NoError(t, json.Unmarshal(out, &helmValues), string(out))
+	assert.Equal(t, helmValues, got.Values)
+	out, err = f.h.Run(ctx, f.env, nil, "status", release, "-n", namespace, "-o", "json")
+	require.NoError(t, err, string(out))
+	var status struct {
+		Version int `json:"version"`
+		Info    struct {
+			Status string `json:"status"`
+		} `json:"info"`
+	}
+	require.NoError(t, json.Unmarshal(out, &status), string(out))
+	assert.Equal(t, status.Version, got.Revision)
+	assert.Equal(t, status.Info.Status, got.Status)
+	assert.Equal(t, release, got.Name)
+	assert.Equal(t, namespace, got.Namespace)
+
+	_, err = installation.DecodeHelmRelease([]byte("not base64!"))
+	assert.ErrorContains(t, err, "not base64")
+	_, err = installation.DecodeHelmRelease(s.Data["release"][:len(s.Data["release"])/2])
+	assert.Error(t, err, "a truncated record")
+}
+
+func (f *fixture) versionAndStatus(t *testing.T) {
+	r := f.run(t, "version")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Equal(t, "Client Version: v0.0.0-e2e-helm\nFlux Version: 2.8.5\n"+
+		"Managed By: Helm (release flux2 in flux-system, chart flux2-2.18.3, revision 1, deployed)\n"+
+		"Namespace: flux-system\n", r.Stdout)
+
+	r = f.run(t, "version", "-o", "json")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	var report plugin.VersionReport
+	require.NoError(t, json.Unmarshal([]byte(r.Stdout), &report), r.Stdout)
+	require.NotNil(t, report.Flux)
+	require.NotNil(t, report.Flux.Helm)
+	assert.Equal(t, []string{"imagePullSecrets", "logLevel", "policies.create"}, report.Flux.Helm.ValuesSet)
+	assert.NotContains(t, r.Stdout, "regcred", "values are never printed")
+
+	r = f.run(t, "status")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assertRow(t, r.Stdout, "Managed By:", "Helm (release flux2 in flux-system, chart flux2-2.18.3, revision 1, deployed)")
+	assertRow(t, r.Stdout, "Helm Record:", "Secret/flux-system/sh.helm.release.v1.flux2.v1")
+	assertRow(t, r.Stdout, "Helm Values Set:", "imagePullSecrets, logLevel, policies.create")
+	assert.NotContains(t, r.Stdout, "regcred")
+
+	r = f.run(t, "status", "-o", "json")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	var status plugin.StatusReport
+	require.NoError(t, json.Unmarshal([]byte(r.Stdout), &status), r.Stdout)
+	assert.Equal(t, namespace, status.Namespace, "the release's namespace")
+	var components []string
+	for _, comp := range status.Components {
+		components = append(components, comp.Name)
+	}
+	assert.ElementsMatch(t, chartComponents(), components)
+}
+
+func (f *fixture) crdReaderOnly(t *testing.T) {
+	kubeconfig := crdReader(t, f.c, f.env)
+	r := f.plugin.Run(t, "", "version", "--kubeconfig", kubeconfig)
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stdout, "Managed By: Helm (release flux2 in flux-system, record not read: cannot list Secrets in flux-system: ")
+	assert.Contains(t, r.Stdout, "forbidden")
+}
+
+func (f *fixture) managedByHelmRelease(t *testing.T) {
+	ctx := context.Background()
+	// helm-controller taking over the release: a new revision whose objects carry its labels.
+	f.h.Upgrade(t, f.env, helmenv.Release{Name: release, Namespace: namespace, Values: values(), Labels: map[string]string{
+		ownership.LabelHelmName: "flux", ownership.LabelHelmNamespace: namespace,
+	}})
+	inst, err := installation.DetectInstallation(ctx, f.c)
+	require.NoError(t, err)
+	require.NotNil(t, inst.Helm)
+	assert.Equal(t, 2, inst.Helm.Revision)
+	assert.Equal(t, "Secret/flux-system/sh.helm.release.v1.flux2.v2", inst.Helm.Record)
+	assert.Equal(t, &installation.FluxHelmRelease{Name: "flux", Namespace: namespace, StorageNamespace: namespace}, inst.Helm.ManagedBy)
+
+	require.NoError(t, f.c.Create(ctx, fluxHelmRelease()))
+	r := f.run(t, "version")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stdout, "Managed By: Helm (release flux2 in flux-system, chart flux2-2.18.3, revision 2, deployed; "+
+		"managed by HelmRelease flux-system/flux, suspended)\n")
+}
+
+func (f *fixture) recordsInConfigMaps(t *testing.T) {
+	ctx := context.Background()
+	f.h.Uninstall(t, f.env, release, namespace)
+	// helm deleted the CRDs; the API server finishes deleting them (and their objects) itself.
+	require.Eventually(t, func() bool {
+		crds := &metav1.PartialObjectMetadataList{}
+		crds.SetGroupVersionKind(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinitionList"))
+		if err := f.c.List(ctx, crds); err != nil {
+			t.Logf("listing CRDs: %v", err)
+			return false
 		}
-		assert.ElementsMatch(t, chartComponents(), names)
-		var policies networkingv1.NetworkPolicyList
-		require.NoError(t, c.List(ctx, &policies, client.InNamespace(namespace)))
-		assert.Empty(t, policies.Items, "policies.create=false")
-	})
-
-	t.Run("the record decodes as helm reads it", func(t *testing.T) {
-		s := &corev1.Secret{}
-		require.NoError(t, c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: "sh.helm.release.v1.flux2.v1"}, s))
-		assert.Equal(t, corev1.SecretType(installation.HelmReleaseSecretType), s.Type)
-		got, err := installation.DecodeHelmRelease(s.Data["release"])
-		require.NoError(t, err)
-
-		// Helm's own reading of the same record.
-		out, err := h.Run(ctx, env, nil, "get", "values", release, "-n", namespace, "-o", "json")
-		require.NoError(t, err, string(out))
-		var helmValues map[string]any
-		require.NoError(t, json.Unmarshal(out, &helmValues), string(out))
-		assert.Equal(t, helmValues, got.Values)
-		out, err = h.Run(ctx, env, nil, "status", release, "-n", namespace, "-o", "json")
-		require.NoError(t, err, string(out))
-		var status struct {
-			Version int `json:"version"`
-			Info    struct {
-				Status string `json:"status"`
-			} `json:"info"`
-		}
-		require.NoError(t, json.Unmarshal(out, &status), string(out))
-		assert.Equal(t, status.Version, got.Revision)
-		assert.Equal(t, status.Info.Status, got.Status)
-		assert.Equal(t, release, got.Name)
-		assert.Equal(t, namespace, got.Namespace)
-
-		_, err = installation.DecodeHelmRelease([]byte("not base64!"))
-		assert.ErrorContains(t, err, "not base64")
-		_, err = installation.DecodeHelmRelease(s.Data["release"][:len(s.Data["release"])/2])
-		assert.Error(t, err, "a truncated record")
-	})
-
-	t.Run("version and status", func(t *testing.T) {
-		r := run(t, "", "version", "--kubeconfig", env.Kubeconfig)
-		require.Equal(t, 0, r.Code, r.Stderr)
-		assert.Equal(t, "Client Version: v0.0.0-e2e-helm\nFlux Version: 2.8.5\n"+
-			"Managed By: Helm (release flux2 in flux-system, chart flux2-2.18.3, revision 1, deployed)\n"+
-			"Namespace: flux-system\n", r.Stdout)
-
-		r = run(t, "", "version", "-o", "json", "--kubeconfig", env.Kubeconfig)
-		require.Equal(t, 0, r.Code, r.Stderr)
-		var report plugin.VersionReport
-		require.NoError(t, json.Unmarshal([]byte(r.Stdout), &report), r.Stdout)
-		require.NotNil(t, report.Flux)
-		require.NotNil(t, report.Flux.Helm)
-		assert.Equal(t, []string{"imagePullSecrets", "logLevel", "policies.create"}, report.Flux.Helm.ValuesSet)
-		assert.NotContains(t, r.Stdout, "regcred", "values are never printed")
-
-		r = run(t, "", "status", "--kubeconfig", env.Kubeconfig)
-		require.Equal(t, 0, r.Code, r.Stderr)
-		assertRow(t, r.Stdout, "Managed By:", "Helm (release flux2 in flux-system, chart flux2-2.18.3, revision 1, deployed)")
-		assertRow(t, r.Stdout, "Helm Record:", "Secret/flux-system/sh.helm.release.v1.flux2.v1")
-		assertRow(t, r.Stdout, "Helm Values Set:", "imagePullSecrets, logLevel, policies.create")
-		assert.NotContains(t, r.Stdout, "regcred")
-
-		r = run(t, "", "status", "-o", "json", "--kubeconfig", env.Kubeconfig)
-		require.Equal(t, 0, r.Code, r.Stderr)
-		var status plugin.StatusReport
-		require.NoError(t, json.Unmarshal([]byte(r.Stdout), &status), r.Stdout)
-		assert.Equal(t, namespace, status.Namespace, "the release's namespace")
-		var components []string
-		for _, comp := range status.Components {
-			components = append(components, comp.Name)
-		}
-		assert.ElementsMatch(t, chartComponents(), components)
-	})
-
-	t.Run("a user who may read only the CRD", func(t *testing.T) {
-		kubeconfig := crdReader(t, c, env)
-		r := run(t, "", "version", "--kubeconfig", kubeconfig)
-		require.Equal(t, 0, r.Code, r.Stderr)
-		assert.Contains(t, r.Stdout, "Managed By: Helm (release flux2 in flux-system, record not read: cannot list Secrets in flux-system: ")
-		assert.Contains(t, r.Stdout, "forbidden")
-	})
-
-	t.Run("managed by a Flux HelmRelease", func(t *testing.T) {
-		// helm-controller taking over the release: a new revision whose objects carry its labels.
-		h.Upgrade(t, env, helmenv.Release{Name: release, Namespace: namespace, Values: values(), Labels: map[string]string{
-			ownership.LabelHelmName: "flux", ownership.LabelHelmNamespace: namespace,
-		}})
-		inst, err := installation.DetectInstallation(ctx, c)
-		require.NoError(t, err)
-		require.NotNil(t, inst.Helm)
-		assert.Equal(t, 2, inst.Helm.Revision)
-		assert.Equal(t, "Secret/flux-system/sh.helm.release.v1.flux2.v2", inst.Helm.Record)
-		assert.Equal(t, &installation.FluxHelmRelease{Name: "flux", Namespace: namespace, StorageNamespace: namespace}, inst.Helm.ManagedBy)
-
-		require.NoError(t, c.Create(ctx, fluxHelmRelease()))
-		r := run(t, "", "version", "--kubeconfig", env.Kubeconfig)
-		require.Equal(t, 0, r.Code, r.Stderr)
-		assert.Contains(t, r.Stdout, "Managed By: Helm (release flux2 in flux-system, chart flux2-2.18.3, revision 2, deployed; "+
-			"managed by HelmRelease flux-system/flux, suspended)\n")
-	})
-
-	t.Run("records in ConfigMaps", func(t *testing.T) {
-		h.Uninstall(t, env, release, namespace)
-		// helm deleted the CRDs; the API server finishes deleting them (and their objects) itself.
-		require.Eventually(t, func() bool {
-			crds := &metav1.PartialObjectMetadataList{}
-			crds.SetGroupVersionKind(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinitionList"))
-			if err := c.List(ctx, crds); err != nil {
-				t.Logf("listing CRDs: %v", err)
+		for _, crd := range crds.Items {
+			if strings.HasSuffix(crd.Name, ".toolkit.fluxcd.io") {
 				return false
 			}
-			for _, crd := range crds.Items {
-				if strings.HasSuffix(crd.Name, ".toolkit.fluxcd.io") {
-					return false
-				}
-			}
-			return true
-		}, time.Minute, 100*time.Millisecond, "the chart's CRDs are deleted")
-		var secrets corev1.SecretList
-		require.NoError(t, c.List(ctx, &secrets, client.InNamespace(namespace), client.MatchingLabels{"owner": "helm"}))
-		assert.Empty(t, secrets.Items, "helm uninstall deletes the release records")
+		}
+		return true
+	}, time.Minute, 100*time.Millisecond, "the chart's CRDs are deleted")
+	var secrets corev1.SecretList
+	require.NoError(t, f.c.List(ctx, &secrets, client.InNamespace(namespace), client.MatchingLabels{"owner": "helm"}))
+	assert.Empty(t, secrets.Items, "helm uninstall deletes the release records")
 
-		h.Install(t, env, helmenv.Release{Name: release, Namespace: namespace, Driver: "configmap"})
-		inst, err := installation.DetectInstallation(ctx, c)
-		require.NoError(t, err)
-		require.NotNil(t, inst.Helm)
-		assert.Equal(t, installation.HelmRelease{
-			Name: release, Namespace: namespace, Revision: 1, Status: "deployed",
-			Chart: helmenv.ChartName, ChartVersion: helmenv.ChartVersion, AppVersion: helmenv.AppVersion,
-			Record: "ConfigMap/flux-system/sh.helm.release.v1.flux2.v1",
-		}, *inst.Helm)
-		r := run(t, "", "status", "--kubeconfig", env.Kubeconfig)
-		require.Equal(t, 0, r.Code, r.Stderr)
-		assertRow(t, r.Stdout, "Helm Values Set:", "none (the chart's defaults)")
-	})
+	f.h.Install(t, f.env, helmenv.Release{Name: release, Namespace: namespace, Driver: "configmap"})
+	inst, err := installation.DetectInstallation(ctx, f.c)
+	require.NoError(t, err)
+	require.NotNil(t, inst.Helm)
+	assert.Equal(t, installation.HelmRelease{
+		Name: release, Namespace: namespace, Revision: 1, Status: "deployed",
+		Chart: helmenv.ChartName, ChartVersion: helmenv.ChartVersion, AppVersion: helmenv.AppVersion,
+		Record: "ConfigMap/flux-system/sh.helm.release.v1.flux2.v1",
+	}, *inst.Helm)
+	r := f.run(t, "status")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assertRow(t, r.Stdout, "Helm Values Set:", "none (the chart's defaults)")
 }
 
 // assertRow checks that out has the line "label value", whatever the tab writer's padding.
