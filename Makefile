@@ -60,6 +60,10 @@ flux-operator-cli: ## Build (or reuse) the Flux Operator CLI v0.59.0, the parity
 krew-tools: ## Build (or reuse) krew and validate-krew-manifest for the Krew packaging test
 	test/binaries/krew/build.sh >/dev/null
 
+.PHONY: helm-tools
+helm-tools: ## Build (or reuse) the Helm CLI v3.22.0 for the tests that install the Flux Helm chart
+	test/binaries/helm/build.sh >/dev/null
+
 # Every real program the tests run, each built once (cached by stamp under ~/.cache, see the scripts) and
 # found there by the tests, which otherwise build a missing one inside go test's timeout. Independent builds
 # run concurrently: on 2 cores one build's module downloads and single-threaded links overlap another's
@@ -67,7 +71,7 @@ krew-tools: ## Build (or reuse) krew and validate-krew-manifest for the Krew pac
 HARNESS_JOBS ?= 4
 .PHONY: harness
 harness: ## Build (or reuse) all of the above, several at once
-	$(MAKE) --no-print-directory -j$(HARNESS_JOBS) testenv flux-testenv flux-operators krew-tools
+	$(MAKE) --no-print-directory -j$(HARNESS_JOBS) testenv flux-testenv flux-operators krew-tools helm-tools
 
 .PHONY: flux-operators
 flux-operators: flux-operator

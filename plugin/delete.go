@@ -107,7 +107,7 @@ func (o *DeleteOptions) Run(ctx context.Context) error {
 		}
 		how := "no Flux is installed"
 		if inst.Installed {
-			how = fmt.Sprintf("Flux %s there is managed by %s", inst.Version, inst.ManagedBy)
+			how = fmt.Sprintf("Flux %s there is managed by %s", inst.Version, inst.ManagedByText())
 		}
 		if inst.ManagedBy == installation.ManagedByOperator {
 			// The operator's finalizer uninstalls what the FluxInstance applied; deleting the objects

@@ -370,7 +370,16 @@ func printStatus(out io.Writer, r *StatusReport) error {
 		return w.Flush()
 	}
 	fmt.Fprintf(w, "Flux Version:\t%s\n", r.Installation.Version)
-	fmt.Fprintf(w, "Managed By:\t%s\n", r.Installation.ManagedBy)
+	fmt.Fprintf(w, "Managed By:\t%s\n", r.Installation.ManagedByText())
+	if h := r.Installation.Helm; h != nil && h.Record != "" && r.Installation.ManagedBy == installation.ManagedByHelm {
+		fmt.Fprintf(w, "Helm Record:\t%s\n", h.Record)
+		// Names only: the values themselves may hold credentials (`helm get values` shows them).
+		set := strings.Join(h.ValuesSet, ", ")
+		if set == "" {
+			set = "none (the chart's defaults)"
+		}
+		fmt.Fprintf(w, "Helm Values Set:\t%s\n", set)
+	}
 	for _, warning := range r.UpgradeWarnings {
 		fmt.Fprintf(w, "Upgrade Warning:\t%s\n", warning)
 	}

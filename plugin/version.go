@@ -124,7 +124,7 @@ func (o *VersionOptions) print(r VersionReport) error {
 		version = "unknown (the CRD has no app.kubernetes.io/version label)"
 	}
 	fmt.Fprintf(o.Out, "Flux Version: %s\n", version)
-	fmt.Fprintf(o.Out, "Managed By: %s\n", r.Flux.ManagedBy)
+	fmt.Fprintf(o.Out, "Managed By: %s\n", r.Flux.ManagedByText())
 	if r.Flux.Namespace != "" {
 		fmt.Fprintf(o.Out, "Namespace: %s\n", r.Flux.Namespace)
 	}

@@ -41,6 +41,8 @@ type Installation struct {
 	// Namespace is where the installation's controllers run, when the CRD says so
 	// (kustomize-controller's and the operator's owner labels).
 	Namespace string `json:"namespace,omitempty"`
+	// Helm is the Helm release that installed Flux, when the CRD names one (helm.go).
+	Helm *HelmRelease `json:"helm,omitempty"`
 }
 
 // DetectInstallation reads the metadata of the GitRepository CRD, the way the Flux CLI does, and
@@ -48,13 +50,19 @@ type Installation struct {
 func DetectInstallation(ctx context.Context, c client.Reader) (Installation, error) {
 	crd := &metav1.PartialObjectMetadata{}
 	crd.SetGroupVersionKind(kube.CRDGVK)
-	if err := c.Get(ctx, client.ObjectKey{Name: FluxDetectionCRD}, crd); err != nil {
+	err := c.Get(ctx, client.ObjectKey{Name: FluxDetectionCRD}, crd)
+	if err != nil {
 		if apierrors.IsNotFound(err) {
 			return Installation{}, nil
 		}
 		return Installation{}, fmt.Errorf("reading CustomResourceDefinition %s: %w", FluxDetectionCRD, err)
 	}
 	inst := ClassifyInstallation(crd)
+	if inst.ManagedBy == ManagedByHelm {
+		if inst.Helm, err = DetectHelm(ctx, c, crd); err != nil {
+			return Installation{}, err
+		}
+	}
 	// The plugin's inventory record names the field manager it applied with, so an install
 	// applied with a custom --field-manager is still told apart from the operator's.
 	if inst.ManagedBy == ManagedByOperator && inst.Namespace != "" {
@@ -86,6 +94,8 @@ func ClassifyInstallation(crd metav1.Object) Installation {
 		inst.Namespace = labels[render.LabelOwnerNamespace]
 	case labels[render.LabelManagedBy] == ManagedByHelmValue:
 		inst.ManagedBy = ManagedByHelm
+		// The chart installs the controllers in the release's namespace.
+		inst.Namespace = crd.GetAnnotations()[ownership.AnnotationHelmReleaseNamespace]
 	default:
 		inst.ManagedBy = ManagedByFluxInstall
 		inst.Namespace = labels[render.LabelInstance]

@@ -51,6 +51,10 @@ const (
 	// release that owns an object.
 	AnnotationHelmReleaseName      = "meta.helm.sh/release-name"
 	AnnotationHelmReleaseNamespace = "meta.helm.sh/release-namespace"
+	// LabelHelmName and LabelHelmNamespace are helm-controller's owner labels: the Flux HelmRelease
+	// whose release installed an object.
+	LabelHelmName      = "helm.toolkit.fluxcd.io/name"
+	LabelHelmNamespace = "helm.toolkit.fluxcd.io/namespace"
 )
 
 // TakeoverManagers are the field managers of the tools that install Flux. Their fields move to

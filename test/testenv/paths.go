@@ -97,16 +97,24 @@ func RequireBinDir(t testing.TB) string {
 // ../shared/flux-distribution beside the repository) or skips (fails in CI).
 func DistributionDir(t testing.TB) string {
 	t.Helper()
-	dir := os.Getenv("FLUX_DISTRIBUTION_DIR")
+	return SharedDir(t, "FLUX_DISTRIBUTION_DIR", "flux-distribution", "flux", "the Flux distribution data")
+}
+
+// SharedDir returns the directory $envVar names, by default ../shared/<rel> beside the repository
+// (where CI lays the shared data too), holding probe; when probe is missing it skips the test on a
+// developer machine and fails it in CI. what names the data in that message.
+func SharedDir(t testing.TB, envVar, rel, probe, what string) string {
+	t.Helper()
+	dir := os.Getenv(envVar)
 	if dir == "" {
 		root, err := RepoRoot()
 		if err != nil {
 			t.Fatal(err)
 		}
-		dir = filepath.Join(root, "..", "shared", "flux-distribution")
+		dir = filepath.Join(root, "..", "shared", rel)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "flux")); err != nil {
-		missing(t, "the Flux distribution data is not at %s: set FLUX_DISTRIBUTION_DIR", dir)
+	if _, err := os.Stat(filepath.Join(dir, probe)); err != nil {
+		missing(t, "%s is not at %s: set %s", what, dir, envVar)
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
