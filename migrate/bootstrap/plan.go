@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
 	"github.com/fluxinstance/kubectl-fluxinstance/render"
@@ -398,7 +399,11 @@ func InstanceYAML(inst *fluxinstance.FluxInstance) ([]byte, error) {
 func (p *Plan) Summary() []string {
 	in := p.Install
 	var out []string
-	out = append(out, fmt.Sprintf("Flux %s installed by `flux bootstrap` in namespace %q (kustomize-controller %s)", in.Version, in.Namespace, in.KustomizeControllerVersion))
+	head := fmt.Sprintf("Flux %s installed by `%s` in namespace %q", in.Version, in.Installer, in.Namespace)
+	if in.KustomizeControllerVersion != "" {
+		head += fmt.Sprintf(" (kustomize-controller %s)", in.KustomizeControllerVersion)
+	}
+	out = append(out, head)
 	out = append(out, fmt.Sprintf("  components: %s", strings.Join(in.Components, ", ")))
 	reg := in.Registry
 	if in.Variant != "" {
@@ -439,6 +444,11 @@ func (p *Plan) Summary() []string {
 		for _, u := range p.Unexpressed {
 			out = append(out, "  "+u)
 		}
+	}
+	if in.Installer == installation.ManagedByFluxInstall {
+		out = append(out, fmt.Sprintf("Takeover: %d Flux objects get %s: Ignore and %s: Disabled, lose kubectl's %s annotation, and their flux/kubectl field managers move to %s; CRDs, RBAC and Services take the Flux Operator's rendering (no pod restarts).",
+			len(p.FluxObjects), render.AnnotationKustomizeSSA, render.AnnotationKustomizePrune, ownership.AnnotationLastApplied, ownership.PluginFieldManager))
+		return out
 	}
 	out = append(out, fmt.Sprintf("Takeover: %d Flux objects get %s: Ignore and %s: Disabled, lose the %s|namespace labels, and their kustomize-controller/flux field managers move to %s; CRDs, RBAC and Services take the Flux Operator's rendering (no pod restarts).",
 		len(p.FluxObjects), render.AnnotationKustomizeSSA, render.AnnotationKustomizePrune, ownership.LabelKustomizeName, ownership.PluginFieldManager))
