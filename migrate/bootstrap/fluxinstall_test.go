@@ -70,6 +70,8 @@ func TestMigrateFluxInstall(t *testing.T) {
 		assert.Equal(t, []string{want}, appliedBy(t, c, o), kube.Ref(o))
 	}
 	assert.Less(t, kept, 10)
+	assert.Contains(t, summary, "kept as they are, not rendered by the FluxInstance")
+	assert.Contains(t, summary, "ClusterRole/crd-controller,")
 	assert.Contains(t, NextStep(p), "stop running `flux install`")
 
 	_, res, err := migrateOnce(ctx, c, "", testVersion, t)

@@ -330,6 +330,11 @@ func (p *Plan) collectFluxObjects(ctx context.Context, c client.Client) error {
 	for i, id := range rendered {
 		p.addFluxObject(id.String(), p.Objects[i].GroupVersionKind().Version)
 	}
+	if in.Installer == installation.ManagedByFluxInstall && in.Record == nil {
+		if err := p.noteUnrendered(ctx, c, rendered); err != nil {
+			return err
+		}
+	}
 	if in.Kustomization == nil {
 		return nil
 	}
@@ -360,6 +365,42 @@ func (p *Plan) collectFluxObjects(ctx context.Context, c client.Client) error {
 		}
 	}
 	sort.Slice(p.Protect, func(i, j int) bool { return p.Protect[i].String() < p.Protect[j].String() })
+	return nil
+}
+
+// installKinds are the kinds of the objects `flux install` creates, besides the Deployments and
+// NetworkPolicies detection reads.
+var installKinds = []schema.GroupVersionKind{
+	{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinition"},
+	{Version: "v1", Kind: "Namespace"},
+	{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRole"},
+	{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRoleBinding"},
+	{Version: "v1", Kind: "ResourceQuota"},
+	{Version: "v1", Kind: "ServiceAccount"},
+	{Version: "v1", Kind: "Service"},
+}
+
+// noteUnrendered notes the live objects of a `flux install` (labelled part-of=flux and
+// instance=<namespace>) that the FluxInstance does not render: nothing deletes them (they carry
+// no owner labels), but they stay with their installer and the FluxInstance will not manage them.
+func (p *Plan) noteUnrendered(ctx context.Context, c client.Client, rendered object.ObjMetadataSet) error {
+	var kept []string
+	for _, gvk := range installKinds {
+		var list metav1.PartialObjectMetadataList
+		list.SetGroupVersionKind(gvk.GroupVersion().WithKind(gvk.Kind + "List"))
+		if err := c.List(ctx, &list, client.MatchingLabels{render.LabelPartOf: "flux", render.LabelInstance: p.Install.Namespace}); err != nil {
+			return fmt.Errorf("listing %s labelled %s=flux: %w", gvk.Kind, render.LabelPartOf, err)
+		}
+		for _, m := range list.Items {
+			id := object.ObjMetadata{Namespace: m.Namespace, Name: m.Name, GroupKind: gvk.GroupKind()}
+			if !rendered.Contains(id) {
+				kept = append(kept, kube.RefMeta(id))
+			}
+		}
+	}
+	if len(kept) > 0 {
+		p.Notes = append(p.Notes, fmt.Sprintf("kept as they are, not rendered by the FluxInstance (nothing deletes them; delete them yourself once unused): %s", strings.Join(kept, ", ")))
+	}
 	return nil
 }
 

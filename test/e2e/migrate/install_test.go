@@ -150,6 +150,7 @@ func (in *installed) adopt(t *testing.T, version string) (string, *fluxinstance.
 	stdout, stderr := in.run(t, "migrate", "--dry-run")
 	assert.Contains(t, stderr, "Flux "+version+" installed by `flux install` in namespace \"flux-system\"")
 	assert.Contains(t, stderr, "Not expressible: nothing", "the plan reproduces the running controllers")
+	assert.NotContains(t, stderr, "kept as they are", "the rendering covers every object `flux install` made")
 	assert.Contains(t, stdout, "kind: FluxInstance")
 	assert.Equal(t, rv, in.resourceVersions(t), "--dry-run changed nothing")
 
