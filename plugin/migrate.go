@@ -19,7 +19,9 @@ import (
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/bootstrap"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/permissions"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
@@ -31,7 +33,7 @@ const migrateExample = `  # Show what a migration of the cluster bootstrapped wi
   # Migrate the installation in namespace flux-system, without a prompt, and update a checkout of the fleet repo
   kubectl fluxinstance migrate -n flux-system --yes --repo-dir ~/src/fleet
 
-  # Give the installation back to 'flux bootstrap'
+  # Give the installation back to 'flux bootstrap' (or 'flux install')
   kubectl fluxinstance migrate --rollback -n flux-system`
 
 // MigrateOptions holds the flags of `kubectl fluxinstance migrate`.
@@ -58,12 +60,13 @@ func NewCmdMigrate(configFlags *genericclioptions.ConfigFlags, streams genericio
 	o := &MigrateOptions{configFlags: configFlags, outputFlag: outputFlag{Output: "yaml"}, IOStreams: streams, version: info.Version}
 	cmd := &cobra.Command{
 		Use:   "migrate",
-		Short: "Adopt a Flux installation made by 'flux bootstrap' as a FluxInstance, deleting and restarting nothing",
-		Long: `Detect a Flux installation made by 'flux bootstrap', generate the FluxInstance that reproduces it (users'
-patches included, as spec.kustomize.patches), and take its objects over from kustomize-controller: every Flux
-object gets kustomize.toolkit.fluxcd.io/ssa: Ignore and prune: Disabled and loses kustomize-controller's owner
-labels, so that removing the bootstrap files from Git afterwards prunes nothing. Verified before it prints the
-next step; safe to re-run; --rollback gives the installation back to 'flux bootstrap'.`,
+		Short: "Adopt a Flux installation made by 'flux bootstrap' or 'flux install' as a FluxInstance, deleting and restarting nothing",
+		Long: `Detect a Flux installation made by 'flux bootstrap' or 'flux install', generate the FluxInstance that
+reproduces it (users' patches included, as spec.kustomize.patches), and take its objects over from
+kustomize-controller or the Flux CLI: every Flux object gets kustomize.toolkit.fluxcd.io/ssa: Ignore and prune:
+Disabled and loses kustomize-controller's owner labels (and kubectl's last-applied annotation), so that removing
+the bootstrap files from Git afterwards prunes nothing. Verified before it prints the next step; safe to re-run;
+--rollback gives the installation back to 'flux bootstrap' or 'flux install'.`,
 		Example: migrateExample,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -157,6 +160,11 @@ func (o *MigrateOptions) plan(ctx context.Context, conn *kube.Connection) (*boot
 	if err != nil {
 		return nil, err
 	}
+	if o.RepoDir != "" {
+		if err := bootstrap.CheckRepoDir(in); err != nil {
+			return nil, err
+		}
+	}
 	dist, err := distribution.Open(ctx, o.Distribution, o.distributionFlags.options(func(m string) { o.info("Warning: %s", m) }))
 	if err != nil {
 		return nil, fmt.Errorf("opening the Flux distribution: %w", err)
@@ -209,7 +217,7 @@ func (o *MigrateOptions) takeOver(ctx context.Context, conn *kube.Connection, p 
 		}
 		return o.updateRepo(p)
 	}
-	if err := o.confirm(fmt.Sprintf("Take over the Flux objects in namespace %q from kustomize-controller?", in.Namespace)); err != nil {
+	if err := o.confirm(fmt.Sprintf("Take over the Flux objects in namespace %q from `%s`?", in.Namespace, in.Installer)); err != nil {
 		return err
 	}
 	// The same record as apply's, so that status and a later apply treat both alike.
@@ -347,10 +355,10 @@ func (o *MigrateOptions) runRollback(ctx context.Context, conn *kube.Connection)
 		}
 	}
 	if !o.dryRun.Changes() {
-		o.info("Would give the Flux objects in namespace %q back to `flux bootstrap` (kustomize-controller).", ns)
+		o.info("Would give the Flux objects in namespace %q back to their installer (`flux bootstrap`'s kustomize-controller, or `flux install`'s flux field manager, as the migration record says).", ns)
 		return nil
 	}
-	if err := o.confirm(fmt.Sprintf("Give the Flux objects in namespace %q back to kustomize-controller?", ns)); err != nil {
+	if err := o.confirm(fmt.Sprintf("Give the Flux objects in namespace %q back to their installer?", ns)); err != nil {
 		return err
 	}
 	var res *bootstrap.RollbackResult
@@ -361,6 +369,10 @@ func (o *MigrateOptions) runRollback(ctx context.Context, conn *kube.Connection)
 	})
 	if err != nil {
 		return err
+	}
+	if res.Installer == installation.ManagedByFluxInstall {
+		o.info("Restored `flux install` ownership (field manager %s) of %d objects in namespace %q: `flux install` manages them again.", ownership.FluxCLIFieldManager, len(res.Restored), ns)
+		return nil
 	}
 	o.info("Restored bootstrap ownership of %d objects in namespace %q: kustomize-controller applies the bootstrap files (still in Git) again on its next reconcile.", len(res.Restored), ns)
 	return nil

@@ -1,11 +1,20 @@
-// Package bootstrap adopts a Flux installation made by `flux bootstrap`: it detects it, plans the
-// FluxInstance that reproduces it (patches included), takes the objects over from
-// kustomize-controller without deleting or restarting anything, verifies that kustomize-controller
-// can no longer garbage-collect them, and rolls back on request.
+// Package bootstrap adopts a Flux installation made by `flux bootstrap` or by `flux install`: it
+// detects it, plans the FluxInstance that reproduces it (patches included), takes the objects over
+// from kustomize-controller or the Flux CLI (or kubectl) without deleting or restarting anything,
+// verifies that kustomize-controller can no longer garbage-collect them, and rolls back on request.
+//
+// Both installers share this package because everything but detection is the same: the objects
+// come from the same manifests (the Flux CLI's generator), so planning (server defaults learnt by
+// dry run, differences turned into patches), the migration record, the takeover, the verification
+// and resuming are one code path. Install.Installer tells the few places that differ: the
+// kustomize-controller checks before the takeover (a `flux install` has no owner labels, so no
+// pending prune), the optional sync objects, the next step, and whom --rollback gives the fields
+// back to (kustomize-controller, or the `flux` field manager).
 package bootstrap
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -39,11 +48,14 @@ var (
 	syncSourceKinds      = []string{"GitRepository", "OCIRepository", "Bucket"}
 	syncSourceVersions   = []string{"v1", "v1beta2"}
 	crdListGVK           = schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinitionList"}
-	errNoBootstrapPrefix = "no Flux installation made by `flux bootstrap` was found"
+	errNoBootstrapPrefix = "no Flux installation made by `flux bootstrap` or `flux install` was found"
 )
 
-// Install is a Flux installation made by `flux bootstrap`, as read from the cluster.
+// Install is a Flux installation made by `flux bootstrap` or `flux install`, as read from the
+// cluster.
 type Install struct {
+	// Installer is installation.ManagedByBootstrap or installation.ManagedByFluxInstall.
+	Installer string
 	// Namespace where the controllers run; also the name of the sync source and Kustomization.
 	Namespace string
 	// Version is the Flux version (vX.Y.Z) from the app.kubernetes.io/version labels.
@@ -57,8 +69,9 @@ type Install struct {
 	NetworkPolicy              bool
 	Domain                     string
 	// Sync is the FluxInstance's spec.sync; the fields it cannot hold become patches in the plan.
+	// nil for a `flux install` without hand-written sync objects.
 	Sync *fluxinstance.Sync
-	// Source and Kustomization are the live sync objects.
+	// Source and Kustomization are the live sync objects (nil when Sync is).
 	Source        *unstructured.Unstructured
 	Kustomization *unstructured.Unstructured
 	// Deployments are the live controller Deployments (all part-of=flux Deployments in Namespace).
@@ -85,6 +98,7 @@ type candidate struct {
 	ns          string
 	deployments []appsv1.Deployment
 	bootstrap   bool // kustomize-controller's owner labels on the Deployments
+	fluxInstall bool // no owner labels, no managed-by: the Flux CLI's (or kubectl's) objects
 	owner       string
 	managedBy   string
 	record      *Record
@@ -121,6 +135,9 @@ func Detect(ctx context.Context, c client.Client, namespace string) (*Install, e
 			cand.managedBy = m
 		}
 	}
+	for _, cand := range byNS {
+		cand.fluxInstall = !cand.bootstrap && cand.managedBy == "" && installedByCLI(cand.deployments)
+	}
 	for i := range records {
 		get(records[i].Namespace).record = &records[i]
 	}
@@ -135,13 +152,13 @@ func Detect(ctx context.Context, c client.Client, namespace string) (*Install, e
 	for _, ns := range names {
 		cand := byNS[ns]
 		if namespace != "" && ns != namespace {
-			if cand.bootstrap || cand.record != nil {
+			if cand.bootstrap || cand.fluxInstall || cand.record != nil {
 				others = append(others, ns)
 			}
 			continue
 		}
 		switch {
-		case cand.record != nil, cand.bootstrap:
+		case cand.record != nil, cand.bootstrap, cand.fluxInstall:
 			found = append(found, cand)
 		case namespace != "" && len(cand.deployments) > 0:
 			return nil, refuseNotBootstrap(cand)
@@ -160,7 +177,7 @@ func Detect(ctx context.Context, c client.Client, namespace string) (*Install, e
 			seen = append(seen, fmt.Sprintf("%s (%s)", ns, describeManager(byNS[ns])))
 		}
 		if len(seen) > 0 {
-			return nil, refuse("%s: the Flux installations in this cluster are not bootstrapped: %s", errNoBootstrapPrefix, strings.Join(seen, ", "))
+			return nil, refuse("%s: the Flux installations in this cluster were made otherwise: %s", errNoBootstrapPrefix, strings.Join(seen, ", "))
 		}
 		return nil, refuse("%s: no Deployment labelled %s=flux in any namespace", errNoBootstrapPrefix, render.LabelPartOf)
 	case len(found) > 1:
@@ -168,7 +185,7 @@ func Detect(ctx context.Context, c client.Client, namespace string) (*Install, e
 		for _, f := range found {
 			list = append(list, f.ns)
 		}
-		return nil, refuse("found %d Flux installations made by `flux bootstrap`, in namespaces %s: pass -n NAMESPACE to choose one", len(found), strings.Join(list, ", "))
+		return nil, refuse("found %d Flux installations made by `flux bootstrap` or `flux install`, in namespaces %s: pass -n NAMESPACE to choose one", len(found), strings.Join(list, ", "))
 	}
 	return inspect(ctx, c, found[0])
 }
@@ -185,7 +202,7 @@ func describeManager(c *candidate) string {
 	case c.managedBy != "":
 		return "managed by " + c.managedBy
 	}
-	return "installed with `flux install` or kubectl"
+	return "written by another tool"
 }
 
 func refuseNotBootstrap(c *candidate) error {
@@ -194,9 +211,28 @@ func refuseNotBootstrap(c *candidate) error {
 		return refuse("Flux in namespace %q is already managed by this plugin (applied with `kubectl fluxinstance apply`): there is nothing to migrate", c.ns)
 	case c.managedBy == render.ManagedByValue:
 		return refuse("Flux in namespace %q is already managed by the Flux Operator (app.kubernetes.io/managed-by=flux-operator): there is nothing to migrate", c.ns)
+	case c.managedBy == installation.ManagedByHelmValue:
+		return refuse("Flux in namespace %q was installed with Helm (app.kubernetes.io/managed-by=Helm): adopting a Helm release is not supported yet: keep managing it with Helm for now; nothing was changed", c.ns)
 	}
-	return refuse("%s in namespace %q: its Flux is %s (the Deployments lack the %s label that kustomize-controller sets on bootstrapped objects)",
-		errNoBootstrapPrefix, c.ns, describeManager(c), ownership.LabelKustomizeName)
+	return refuse("%s in namespace %q: its Deployments labelled %s=flux are %s (neither kustomize-controller's %s label, as on bootstrapped objects, nor a Flux controller written by the flux or kubectl field managers, as by `flux install`)",
+		errNoBootstrapPrefix, c.ns, render.LabelPartOf, describeManager(c), ownership.LabelKustomizeName)
+}
+
+// installedByCLI tells a `flux install` from other Deployments labelled part-of=flux: one of them
+// is a Flux controller whose fields were written by a manager the takeover moves (the Flux CLI's
+// `flux`, or kubectl's client- or server-side apply).
+func installedByCLI(deps []appsv1.Deployment) bool {
+	for _, d := range deps {
+		if !slices.Contains(fluxinstance.AllComponents, d.Name) {
+			continue
+		}
+		for _, f := range d.ManagedFields {
+			if ownership.IsTakeover(f) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func ownedBy(deps []appsv1.Deployment, manager string) bool {
@@ -213,14 +249,16 @@ func ownedBy(deps []appsv1.Deployment, manager string) bool {
 // inspect reads everything about the one candidate and applies the refusal rules.
 func inspect(ctx context.Context, c client.Client, cand *candidate) (*Install, error) {
 	ns := cand.ns
-	in := &Install{Namespace: ns, Record: cand.record}
-	if cand.record == nil {
-		if cand.managedBy == render.ManagedByValue {
-			return nil, refuseNotBootstrap(cand)
-		}
-		if cand.owner != ns+"/"+ns {
-			return nil, refuse("the Flux Deployments in namespace %q are applied by the Kustomization %s, not by a Kustomization named after the namespace as `flux bootstrap` creates it: migrate only adopts bootstrap layouts", ns, cand.owner)
-		}
+	in := &Install{Namespace: ns, Record: cand.record, Installer: installation.ManagedByBootstrap}
+	switch {
+	case cand.record != nil:
+		in.Installer = cand.record.installer()
+	case cand.managedBy == render.ManagedByValue:
+		return nil, refuseNotBootstrap(cand)
+	case cand.fluxInstall:
+		in.Installer = installation.ManagedByFluxInstall
+	case cand.owner != ns+"/"+ns:
+		return nil, refuse("the Flux Deployments in namespace %q are applied by the Kustomization %s, not by a Kustomization named after the namespace as `flux bootstrap` creates it: migrate only adopts bootstrap layouts", ns, cand.owner)
 	}
 	sort.Slice(cand.deployments, func(i, j int) bool { return cand.deployments[i].Name < cand.deployments[j].Name })
 	in.Deployments = cand.deployments
@@ -229,43 +267,15 @@ func inspect(ctx context.Context, c client.Client, cand *candidate) (*Install, e
 			in.Components = append(in.Components, d.Name)
 		}
 	}
-	var kc *appsv1.Deployment
-	for i := range cand.deployments {
-		if cand.deployments[i].Name == fluxinstance.KustomizeController {
-			kc = &cand.deployments[i]
-		}
-	}
-	if kc == nil {
-		return nil, refuse("namespace %q has Flux Deployments but no kustomize-controller: a `flux bootstrap` installation always has one", ns)
-	}
 	sortComponents(in.Components)
-
-	// Version: the label kustomize-controller's Deployment carries (the CRDs carry the same).
-	in.Version = kc.Labels[render.LabelVersion]
-	v, err := fluxinstance.ParseVersion(in.Version)
+	ref, err := referenceDeployment(in)
 	if err != nil {
-		return nil, refuse("Deployment %s/%s has no valid %s label (%q): cannot tell the Flux version", ns, kc.Name, render.LabelVersion, in.Version)
+		return nil, err
 	}
-	in.Version = "v" + v.String()
-	if v.LT(minFlux) {
-		return nil, refuse("Flux %s in namespace %q is older than v2.2.0: upgrade it with `flux bootstrap` first (the distribution data and kustomize-controller's ssa: Ignore support start there)", in.Version, ns)
+	if err := readVersions(in, ref); err != nil {
+		return nil, err
 	}
-	mgr := managerContainer(kc.Spec.Template.Spec.Containers)
-	if mgr == nil {
-		return nil, refuse("Deployment %s/kustomize-controller has no container", ns)
-	}
-	registry, tag := splitImage(mgr.Image)
-	in.Registry = registry
-	in.KustomizeControllerVersion = tag
-	kv, err := semver.ParseTolerant(strings.TrimPrefix(strings.SplitN(tag, "@", 2)[0], "v"))
-	switch {
-	case err != nil:
-		return nil, refuse("cannot read kustomize-controller's version from its image %q: migrate needs kustomize-controller v1.1.0 or later (for the ssa: Ignore annotation)", mgr.Image)
-	case kv.LT(minKustomizeCtrl):
-		return nil, refuse("kustomize-controller %s in namespace %q is older than v1.1.0 and ignores the kustomize.toolkit.fluxcd.io/ssa: Ignore annotation the takeover relies on: upgrade Flux with `flux bootstrap` first", tag, ns)
-	}
-	in.Variant = fluxinstance.VariantForRegistry(registry)
-	if s := kc.Spec.Template.Spec.ImagePullSecrets; len(s) > 0 {
+	if s := ref.Spec.Template.Spec.ImagePullSecrets; len(s) > 0 {
 		in.ImagePullSecret = s[0].Name
 	}
 	in.Domain = clusterDomain(cand.deployments)
@@ -279,12 +289,66 @@ func inspect(ctx context.Context, c client.Client, cand *candidate) (*Install, e
 	if err := detectSync(ctx, c, in); err != nil {
 		return nil, err
 	}
-	if in.Record == nil {
+	if in.Record == nil && in.Installer == installation.ManagedByBootstrap {
 		if err := checkNoPendingPrune(ctx, c, in); err != nil {
 			return nil, err
 		}
 	}
 	return in, nil
+}
+
+// referenceDeployment is the Deployment whose labels and image tell the version and registry:
+// kustomize-controller, which `flux bootstrap` always installs; a `flux install` may leave it out
+// (--components), and then its first component speaks for all.
+func referenceDeployment(in *Install) (*appsv1.Deployment, error) {
+	for i := range in.Deployments {
+		if in.Deployments[i].Name == fluxinstance.KustomizeController {
+			return &in.Deployments[i], nil
+		}
+	}
+	if in.Installer == installation.ManagedByBootstrap {
+		return nil, refuse("namespace %q has Flux Deployments but no kustomize-controller: a `flux bootstrap` installation always has one", in.Namespace)
+	}
+	for i := range in.Deployments {
+		if len(in.Components) > 0 && in.Deployments[i].Name == in.Components[0] {
+			return &in.Deployments[i], nil
+		}
+	}
+	return nil, refuse("namespace %q has Deployments labelled %s=flux but none of the Flux controllers (%s)", in.Namespace, render.LabelPartOf, strings.Join(fluxinstance.AllComponents, ", "))
+}
+
+// readVersions reads the Flux version from ref's label and the registry and kustomize-controller
+// version from its image, refusing versions the takeover cannot rely on.
+func readVersions(in *Install, ref *appsv1.Deployment) error {
+	ns := in.Namespace
+	in.Version = ref.Labels[render.LabelVersion]
+	v, err := fluxinstance.ParseVersion(in.Version)
+	if err != nil {
+		return refuse("Deployment %s/%s has no valid %s label (%q): cannot tell the Flux version", ns, ref.Name, render.LabelVersion, in.Version)
+	}
+	in.Version = "v" + v.String()
+	if v.LT(minFlux) {
+		return refuse("Flux %s in namespace %q is older than v2.2.0: upgrade it with `%s` first (the distribution data and kustomize-controller's ssa: Ignore support start there)", in.Version, ns, in.Installer)
+	}
+	mgr := managerContainer(ref.Spec.Template.Spec.Containers)
+	if mgr == nil {
+		return refuse("Deployment %s/%s has no container", ns, ref.Name)
+	}
+	registry, tag := splitImage(mgr.Image)
+	in.Registry = registry
+	in.Variant = fluxinstance.VariantForRegistry(registry)
+	if ref.Name != fluxinstance.KustomizeController {
+		return nil
+	}
+	in.KustomizeControllerVersion = tag
+	kv, err := semver.ParseTolerant(strings.TrimPrefix(strings.SplitN(tag, "@", 2)[0], "v"))
+	switch {
+	case err != nil:
+		return refuse("cannot read kustomize-controller's version from its image %q: migrate needs kustomize-controller v1.1.0 or later (for the ssa: Ignore annotation)", mgr.Image)
+	case kv.LT(minKustomizeCtrl):
+		return refuse("kustomize-controller %s in namespace %q is older than v1.1.0 and ignores the kustomize.toolkit.fluxcd.io/ssa: Ignore annotation the takeover relies on: upgrade Flux with `%s` first", tag, ns, in.Installer)
+	}
+	return nil
 }
 
 func sortComponents(cs []string) {
@@ -352,39 +416,94 @@ func clusterDomain(deps []appsv1.Deployment) string {
 }
 
 // detectSync finds the namespace-named Kustomization and its source and maps them to spec.sync.
+// A `flux install` may have none, or ones applied by another Kustomization (kustomize-controller
+// owns them, so they belong to that Kustomization's Git, not to the FluxInstance): then spec.sync
+// is omitted and the objects are left as they are.
 func detectSync(ctx context.Context, c client.Client, in *Install) error {
 	ks, err := findKustomization(ctx, c, in.Namespace)
 	if err != nil {
 		return err
 	}
+	if in.Installer == installation.ManagedByFluxInstall {
+		if reason := optionalSyncSkipped(ks, in.Namespace); reason != "" {
+			in.Notes = append(in.Notes, reason)
+			return nil
+		}
+	}
+	if ks == nil {
+		return refuse("namespace %q has no Kustomization named %q: `flux bootstrap` creates one named after the namespace; migrate only adopts that layout", in.Namespace, in.Namespace)
+	}
 	in.Kustomization = ks
 	src, err := readSyncSource(ctx, c, in.Namespace, ks)
 	if err != nil {
+		var refusal *RefusalError
+		if in.Installer == installation.ManagedByFluxInstall && errors.As(err, &refusal) {
+			in.Kustomization = nil
+			in.Notes = append(in.Notes, fmt.Sprintf("spec.sync is omitted and Kustomization %s/%s is left as it is: %s", in.Namespace, in.Namespace, refusal.Reason))
+			return nil
+		}
 		return err
 	}
 	in.Source = src
 	in.Sync = syncSpec(in)
+	if in.Installer == installation.ManagedByFluxInstall && appliesFlux(ks, in.Namespace) {
+		in.Notes = append(in.Notes, fmt.Sprintf("Kustomization %s/%s applies Flux's own manifests from %s (its status.inventory lists them) although they carry no owner labels: "+
+			"after the takeover it skips them (ssa: Ignore) and prunes none of them; remove them from that path in Git", in.Namespace, in.Namespace, in.Sync.URL))
+	}
 	return nil
 }
 
+// appliesFlux tells whether a Kustomization's last applied revision contained the Flux
+// controllers or CRDs (its status.inventory lists kustomize-controller's Deployment or the
+// detection CRD).
+func appliesFlux(ks *unstructured.Unstructured, ns string) bool {
+	entries, _, _ := unstructured.NestedSlice(ks.Object, "status", "inventory", "entries")
+	for _, e := range entries {
+		m, _ := e.(map[string]any)
+		if id, _ := m["id"].(string); slices.Contains(fluxInventoryIDs(ns), id) {
+			return true
+		}
+	}
+	return false
+}
+
+// fluxInventoryIDs are the inventory ids of the objects that show a Kustomization applies Flux
+// itself: kustomize-controller's Deployment and the CRD detection reads.
+func fluxInventoryIDs(ns string) []string {
+	return []string{
+		ns + "_" + fluxinstance.KustomizeController + "_apps_Deployment",
+		"_" + installation.FluxDetectionCRD + "_apiextensions.k8s.io_CustomResourceDefinition",
+	}
+}
+
+// optionalSyncSkipped says why a `flux install`'s namespace-named Kustomization does not become
+// spec.sync ("" when it does).
+func optionalSyncSkipped(ks *unstructured.Unstructured, ns string) string {
+	switch {
+	case ks == nil:
+		return fmt.Sprintf("no Kustomization %s/%s: the FluxInstance has no spec.sync (add one to sync a repository)", ns, ns)
+	case ks.GetLabels()[ownership.LabelKustomizeName] != "":
+		l := ks.GetLabels()
+		return fmt.Sprintf("Kustomization %s/%s is applied by Kustomization %s/%s, not written by hand: spec.sync is omitted and it stays with its Git source", ns, ns,
+			l[ownership.LabelKustomizeNamespace], l[ownership.LabelKustomizeName])
+	}
+	return ""
+}
+
 // findKustomization returns the Kustomization named after the namespace, the one `flux
-// bootstrap` creates: migrate only adopts that layout.
+// bootstrap` creates (nil when there is none).
 func findKustomization(ctx context.Context, c client.Client, ns string) (*unstructured.Unstructured, error) {
 	var kss unstructured.UnstructuredList
 	kss.SetGroupVersionKind(kustomizationGVK.GroupVersion().WithKind("KustomizationList"))
 	if err := c.List(ctx, &kss, client.InNamespace(ns)); err != nil {
 		return nil, fmt.Errorf("listing Kustomizations in %s: %w", ns, err)
 	}
-	var ks *unstructured.Unstructured
 	for i := range kss.Items {
 		if kss.Items[i].GetName() == ns {
-			ks = &kss.Items[i]
+			return &kss.Items[i], nil
 		}
 	}
-	if ks == nil {
-		return nil, refuse("namespace %q has no Kustomization named %q: `flux bootstrap` creates one named after the namespace; migrate only adopts that layout", ns, ns)
-	}
-	return ks, nil
+	return nil, nil
 }
 
 // readSyncSource reads the Kustomization's source, refusing one a FluxInstance's spec.sync cannot
@@ -535,10 +654,7 @@ func checkNoPendingPrune(ctx context.Context, c client.Client, in *Install) erro
 			have[id] = true
 		}
 	}
-	for _, id := range []string{
-		ns + "_" + fluxinstance.KustomizeController + "_apps_Deployment",
-		"_" + installation.FluxDetectionCRD + "_apiextensions.k8s.io_CustomResourceDefinition",
-	} {
+	for _, id := range fluxInventoryIDs(ns) {
 		if !have[id] {
 			return refuse("the Git files of the bootstrap seem already removed and a prune is pending: Kustomization %s/%s no longer lists %s in its status.inventory while the object still carries its owner labels. "+
 				"Restore <path>/%s/ (gotk-components.yaml, gotk-sync.yaml, kustomization.yaml) in Git, wait until the Kustomization is Ready, then run migrate again", ns, ns, id, ns)

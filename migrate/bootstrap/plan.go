@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
 	"github.com/fluxinstance/kubectl-fluxinstance/render"
@@ -329,6 +330,11 @@ func (p *Plan) collectFluxObjects(ctx context.Context, c client.Client) error {
 	for i, id := range rendered {
 		p.addFluxObject(id.String(), p.Objects[i].GroupVersionKind().Version)
 	}
+	if in.Installer == installation.ManagedByFluxInstall && in.Record == nil {
+		if err := p.noteUnrendered(ctx, c, rendered); err != nil {
+			return err
+		}
+	}
 	if in.Kustomization == nil {
 		return nil
 	}
@@ -359,6 +365,42 @@ func (p *Plan) collectFluxObjects(ctx context.Context, c client.Client) error {
 		}
 	}
 	sort.Slice(p.Protect, func(i, j int) bool { return p.Protect[i].String() < p.Protect[j].String() })
+	return nil
+}
+
+// installKinds are the kinds of the objects `flux install` creates, besides the Deployments and
+// NetworkPolicies detection reads.
+var installKinds = []schema.GroupVersionKind{
+	{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinition"},
+	{Version: "v1", Kind: "Namespace"},
+	{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRole"},
+	{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRoleBinding"},
+	{Version: "v1", Kind: "ResourceQuota"},
+	{Version: "v1", Kind: "ServiceAccount"},
+	{Version: "v1", Kind: "Service"},
+}
+
+// noteUnrendered notes the live objects of a `flux install` (labelled part-of=flux and
+// instance=<namespace>) that the FluxInstance does not render: nothing deletes them (they carry
+// no owner labels), but they stay with their installer and the FluxInstance will not manage them.
+func (p *Plan) noteUnrendered(ctx context.Context, c client.Client, rendered object.ObjMetadataSet) error {
+	var kept []string
+	for _, gvk := range installKinds {
+		var list metav1.PartialObjectMetadataList
+		list.SetGroupVersionKind(gvk.GroupVersion().WithKind(gvk.Kind + "List"))
+		if err := c.List(ctx, &list, client.MatchingLabels{render.LabelPartOf: "flux", render.LabelInstance: p.Install.Namespace}); err != nil {
+			return fmt.Errorf("listing %s labelled %s=flux: %w", gvk.Kind, render.LabelPartOf, err)
+		}
+		for _, m := range list.Items {
+			id := object.ObjMetadata{Namespace: m.Namespace, Name: m.Name, GroupKind: gvk.GroupKind()}
+			if !rendered.Contains(id) {
+				kept = append(kept, kube.RefMeta(id))
+			}
+		}
+	}
+	if len(kept) > 0 {
+		p.Notes = append(p.Notes, fmt.Sprintf("kept as they are, not rendered by the FluxInstance (nothing deletes them; delete them yourself once unused): %s", strings.Join(kept, ", ")))
+	}
 	return nil
 }
 
@@ -398,7 +440,11 @@ func InstanceYAML(inst *fluxinstance.FluxInstance) ([]byte, error) {
 func (p *Plan) Summary() []string {
 	in := p.Install
 	var out []string
-	out = append(out, fmt.Sprintf("Flux %s installed by `flux bootstrap` in namespace %q (kustomize-controller %s)", in.Version, in.Namespace, in.KustomizeControllerVersion))
+	head := fmt.Sprintf("Flux %s installed by `%s` in namespace %q", in.Version, in.Installer, in.Namespace)
+	if in.KustomizeControllerVersion != "" {
+		head += fmt.Sprintf(" (kustomize-controller %s)", in.KustomizeControllerVersion)
+	}
+	out = append(out, head)
 	out = append(out, fmt.Sprintf("  components: %s", strings.Join(in.Components, ", ")))
 	reg := in.Registry
 	if in.Variant != "" {
@@ -439,6 +485,11 @@ func (p *Plan) Summary() []string {
 		for _, u := range p.Unexpressed {
 			out = append(out, "  "+u)
 		}
+	}
+	if in.Installer == installation.ManagedByFluxInstall {
+		out = append(out, fmt.Sprintf("Takeover: %d Flux objects get %s: Ignore and %s: Disabled, lose kubectl's %s annotation, and their flux/kubectl field managers move to %s; CRDs, RBAC and Services take the Flux Operator's rendering (no pod restarts).",
+			len(p.FluxObjects), render.AnnotationKustomizeSSA, render.AnnotationKustomizePrune, ownership.AnnotationLastApplied, ownership.PluginFieldManager))
+		return out
 	}
 	out = append(out, fmt.Sprintf("Takeover: %d Flux objects get %s: Ignore and %s: Disabled, lose the %s|namespace labels, and their kustomize-controller/flux field managers move to %s; CRDs, RBAC and Services take the Flux Operator's rendering (no pod restarts).",
 		len(p.FluxObjects), render.AnnotationKustomizeSSA, render.AnnotationKustomizePrune, ownership.LabelKustomizeName, ownership.PluginFieldManager))

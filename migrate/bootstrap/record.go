@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
 	"github.com/fluxinstance/kubectl-fluxinstance/render"
@@ -39,7 +40,12 @@ type Record struct {
 	Namespace string
 	State     string
 	StartedAt string
-	// Kustomization is the bootstrap Kustomization (namespace/name) whose owner labels rollback restores.
+	// Installer is who installed Flux (installation.ManagedByBootstrap or ManagedByFluxInstall):
+	// whom rollback gives the objects back to. Records written before `flux install` was adopted
+	// have none and are bootstrap's.
+	Installer string
+	// Kustomization is the bootstrap Kustomization (namespace/name) whose owner labels rollback
+	// restores; empty for `flux install`.
 	Kustomization string
 	Instance      *fluxinstance.FluxInstance
 	Objects       []RecordEntry
@@ -51,6 +57,7 @@ func recordFromConfigMap(cm *corev1.ConfigMap) (*Record, error) {
 		State:         cm.Data["state"],
 		StartedAt:     cm.Data["startedAt"],
 		Kustomization: cm.Data["kustomization"],
+		Installer:     cm.Data["installer"],
 	}
 	if s := cm.Data["instance"]; s != "" {
 		inst, err := fluxinstance.Decode([]byte(s), "ConfigMap/"+cm.Namespace+"/"+cm.Name+" data.instance")
@@ -69,7 +76,7 @@ func recordFromConfigMap(cm *corev1.ConfigMap) (*Record, error) {
 
 // writeRecord stores the record with server-side apply.
 func writeRecord(ctx context.Context, c client.Client, r *Record) error {
-	data := map[string]any{"state": r.State, "startedAt": r.StartedAt, "kustomization": r.Kustomization}
+	data := map[string]any{"state": r.State, "startedAt": r.StartedAt, "kustomization": r.Kustomization, "installer": r.installer()}
 	if r.Instance != nil {
 		y, err := InstanceYAML(r.Instance)
 		if err != nil {
@@ -106,6 +113,14 @@ func readRecord(ctx context.Context, c client.Client, ns string) (*Record, error
 		return nil, fmt.Errorf("ConfigMap/%s/%s: reading the migration record: %w", ns, RecordConfigMap, err)
 	}
 	return recordFromConfigMap(cm)
+}
+
+// installer is the record's Installer, bootstrap's for records that predate the field.
+func (r *Record) installer() string {
+	if r.Installer == "" {
+		return installation.ManagedByBootstrap
+	}
+	return r.Installer
 }
 
 func now() string { return time.Now().UTC().Format(time.RFC3339) }

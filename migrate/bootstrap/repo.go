@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
 	"sigs.k8s.io/yaml"
 )
 
@@ -55,6 +57,9 @@ func BootstrapDir(p *Plan) string {
 // Flux Operator no FluxInstance CRD exists; it is applied with `kubectl fluxinstance apply -f`.
 // Nothing is committed. dryRun reports the changes without writing.
 func UpdateRepo(repoDir string, p *Plan, instanceYAML []byte, dryRun bool) ([]RepoChange, error) {
+	if err := CheckRepoDir(p.Install); err != nil {
+		return nil, err
+	}
 	rel := BootstrapDir(p)
 	dir := filepath.Join(repoDir, filepath.FromSlash(rel))
 	if _, err := os.Stat(filepath.Join(dir, FileComponents)); err != nil {
@@ -100,6 +105,14 @@ func UpdateRepo(repoDir string, p *Plan, instanceYAML []byte, dryRun bool) ([]Re
 		}
 	}
 	return changes, nil
+}
+
+// CheckRepoDir refuses --repo-dir for an installation without bootstrap files in Git.
+func CheckRepoDir(in *Install) error {
+	if in.Installer != installation.ManagedByBootstrap {
+		return refuse("--repo-dir: Flux in namespace %q was installed by `%s`, which committed no bootstrap files to replace; run migrate without --repo-dir and keep the FluxInstance it writes (--output-file)", in.Namespace, in.Installer)
+	}
+	return nil
 }
 
 // rewriteKustomization removes the bootstrap files from resources and drops the patches.

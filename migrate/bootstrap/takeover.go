@@ -9,6 +9,7 @@ import (
 	"github.com/fluxcd/cli-utils/pkg/object"
 	"github.com/fluxcd/pkg/ssa"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
@@ -109,7 +110,10 @@ func Takeover(ctx context.Context, m *apply.Manager, p *Plan, opts TakeoverOptio
 	}
 	rec := &Record{
 		Namespace: p.Install.Namespace, State: StateInProgress, StartedAt: now(),
-		Kustomization: p.Install.Namespace + "/" + p.Install.Namespace, Instance: p.Instance,
+		Installer: p.Install.Installer, Instance: p.Instance,
+	}
+	if p.Install.Installer == installation.ManagedByBootstrap {
+		rec.Kustomization = p.Install.Namespace + "/" + p.Install.Namespace
 	}
 	if old := p.Install.Record; old != nil && old.StartedAt != "" {
 		rec.StartedAt = old.StartedAt
@@ -222,6 +226,10 @@ func Verify(ctx context.Context, c client.Client, p *Plan) error {
 
 // NextStep is what the user does once the takeover is verified.
 func NextStep(p *Plan) string {
+	if p.Install.Installer == installation.ManagedByFluxInstall {
+		return "Next step: keep the FluxInstance (commit it where you keep your cluster's configuration) and manage Flux with `kubectl fluxinstance apply -f` from now on; " +
+			"stop running `flux install` (or `kubectl apply` of its manifests) on this cluster: it would take the fields back. `migrate --rollback` gives them back to the `flux` field manager."
+	}
 	path := "<path>"
 	if p.Install.Sync != nil && p.Install.Sync.Path != "" {
 		path = strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(p.Install.Sync.Path, "./"), "."), "/")
@@ -235,14 +243,18 @@ func NextStep(p *Plan) string {
 
 // RollbackResult is what Rollback did.
 type RollbackResult struct {
-	Restored []string
+	// Installer is whom the objects were given back to (installation.ManagedBy*).
+	Installer string
+	Restored  []string
 }
 
-// Rollback gives the Flux objects back to `flux bootstrap`: kustomize-controller's owner labels
-// return, the ssa/prune annotations and the operator's labels go, and this plugin's field
-// managers are renamed to kustomize-controller, so that its next reconcile of the bootstrap files
-// (still in Git) applies over them without conflicts. The migration record and the plugin's
-// inventory record are deleted last; no Flux object is deleted.
+// Rollback gives the Flux objects back to their installer. For `flux bootstrap`,
+// kustomize-controller's owner labels return and this plugin's field managers are renamed to
+// kustomize-controller, so that its next reconcile of the bootstrap files (still in Git) applies
+// over them without conflicts; for `flux install`, the fields go back to the Flux CLI's `flux`
+// manager, so that a later `flux install` applies over them. Either way the ssa/prune
+// annotations and the operator's labels go. The migration record and the plugin's inventory
+// record are deleted last; no Flux object is deleted.
 func Rollback(ctx context.Context, c client.Client, namespace string) (*RollbackResult, error) {
 	rec, err := readRecord(ctx, c, namespace)
 	if err != nil {
@@ -251,11 +263,14 @@ func Rollback(ctx context.Context, c client.Client, namespace string) (*Rollback
 	if rec == nil {
 		return nil, refuse("no migration record (ConfigMap %s/%s) in namespace %q: there is nothing to roll back", namespace, RecordConfigMap, namespace)
 	}
-	ksNS, ksName, _ := strings.Cut(rec.Kustomization, "/")
-	if ksName == "" {
-		ksNS, ksName = namespace, namespace
+	res := &RollbackResult{Installer: rec.installer()}
+	owner := rollbackOwner{manager: ownership.FluxCLIFieldManager}
+	if res.Installer == installation.ManagedByBootstrap {
+		owner = rollbackOwner{manager: ownership.KustomizeControllerFieldManager, ksNamespace: namespace, ksName: namespace}
+		if ksNS, ksName, _ := strings.Cut(rec.Kustomization, "/"); ksName != "" {
+			owner.ksNamespace, owner.ksName = ksNS, ksName
+		}
 	}
-	res := &RollbackResult{}
 	for _, e := range rec.Objects {
 		id, err := object.ParseObjMetadata(e.ID)
 		if err != nil {
@@ -269,15 +284,15 @@ func Rollback(ctx context.Context, c client.Client, namespace string) (*Rollback
 			}
 			return res, fmt.Errorf("reading %s: %w", kube.RefMeta(id), err)
 		}
-		patch, err := rollbackPatch(live, ksName, ksNS)
+		patch, err := rollbackPatch(live, owner)
 		if err != nil {
 			return res, fmt.Errorf("%s: %w", kube.RefMeta(id), err)
 		}
 		if patch == nil {
 			continue
 		}
-		if err := c.Patch(ctx, live, client.RawPatch(types.JSONPatchType, patch), client.FieldOwner(ownership.KustomizeControllerFieldManager)); err != nil {
-			return res, fmt.Errorf("%s: restoring bootstrap ownership: %w", kube.RefMeta(id), err)
+		if err := c.Patch(ctx, live, client.RawPatch(types.JSONPatchType, patch), client.FieldOwner(owner.manager)); err != nil {
+			return res, fmt.Errorf("%s: restoring %s ownership: %w", kube.RefMeta(id), res.Installer, err)
 		}
 		res.Restored = append(res.Restored, kube.RefMeta(id))
 	}
@@ -296,12 +311,19 @@ type jsonOp struct {
 	Value any    `json:"value,omitempty"`
 }
 
-// rollbackPatch builds one JSON patch: managers back to kustomize-controller, labels and
-// annotations as bootstrap leaves them. nil when there is nothing to change.
-func rollbackPatch(live *unstructured.Unstructured, ksName, ksNS string) ([]byte, error) {
+// rollbackOwner is whom rollback gives the fields back to: kustomize-controller with the
+// bootstrap Kustomization's owner labels, or the Flux CLI's `flux` manager (no labels).
+type rollbackOwner struct {
+	manager             string
+	ksNamespace, ksName string
+}
+
+// rollbackPatch builds one JSON patch: managers back to the previous owner, labels and
+// annotations as its installer leaves them. nil when there is nothing to change.
+func rollbackPatch(live *unstructured.Unstructured, owner rollbackOwner) ([]byte, error) {
 	var ops []any
 	labels := live.GetLabels()
-	if labels == nil {
+	if labels == nil && owner.ksName != "" {
 		ops = append(ops, jsonOp{Op: "add", Path: "/metadata/labels", Value: map[string]any{}})
 	}
 	for _, k := range operatorLabels {
@@ -309,15 +331,15 @@ func rollbackPatch(live *unstructured.Unstructured, ksName, ksNS string) ([]byte
 			ops = append(ops, jsonOp{Op: "remove", Path: "/metadata/labels/" + escapePointer(k)})
 		}
 	}
-	for k, v := range map[string]string{ownership.LabelKustomizeName: ksName, ownership.LabelKustomizeNamespace: ksNS} {
-		if labels[k] != v {
+	for k, v := range map[string]string{ownership.LabelKustomizeName: owner.ksName, ownership.LabelKustomizeNamespace: owner.ksNamespace} {
+		if owner.ksName != "" && labels[k] != v {
 			ops = append(ops, jsonOp{Op: "add", Path: "/metadata/labels/" + escapePointer(k), Value: v})
 		}
 	}
 	for _, p := range ssa.PatchRemoveAnnotations(live, []string{render.AnnotationKustomizeSSA, render.AnnotationKustomizePrune}) {
 		ops = append(ops, p)
 	}
-	mf, err := ssa.PatchReplaceFieldsManagers(live, ownership.MoveOptions(ownership.PluginFieldManager).FieldManagers, ownership.KustomizeControllerFieldManager)
+	mf, err := ssa.PatchReplaceFieldsManagers(live, ownership.MoveOptions(ownership.PluginFieldManager).FieldManagers, owner.manager)
 	if err != nil {
 		return nil, err
 	}

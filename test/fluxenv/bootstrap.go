@@ -218,15 +218,62 @@ func (f *Flux) apply(ctx context.Context, dir string) error {
 	if err != nil {
 		return err
 	}
-	if err := normalize.UnstructuredList(objs); err != nil {
-		return err
-	}
-	rm := ssa.NewResourceManager(f.Client, polling.NewStatusPoller(f.Client, f.Client.RESTMapper(), polling.Options{}),
-		ssa.Owner{Field: BootstrapFieldManager, Group: "fluxcd.io"})
-	if _, err := rm.ApplyAllStaged(ctx, objs, ssa.DefaultApplyOptions()); err != nil {
+	if err := applyAsFluxCLI(ctx, f.Client, objs); err != nil {
 		return fmt.Errorf("applying the bootstrap files of %s: %w", dir, err)
 	}
 	return nil
+}
+
+// applyAsFluxCLI applies objects the way the Flux CLI does: server-side, staged (CRDs and
+// Namespaces first), with the `flux` field manager.
+func applyAsFluxCLI(ctx context.Context, c client.Client, objs []*unstructured.Unstructured) error {
+	if err := normalize.UnstructuredList(objs); err != nil {
+		return err
+	}
+	rm := ssa.NewResourceManager(c, polling.NewStatusPoller(c, c.RESTMapper(), polling.Options{}),
+		ssa.Owner{Field: BootstrapFieldManager, Group: "fluxcd.io"})
+	_, err := rm.ApplyAllStaged(ctx, objs, ssa.DefaultApplyOptions())
+	return err
+}
+
+// InstallGenerated does what `flux install` of Options.Version does, for versions other than the
+// CLI's: gotk-components.yaml from fluxgen (the CLI's own generator, install.Generate, on the
+// distribution data) applied like the CLI applies it (applyAsFluxCLI). No sync objects, no
+// controller; the Deployments are kept Available. It returns an admin client.
+func InstallGenerated(t testing.TB, env *testenv.Env, o Options) client.Client {
+	t.Helper()
+	o = o.WithDefaults()
+	dist := filepath.Join(testenv.DistributionDir(t), "flux", o.Version)
+	out := t.TempDir()
+	args := []string{
+		"-dist", dist, "-version", o.Version, "-out", out,
+		"-namespace", o.Namespace, "-components", strings.Join(o.Components, ","),
+		"-components-extra", strings.Join(o.ComponentsExtra, ","),
+		"-registry", o.Registry, "-image-pull-secret", o.ImagePullSecret,
+		fmt.Sprintf("-network-policy=%t", !o.NoNetworkPolicy),
+		"-toleration-keys", strings.Join(o.TolerationKeys, ","),
+		"-log-level", o.LogLevel, "-cluster-domain", o.ClusterDomain,
+		"-url", "https://git.example.invalid/fleet", "-branch", "main", "-path", "unused",
+	}
+	if msg, err := exec.Command(filepath.Join(BinDir(t, false), FluxGen), args...).CombinedOutput(); err != nil {
+		t.Fatalf("generating the install manifests of Flux %s: %v\n%s", o.Version, err, msg)
+	}
+	data, err := os.ReadFile(filepath.Join(out, "gotk-components.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := testenv.DecodeYAML(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewClient(t, env)
+	KeepDeploymentsAvailable(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := applyAsFluxCLI(ctx, c, objs); err != nil {
+		t.Fatalf("applying the install manifests of Flux %s: %v", o.Version, err)
+	}
+	return c
 }
 
 // applySecret stores the Git credentials the way `flux bootstrap git --token-auth` does.

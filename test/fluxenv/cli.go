@@ -1,6 +1,7 @@
 package fluxenv
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -123,4 +124,81 @@ func waitCRDs(ctx context.Context, c client.Client, exited chan error) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// InstallWithCLI runs the real `flux install` (Flux CLI FluxVersion) with the Options' component,
+// registry, pull secret, network policy, domain, log level, namespace and toleration flags: the
+// objects are applied server-side by the `flux` field manager and no sync objects exist. With
+// viaKubectl, it runs `flux install --export` and applies the output with the harness's kubectl
+// client-side instead (`kubectl apply -f -`: the kubectl-client-side-apply manager and the
+// last-applied annotation). No controller runs: the Deployments are kept Available, which is all
+// `flux install` waits for. It returns an admin client.
+func InstallWithCLI(t testing.TB, env *testenv.Env, o Options, viaKubectl bool) client.Client {
+	t.Helper()
+	o = o.WithDefaults()
+	if o.Version != FluxVersion {
+		t.Fatalf("InstallWithCLI runs the Flux CLI %s; got version %s", FluxVersion, o.Version)
+	}
+	bin := BinDir(t, true)
+	c := NewClient(t, env)
+	KeepDeploymentsAvailable(t, c)
+	args := []string{
+		"install", "--timeout=3m", "--namespace=" + o.Namespace,
+		"--components=" + strings.Join(o.Components, ","), "--registry=" + o.Registry,
+		"--log-level=" + o.LogLevel, "--cluster-domain=" + o.ClusterDomain,
+		fmt.Sprintf("--network-policy=%t", !o.NoNetworkPolicy),
+	}
+	if len(o.ComponentsExtra) > 0 {
+		args = append(args, "--components-extra="+strings.Join(o.ComponentsExtra, ","))
+	}
+	if o.ImagePullSecret != "" {
+		args = append(args, "--image-pull-secret="+o.ImagePullSecret)
+	}
+	if len(o.TolerationKeys) > 0 {
+		args = append(args, "--toleration-keys="+strings.Join(o.TolerationKeys, ","))
+	}
+	if viaKubectl {
+		args = append(args, "--export")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	out, err := runFluxCLI(ctx, env, bin, args...)
+	if err != nil {
+		t.Fatalf("flux %s failed: %v\n%s", strings.Join(args, " "), err, tailBytes(out, 4000))
+	}
+	if !viaKubectl {
+		return c
+	}
+	manifests := filepath.Join(env.Dir, "flux-install-export.yaml")
+	if err := os.WriteFile(manifests, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := env.Kubectl(ctx, nil, "apply", "-f", manifests); err != nil {
+		t.Fatalf("kubectl apply -f (flux install --export): %v\n%s", err, out)
+	}
+	return c
+}
+
+// runFluxCLI runs the Flux CLI with the environment's kubeconfig and a private HOME; stdout only
+// is returned on success (what --export prints), stdout and stderr on failure.
+func runFluxCLI(ctx context.Context, env *testenv.Env, bin string, args ...string) ([]byte, error) {
+	home := filepath.Join(env.Dir, "flux-cli-home")
+	if err := os.MkdirAll(home, 0o700); err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, FluxCLI), args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+env.Kubeconfig, "HOME="+home)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return append(stdout.Bytes(), stderr.Bytes()...), err
+	}
+	return stdout.Bytes(), nil
+}
+
+func tailBytes(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
 }
