@@ -413,7 +413,8 @@ func (p *plan) mountPersistentStorage(o *unstructured.Unstructured, podSpec, man
 // registry, pinning tag and digest from the variant's image list when it
 // lists the component.
 func (p *plan) rewriteImage(img string) string {
-	_, name, tag := splitImage(img)
+	repo, tag, _ := SplitImage(img)
+	name := imageName(repo)
 	out := p.registry + "/" + name
 	if ref, ok := p.images[name]; ok && ref.Tag != "" {
 		out += ":" + ref.Tag

@@ -48,9 +48,9 @@ func warnPinnedImages(before map[string]string, objs []*unstructured.Unstructure
 		if !ok || was == img {
 			continue
 		}
-		_, name, tag := splitImage(img)
-		_, wasName, wasTag := splitImage(was)
-		if name != wasName || tag == wasTag {
+		repo, tag, _ := SplitImage(img)
+		wasRepo, wasTag, _ := SplitImage(was)
+		if imageName(repo) != imageName(wasRepo) || tag == wasTag {
 			continue
 		}
 		warn(fmt.Sprintf("spec.kustomize.patches set %s to %s, not Flux %s's %s: that controller stays at another release "+
@@ -59,15 +59,19 @@ func warnPinnedImages(before map[string]string, objs []*unstructured.Unstructure
 	}
 }
 
-// splitImage splits an image reference into its repository (without tag or digest), the
-// repository's last path element and its tag ("" when none).
-func splitImage(img string) (repo, name, tag string) {
+// SplitImage splits an image reference into its repository (registry and path), its tag and its
+// digest, each "" when absent: "ghcr.io/fluxcd/source-controller:v1.9.4@sha256:…" is
+// "ghcr.io/fluxcd/source-controller", "v1.9.4", "sha256:…". A port in the registry is not a tag.
+func SplitImage(img string) (repo, tag, digest string) {
 	repo = img
 	if i := strings.IndexByte(repo, '@'); i >= 0 {
-		repo = repo[:i]
+		repo, digest = repo[:i], repo[i+1:]
 	}
 	if i := strings.LastIndexByte(repo, ':'); i > strings.LastIndexByte(repo, '/') {
 		repo, tag = repo[:i], repo[i+1:]
 	}
-	return repo, repo[strings.LastIndexByte(repo, '/')+1:], tag
+	return repo, tag, digest
 }
+
+// imageName is the last path element of an image's repository: the component, for Flux's images.
+func imageName(repo string) string { return repo[strings.LastIndexByte(repo, '/')+1:] }

@@ -334,7 +334,7 @@ func readVersions(in *Install, ref *appsv1.Deployment) error {
 	if mgr == nil {
 		return refuse("Deployment %s/%s has no container", ns, ref.Name)
 	}
-	registry, tag := splitImage(mgr.Image)
+	registry, tag := registryAndTag(mgr.Image)
 	in.Registry = registry
 	in.Variant = fluxinstance.VariantForRegistry(registry)
 	if ref.Name != fluxinstance.KustomizeController {
@@ -369,15 +369,12 @@ func managerContainer(cs []corev1.Container) *corev1.Container {
 	return nil
 }
 
-// splitImage returns the registry (everything before the last path segment) and the tag (with
-// its digest, if any) of an image reference.
-func splitImage(image string) (registry, tag string) {
-	repo := image
-	if i := strings.IndexByte(repo, '@'); i >= 0 {
-		repo, tag = repo[:i], repo[i:]
-	}
-	if i := strings.LastIndexByte(repo, ':'); i > strings.LastIndexByte(repo, '/') {
-		repo, tag = repo[:i], repo[i+1:]+tag
+// registryAndTag returns the registry (everything before the last path segment) and the tag, with
+// "@digest" appended when the image has one.
+func registryAndTag(image string) (registry, tag string) {
+	repo, tag, digest := render.SplitImage(image)
+	if digest != "" {
+		tag += "@" + digest
 	}
 	if i := strings.LastIndexByte(repo, '/'); i >= 0 {
 		registry = repo[:i]
