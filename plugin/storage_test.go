@@ -37,22 +37,38 @@ spec:
 %s`, version, extra)
 }
 
+// clusterAt223 is an API server where the plugin applied storageInstance at Flux 2.2.3 and users
+// created objects at that release's API versions (testenv.CreateOldFluxObjects).
+type clusterAt223 struct {
+	env       *testenv.Env
+	c         client.Client
+	dist, dir string
+	objs      []*unstructured.Unstructured
+	// plugin runs the plugin against the server with the test distribution.
+	plugin func(args ...string) result
+}
+
+func startAt223(t *testing.T, namespaces ...string) *clusterAt223 {
+	t.Helper()
+	k := &clusterAt223{dist: testenv.DistributionDir(t), env: testenv.Start(t), dir: t.TempDir()}
+	k.c = k.env.Client(t)
+	k.plugin = func(args ...string) result {
+		return runPlugin(t, "", append(args, "--kubeconfig", k.env.Kubeconfig, "--distribution", k.dist)...)
+	}
+	r := k.plugin("apply", "-f", writeFile(t, k.dir, "old.yaml", storageInstance("2.2.3", "")), "--wait=false")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	k.objs = testenv.CreateOldFluxObjects(t, k.c, namespaces...)
+	return k
+}
+
 // Upgrading an instance applied at Flux 2.2.3, with users' objects at that release's versions,
 // straight to 2.9.4 (which removes them) works in one apply: the stored objects are migrated
 // before the CRDs are applied (#12). A dry run shows the migration and changes nothing;
 // spec.migrateResources: false refuses it and changes nothing.
 func TestApplyAcrossRemovedVersions(t *testing.T) {
-	dist := testenv.DistributionDir(t)
-	env := testenv.Start(t)
-	c := env.Client(t)
+	k := startAt223(t, "team-a", "team-b")
+	env, c, dist, dir, objs, plugin := k.env, k.c, k.dist, k.dir, k.objs, k.plugin
 	ctx := context.Background()
-	dir := t.TempDir()
-	plugin := func(args ...string) result {
-		return runPlugin(t, "", append(args, "--kubeconfig", env.Kubeconfig, "--distribution", dist)...)
-	}
-	r := plugin("apply", "-f", writeFile(t, dir, "old.yaml", storageInstance("2.2.3", "")), "--wait=false")
-	require.Equal(t, 0, r.Code, r.Stderr)
-	objs := testenv.CreateOldFluxObjects(t, c, "team-a", "team-b")
 
 	t.Run("status warns of stored versions a later Flux removes", func(t *testing.T) {
 		r := runPlugin(t, "", "status", "--kubeconfig", env.Kubeconfig)
@@ -225,15 +241,9 @@ func TestApplyAcrossRemovedVersions(t *testing.T) {
 // flight; then, on the re-run, its first PATCH, an object's rewrite) is finished by running it
 // again: the CRDs end exactly the rendered ones, nothing is lost, and one more apply plans nothing.
 func TestInterruptedApplyMigrationConverges(t *testing.T) {
-	dist := testenv.DistributionDir(t)
-	env := testenv.Start(t)
-	c := env.Client(t)
+	k := startAt223(t, "team-a", "team-b")
+	env, dist, dir, objs := k.env, k.dist, k.dir, k.objs
 	ctx := context.Background()
-	dir := t.TempDir()
-	r := runPlugin(t, "", "apply", "-f", writeFile(t, dir, "old.yaml", storageInstance("2.2.3", "")), "--wait=false",
-		"--distribution", dist, "--kubeconfig", env.Kubeconfig)
-	require.Equal(t, 0, r.Code, r.Stderr)
-	objs := testenv.CreateOldFluxObjects(t, c, "team-a", "team-b")
 	newFile := writeFile(t, dir, "new.yaml", storageInstance("2.9.4", ""))
 	proxy, proxyConfig := faultproxy.Start(t, env)
 	// A killed run leaves its Lease behind: the next waits until the claim expires.
@@ -249,7 +259,7 @@ func TestInterruptedApplyMigrationConverges(t *testing.T) {
 		require.Contains(t, r.Stderr, "storage migration: migrating", "the kill landed in the migration")
 	}
 	proxy.Reset(-1)
-	r = applyThroughProxy()
+	r := applyThroughProxy()
 	require.Equal(t, 0, r.Code, r.Stderr)
 
 	dc := env.Client(t)
@@ -291,17 +301,9 @@ func lastLine(s string) string {
 // refusals, here with the operator's traces only (its CRD and a FluxInstance carrying its
 // finalizer): the real operator's reconcile after the migration is proven in test/e2e/operator.
 func TestOperatorApplyMigratesFirst(t *testing.T) {
-	dist := testenv.DistributionDir(t)
-	env := testenv.Start(t)
-	c := env.Client(t)
+	k := startAt223(t, "team-a")
+	env, c, dist, dir, plugin := k.env, k.c, k.dist, k.dir, k.plugin
 	ctx := context.Background()
-	dir := t.TempDir()
-	plugin := func(args ...string) result {
-		return runPlugin(t, "", append(args, "--kubeconfig", env.Kubeconfig, "--distribution", dist)...)
-	}
-	r := plugin("apply", "-f", writeFile(t, dir, "old.yaml", storageInstance("2.2.3", "")), "--wait=false")
-	require.Equal(t, 0, r.Code, r.Stderr)
-	testenv.CreateOldFluxObjects(t, c, "team-a")
 	crd, err := testenv.DecodeYAML([]byte(testenv.FluxInstanceStandInCRD))
 	require.NoError(t, err)
 	require.NoError(t, c.Create(ctx, crd[0]))
@@ -320,7 +322,7 @@ func TestOperatorApplyMigratesFirst(t *testing.T) {
 
 	// A version the operator may resolve to another minor than the plugin's distribution does:
 	// the plan is said, not carried out.
-	r = plugin("apply", "-f", writeFile(t, dir, "range.yaml", storageInstance("2.x", "")), "--mode=operator", "--dry-run=server")
+	r := plugin("apply", "-f", writeFile(t, dir, "range.yaml", storageInstance("2.x", "")), "--mode=operator", "--dry-run=server")
 	require.Equal(t, 0, r.Code, r.Stderr)
 	assert.Contains(t, r.Stderr, `Note: Flux v2.9.4 would need a storage migration of `)
 	assert.Contains(t, r.Stderr, `spec.distribution.version "2.x" admits other minor releases`)
