@@ -13,7 +13,6 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/diff"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
-	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
@@ -166,12 +165,9 @@ func (o *DiffOptions) migrationPreview(ctx context.Context, m *apply.Manager, r 
 	if err != nil || migration.Empty() {
 		return r.Objects, false, err
 	}
-	losses, err := storage.CheckLosses(ctx, m.Client, migration, r.Objects)
-	if err != nil {
+	if err := printMigrationPreview(ctx, m.Client, o.ErrOut, migration, r.Objects, "the upgrade would lose (apply refuses unless --force)", "apply would migrate"); err != nil {
 		return nil, false, err
 	}
-	printLosses(o.ErrOut, losses, "the upgrade would lose (apply refuses unless --force)")
-	printMigrationPlan(o.ErrOut, migration, "apply would migrate")
 	fmt.Fprintln(o.ErrOut, "  (the diffs show these CRDs as the migration leaves them, still serving the stored versions; the apply then drops the versions the new release removes)")
 	objects, err := migration.PreviewObjects(ctx, m.Client, r.Objects)
 	return objects, true, err

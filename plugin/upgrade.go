@@ -45,13 +45,21 @@ func allowMigration(migration *storage.Plan, instance *fluxinstance.FluxInstance
 // previewMigration is the dry run of the migration: what it would lose, as warnings, and what it
 // would do. Nothing changes.
 func (o *ApplyOptions) previewMigration(ctx context.Context, m *apply.Manager, migration *storage.Plan, objects []*unstructured.Unstructured) error {
+	return printMigrationPreview(ctx, m.Client, o.ErrOut, migration, objects, "the upgrade loses", fmt.Sprintf("would migrate (%s dry run)", o.dryRun))
+}
+
+// printMigrationPreview prints what a planned migration would lose (each line prefixed with
+// loses) and what it would do (verb), for apply's dry runs and diff. Nothing changes.
+func printMigrationPreview(ctx context.Context, c client.Client, w io.Writer, migration *storage.Plan, objects []*unstructured.Unstructured, loses, verb string) error {
 	if migration.Empty() {
 		return nil
 	}
-	if err := o.checkLosses(ctx, m, migration, objects); err != nil {
+	losses, err := storage.CheckLosses(ctx, c, migration, objects)
+	if err != nil {
 		return err
 	}
-	printMigrationPlan(o.ErrOut, migration, fmt.Sprintf("would migrate (%s dry run)", o.dryRun))
+	printLosses(w, losses, loses)
+	printMigrationPlan(w, migration, verb)
 	return nil
 }
 
