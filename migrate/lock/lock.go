@@ -164,8 +164,14 @@ func Acquire(ctx context.Context, inst kube.Instance, opts Options) (context.Con
 		stale := seenVersion != "" && time.Since(seenAt) >= opts.Duration
 		lease, err := me.try(ctx, inst, stale)
 		if err == nil {
-			ctx, l := hold(ctx, inst.Client, lease, opts.Duration)
-			return ctx, l, nil
+			lockCtx, l := hold(ctx, inst.Client, lease, opts.Duration)
+			if ctx.Err() != nil {
+				// Interrupted while the claim was being written: it was written, so end it now
+				// rather than leave it to block the re-run until it expires.
+				_ = l.Release()
+				return nil, nil, ctx.Err()
+			}
+			return lockCtx, l, nil
 		}
 		var held *HeldError
 		if !errors.As(err, &held) {
@@ -221,7 +227,14 @@ func holderIdentity(user, host string) string {
 // try creates the Lease, or takes it over when its claim expired (stale: this process saw it
 // unchanged for a full duration), with a compare-and-swap on the resourceVersion it read: of two
 // commands trying at once, one wins and the other sees the winner's claim.
+//
+// The write itself is not cancelled with ctx: a Create cut off by Ctrl-C may still reach the
+// API server after this process gave up on it, leaving a claim nobody knows it holds (the re-run
+// would wait for it to expire). Finishing the short write tells this process that it holds the
+// claim, and Acquire then releases it at once.
 func (me claim) try(ctx context.Context, inst kube.Instance, stale bool) (*coordinationv1.Lease, error) {
+	writeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
 	now := metav1.NewMicroTime(time.Now())
 	lease := &coordinationv1.Lease{}
 	key := client.ObjectKey{Namespace: inst.Namespace, Name: LeaseName}
@@ -230,7 +243,7 @@ func (me claim) try(ctx context.Context, inst kube.Instance, stale bool) (*coord
 	case apierrors.IsNotFound(err):
 		lease = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: inst.Namespace, Name: LeaseName}}
 		me.write(lease, now)
-		if err := inst.Client.Create(ctx, lease, client.FieldOwner(ownership.PluginFieldManager)); err != nil {
+		if err := inst.Client.Create(writeCtx, lease, client.FieldOwner(ownership.PluginFieldManager)); err != nil {
 			if apierrors.IsAlreadyExists(err) {
 				return me.try(ctx, inst, false) // someone was faster: report them
 			}
@@ -249,7 +262,7 @@ func (me claim) try(ctx context.Context, inst kube.Instance, stale bool) (*coord
 		return nil, &HeldError{Namespace: inst.Namespace, Holder: h, version: lease.ResourceVersion}
 	}
 	me.write(lease, now)
-	if err := inst.Client.Update(ctx, lease, client.FieldOwner(ownership.PluginFieldManager)); err != nil {
+	if err := inst.Client.Update(writeCtx, lease, client.FieldOwner(ownership.PluginFieldManager)); err != nil {
 		if apierrors.IsConflict(err) {
 			return me.try(ctx, inst, false)
 		}
@@ -357,8 +370,27 @@ func (l *Lock) Release() error {
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
 	err := l.c.Delete(ctx, l.lease, client.Preconditions{UID: &l.lease.UID, ResourceVersion: &l.lease.ResourceVersion})
+	if apierrors.IsConflict(err) {
+		// A renewal cut off by a cancelled command may have landed after all, moving the
+		// resourceVersion: the claim is still this process's if the Lease names it.
+		err = l.deleteIfMine(ctx)
+	}
 	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 		return fmt.Errorf("%s: releasing the lock (it expires within %s): %w", ref(l.lease.Namespace), l.duration, err)
 	}
 	return nil
+}
+
+// deleteIfMine deletes the Lease when its holder is still this claim, with a compare-and-swap on
+// the version read; a Lease that another command took over is left alone.
+func (l *Lock) deleteIfMine(ctx context.Context) error {
+	live := &coordinationv1.Lease{}
+	if err := l.c.Get(ctx, client.ObjectKeyFromObject(l.lease), live); err != nil {
+		return err
+	}
+	mine := l.lease.Spec.HolderIdentity
+	if live.UID != l.lease.UID || live.Spec.HolderIdentity == nil || mine == nil || *live.Spec.HolderIdentity != *mine {
+		return nil
+	}
+	return l.c.Delete(ctx, live, client.Preconditions{UID: &live.UID, ResourceVersion: &live.ResourceVersion})
 }

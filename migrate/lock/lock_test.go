@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/lock"
@@ -175,6 +176,55 @@ func TestLock(t *testing.T) {
 		for range n {
 			require.NoError(t, (<-locks).Release())
 		}
+	})
+
+	t.Run("interrupted while its claim is written, a command ends the claim", func(t *testing.T) {
+		inst := instance(t, "interrupted")
+		// Ctrl-C arrives while the Lease's Create is in flight: the request has been sent, so
+		// the write lands whatever the client does next; a client that gives up on the call
+		// sees only the cancellation.
+		cmdCtx, interrupt := context.WithCancel(ctx(t))
+		ww, err := client.NewWithWatch(env.Config, client.Options{})
+		require.NoError(t, err)
+		inst.Client = interceptor.NewClient(ww, interceptor.Funcs{
+			Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+				err := c.Create(context.WithoutCancel(ctx), obj, opts...)
+				interrupt()
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return err
+			},
+		})
+		_, l, err := lock.Acquire(cmdCtx, inst, lock.Options{Command: "apply", User: "alice"})
+		require.ErrorIs(t, err, context.Canceled)
+		assert.Nil(t, l)
+		assertNoLease(t, c, "interrupted")
+	})
+
+	t.Run("a renewal that landed unseen does not keep the claim after release", func(t *testing.T) {
+		inst := instance(t, "renewed-unseen")
+		_, l, err := lock.Acquire(ctx(t), inst, lock.Options{Command: "apply", User: "alice"})
+		require.NoError(t, err)
+		// A renewal cut off by Ctrl-C that reached the API server: same holder, new version.
+		lease := getLease(t, c, "renewed-unseen")
+		now := metav1.NewMicroTime(time.Now())
+		lease.Spec.RenewTime = &now
+		require.NoError(t, c.Update(context.Background(), lease))
+		require.NoError(t, l.Release())
+		assertNoLease(t, c, "renewed-unseen")
+	})
+
+	t.Run("a claim taken over is not deleted by the old holder's release", func(t *testing.T) {
+		inst := instance(t, "taken-over")
+		_, l, err := lock.Acquire(ctx(t), inst, lock.Options{Command: "apply", User: "alice"})
+		require.NoError(t, err)
+		lease := getLease(t, c, "taken-over")
+		other := "bob@elsewhere/1/abcdefgh"
+		lease.Spec.HolderIdentity = &other
+		require.NoError(t, c.Update(context.Background(), lease))
+		require.NoError(t, l.Release())
+		assert.Equal(t, other, *getLease(t, c, "taken-over").Spec.HolderIdentity, "bob's claim stays")
 	})
 
 	t.Run("no namespace, no instance", func(t *testing.T) {
