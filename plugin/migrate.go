@@ -60,13 +60,15 @@ func NewCmdMigrate(configFlags *genericclioptions.ConfigFlags, streams genericio
 	o := &MigrateOptions{configFlags: configFlags, outputFlag: outputFlag{Output: "yaml"}, IOStreams: streams, version: info.Version}
 	cmd := &cobra.Command{
 		Use:   "migrate",
-		Short: "Adopt a Flux installation made by 'flux bootstrap' or 'flux install' as a FluxInstance, deleting and restarting nothing",
-		Long: `Detect a Flux installation made by 'flux bootstrap' or 'flux install', generate the FluxInstance that
-reproduces it (users' patches included, as spec.kustomize.patches), and take its objects over from
-kustomize-controller or the Flux CLI: every Flux object gets kustomize.toolkit.fluxcd.io/ssa: Ignore and prune:
-Disabled and loses kustomize-controller's owner labels (and kubectl's last-applied annotation), so that removing
-the bootstrap files from Git afterwards prunes nothing. Verified before it prints the next step; safe to re-run;
---rollback gives the installation back to 'flux bootstrap' or 'flux install'.`,
+		Short: "Adopt a Flux installation made by 'flux bootstrap', 'flux install' or Helm as a FluxInstance, deleting and restarting nothing",
+		Long: `Detect a Flux installation made by 'flux bootstrap', 'flux install' or the Flux Helm chart, generate the
+FluxInstance that reproduces it (users' patches and changed chart values included, as spec.kustomize.patches),
+and take its objects over from kustomize-controller, the Flux CLI or Helm: every Flux object gets
+kustomize.toolkit.fluxcd.io/ssa: Ignore and prune: Disabled and loses kustomize-controller's owner labels,
+kubectl's last-applied annotation and Helm's release annotations, so that removing the bootstrap files from Git
+afterwards prunes nothing. For Helm, a HelmRelease that runs the release is suspended first, and the release
+records are set aside last, once every object is verified: 'helm uninstall' then deletes nothing. Verified
+before it prints the next step; safe to re-run; --rollback gives the installation back to its installer.`,
 		Example: migrateExample,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -84,7 +86,7 @@ the bootstrap files from Git afterwards prunes nothing. Verified before it print
 	f.StringVar(&o.OutputFile, "output-file", "", "Write the FluxInstance to this file instead of stdout.")
 	f.StringVar(&o.RepoDir, "repo-dir", "", "A local checkout of the fleet repository: replace the bootstrap files with the FluxInstance (no commit).")
 	f.BoolVarP(&o.Yes, "yes", "y", false, "Do not ask for confirmation.")
-	f.BoolVar(&o.Rollback, "rollback", false, "Give the installation back to 'flux bootstrap' (labels, field managers, annotations).")
+	f.BoolVar(&o.Rollback, "rollback", false, "Give the installation back to its installer: 'flux bootstrap', 'flux install' or the Helm release (labels, field managers, annotations, release records).")
 	f.BoolVar(&o.CheckPermissions, "check-permissions", false, "Only check, with SelfSubjectAccessReviews, that you have every permission migrate needs, and list the missing ones.")
 	o.distributionFlags.addFlags(cmd, "render from", "the distribution built into the plugin")
 	addStrictFlag(cmd, &o.Strict)
@@ -244,6 +246,9 @@ func (o *MigrateOptions) takeOver(ctx context.Context, conn *kube.Connection, p 
 		o.info("%s protected (kept, not managed by the FluxInstance)", ref)
 	}
 	o.info("Verified: kustomize-controller's garbage collection would delete none of the %d Flux objects.", len(p.FluxObjects))
+	if len(res.SetAside) > 0 {
+		o.info("Verified: no Flux object carries Helm's ownership; set aside %d Helm release records (%s): `helm uninstall %s` finds no release and deletes nothing.", len(res.SetAside), strings.Join(res.SetAside, ", "), p.Install.Helm.Name)
+	}
 	if err := o.writeInstance(instance); err != nil {
 		return err
 	}
@@ -355,7 +360,7 @@ func (o *MigrateOptions) runRollback(ctx context.Context, conn *kube.Connection)
 		}
 	}
 	if !o.dryRun.Changes() {
-		o.info("Would give the Flux objects in namespace %q back to their installer (`flux bootstrap`'s kustomize-controller, or `flux install`'s flux field manager, as the migration record says).", ns)
+		o.info("Would give the Flux objects in namespace %q back to their installer (`flux bootstrap`'s kustomize-controller, `flux install`'s flux field manager, or the Helm release, as the migration record says).", ns)
 		return nil
 	}
 	if err := o.confirm(fmt.Sprintf("Give the Flux objects in namespace %q back to their installer?", ns)); err != nil {
@@ -369,6 +374,13 @@ func (o *MigrateOptions) runRollback(ctx context.Context, conn *kube.Connection)
 	})
 	if err != nil {
 		return err
+	}
+	if res.Installer == installation.ManagedByHelm {
+		o.info("Restored %d Helm release records and Helm's ownership of %d objects in namespace %q: `helm upgrade` manages them again.", len(res.HelmRecords), len(res.Restored), ns)
+		if res.Resumed != "" {
+			o.info("Resumed HelmRelease %s (spec.suspend removed).", res.Resumed)
+		}
+		return nil
 	}
 	if res.Installer == installation.ManagedByFluxInstall {
 		o.info("Restored `flux install` ownership (field manager %s) of %d objects in namespace %q: `flux install` manages them again.", ownership.FluxCLIFieldManager, len(res.Restored), ns)

@@ -48,13 +48,13 @@ var (
 	syncSourceKinds      = []string{"GitRepository", "OCIRepository", "Bucket"}
 	syncSourceVersions   = []string{"v1", "v1beta2"}
 	crdListGVK           = schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinitionList"}
-	errNoBootstrapPrefix = "no Flux installation made by `flux bootstrap` or `flux install` was found"
+	errNoBootstrapPrefix = "no Flux installation made by `flux bootstrap`, `flux install` or Helm was found"
 )
 
-// Install is a Flux installation made by `flux bootstrap` or `flux install`, as read from the
-// cluster.
+// Install is a Flux installation made by `flux bootstrap`, `flux install` or Helm, as read from
+// the cluster.
 type Install struct {
-	// Installer is installation.ManagedByBootstrap or installation.ManagedByFluxInstall.
+	// Installer is installation.ManagedByBootstrap, ManagedByFluxInstall or ManagedByHelm.
 	Installer string
 	// Namespace where the controllers run; also the name of the sync source and Kustomization.
 	Namespace string
@@ -76,6 +76,9 @@ type Install struct {
 	Kustomization *unstructured.Unstructured
 	// Deployments are the live controller Deployments (all part-of=flux Deployments in Namespace).
 	Deployments []appsv1.Deployment
+	// Helm is the release that installed Flux, for installation.ManagedByHelm (from its latest
+	// record; from the migration record once the takeover set the records aside).
+	Helm *installation.HelmRelease
 	// Record is the migration record when a migration already started here (then the install
 	// may have lost its kustomize-controller labels).
 	Record *Record
@@ -99,6 +102,7 @@ type candidate struct {
 	deployments []appsv1.Deployment
 	bootstrap   bool // kustomize-controller's owner labels on the Deployments
 	fluxInstall bool // no owner labels, no managed-by: the Flux CLI's (or kubectl's) objects
+	helm        bool // app.kubernetes.io/managed-by: Helm
 	owner       string
 	managedBy   string
 	record      *Record
@@ -137,6 +141,7 @@ func Detect(ctx context.Context, c client.Client, namespace string) (*Install, e
 	}
 	for _, cand := range byNS {
 		cand.fluxInstall = !cand.bootstrap && cand.managedBy == "" && installedByCLI(cand.deployments)
+		cand.helm = !cand.bootstrap && cand.managedBy == ownership.ManagedByHelmValue
 	}
 	for i := range records {
 		get(records[i].Namespace).record = &records[i]
@@ -152,13 +157,13 @@ func Detect(ctx context.Context, c client.Client, namespace string) (*Install, e
 	for _, ns := range names {
 		cand := byNS[ns]
 		if namespace != "" && ns != namespace {
-			if cand.bootstrap || cand.fluxInstall || cand.record != nil {
+			if cand.adoptable() {
 				others = append(others, ns)
 			}
 			continue
 		}
 		switch {
-		case cand.record != nil, cand.bootstrap, cand.fluxInstall:
+		case cand.adoptable():
 			found = append(found, cand)
 		case namespace != "" && len(cand.deployments) > 0:
 			return nil, refuseNotBootstrap(cand)
@@ -185,9 +190,14 @@ func Detect(ctx context.Context, c client.Client, namespace string) (*Install, e
 		for _, f := range found {
 			list = append(list, f.ns)
 		}
-		return nil, refuse("found %d Flux installations made by `flux bootstrap` or `flux install`, in namespaces %s: pass -n NAMESPACE to choose one", len(found), strings.Join(list, ", "))
+		return nil, refuse("found %d Flux installations made by `flux bootstrap`, `flux install` or Helm, in namespaces %s: pass -n NAMESPACE to choose one", len(found), strings.Join(list, ", "))
 	}
 	return inspect(ctx, c, found[0])
+}
+
+// adoptable: an installation migrate adopts, or one whose migration started.
+func (c *candidate) adoptable() bool {
+	return c.record != nil || c.bootstrap || c.fluxInstall || c.helm
 }
 
 func describeManager(c *candidate) string {
@@ -197,7 +207,7 @@ func describeManager(c *candidate) string {
 			return "managed by kubectl-fluxinstance"
 		}
 		return "managed by the Flux Operator"
-	case c.managedBy == installation.ManagedByHelmValue:
+	case c.managedBy == ownership.ManagedByHelmValue:
 		return "installed with Helm"
 	case c.managedBy != "":
 		return "managed by " + c.managedBy
@@ -211,8 +221,6 @@ func refuseNotBootstrap(c *candidate) error {
 		return refuse("Flux in namespace %q is already managed by this plugin (applied with `kubectl fluxinstance apply`): there is nothing to migrate", c.ns)
 	case c.managedBy == render.ManagedByValue:
 		return refuse("Flux in namespace %q is already managed by the Flux Operator (app.kubernetes.io/managed-by=flux-operator): there is nothing to migrate", c.ns)
-	case c.managedBy == installation.ManagedByHelmValue:
-		return refuse("Flux in namespace %q was installed with Helm (app.kubernetes.io/managed-by=Helm): adopting a Helm release is not supported yet: keep managing it with Helm for now; nothing was changed", c.ns)
 	}
 	return refuse("%s in namespace %q: its Deployments labelled %s=flux are %s (neither kustomize-controller's %s label, as on bootstrapped objects, nor a Flux controller written by the flux or kubectl field managers, as by `flux install`)",
 		errNoBootstrapPrefix, c.ns, render.LabelPartOf, describeManager(c), ownership.LabelKustomizeName)
@@ -257,6 +265,8 @@ func inspect(ctx context.Context, c client.Client, cand *candidate) (*Install, e
 		return nil, refuseNotBootstrap(cand)
 	case cand.fluxInstall:
 		in.Installer = installation.ManagedByFluxInstall
+	case cand.helm:
+		in.Installer = installation.ManagedByHelm
 	case cand.owner != ns+"/"+ns:
 		return nil, refuse("the Flux Deployments in namespace %q are applied by the Kustomization %s, not by a Kustomization named after the namespace as `flux bootstrap` creates it: migrate only adopts bootstrap layouts", ns, cand.owner)
 	}
@@ -274,6 +284,11 @@ func inspect(ctx context.Context, c client.Client, cand *candidate) (*Install, e
 	}
 	if err := readVersions(in, ref); err != nil {
 		return nil, err
+	}
+	if in.Installer == installation.ManagedByHelm {
+		if err := detectHelmRelease(ctx, c, in, ref); err != nil {
+			return nil, err
+		}
 	}
 	if s := ref.Spec.Template.Spec.ImagePullSecrets; len(s) > 0 {
 		in.ImagePullSecret = s[0].Name
@@ -328,7 +343,7 @@ func readVersions(in *Install, ref *appsv1.Deployment) error {
 	}
 	in.Version = "v" + v.String()
 	if v.LT(minFlux) {
-		return refuse("Flux %s in namespace %q is older than v2.2.0: upgrade it with `%s` first (the distribution data and kustomize-controller's ssa: Ignore support start there)", in.Version, ns, in.Installer)
+		return refuse("Flux %s in namespace %q is older than v2.2.0: upgrade it with `%s` first (the distribution data and kustomize-controller's ssa: Ignore support start there)", in.Version, ns, upgradeCommand(in.Installer))
 	}
 	mgr := managerContainer(ref.Spec.Template.Spec.Containers)
 	if mgr == nil {
@@ -346,7 +361,7 @@ func readVersions(in *Install, ref *appsv1.Deployment) error {
 	case err != nil:
 		return refuse("cannot read kustomize-controller's version from its image %q: migrate needs kustomize-controller v1.1.0 or later (for the ssa: Ignore annotation)", mgr.Image)
 	case kv.LT(minKustomizeCtrl):
-		return refuse("kustomize-controller %s in namespace %q is older than v1.1.0 and ignores the kustomize.toolkit.fluxcd.io/ssa: Ignore annotation the takeover relies on: upgrade Flux with `%s` first", tag, ns, in.Installer)
+		return refuse("kustomize-controller %s in namespace %q is older than v1.1.0 and ignores the kustomize.toolkit.fluxcd.io/ssa: Ignore annotation the takeover relies on: upgrade Flux with `%s` first", tag, ns, upgradeCommand(in.Installer))
 	}
 	return nil
 }
@@ -421,7 +436,7 @@ func detectSync(ctx context.Context, c client.Client, in *Install) error {
 	if err != nil {
 		return err
 	}
-	if in.Installer == installation.ManagedByFluxInstall {
+	if in.syncOptional() {
 		if reason := optionalSyncSkipped(ks, in.Namespace); reason != "" {
 			in.Notes = append(in.Notes, reason)
 			return nil
@@ -434,7 +449,7 @@ func detectSync(ctx context.Context, c client.Client, in *Install) error {
 	src, err := readSyncSource(ctx, c, in.Namespace, ks)
 	if err != nil {
 		var refusal *RefusalError
-		if in.Installer == installation.ManagedByFluxInstall && errors.As(err, &refusal) {
+		if in.syncOptional() && errors.As(err, &refusal) {
 			in.Kustomization = nil
 			in.Notes = append(in.Notes, fmt.Sprintf("spec.sync is omitted and Kustomization %s/%s is left as it is: %s", in.Namespace, in.Namespace, refusal.Reason))
 			return nil
@@ -443,11 +458,23 @@ func detectSync(ctx context.Context, c client.Client, in *Install) error {
 	}
 	in.Source = src
 	in.Sync = syncSpec(in)
-	if in.Installer == installation.ManagedByFluxInstall && appliesFlux(ks, in.Namespace) {
+	if in.syncOptional() && appliesFlux(ks, in.Namespace) {
 		in.Notes = append(in.Notes, fmt.Sprintf("Kustomization %s/%s applies Flux's own manifests from %s (its status.inventory lists them) although they carry no owner labels: "+
 			"after the takeover it skips them (ssa: Ignore) and prunes none of them; remove them from that path in Git", in.Namespace, in.Namespace, in.Sync.URL))
 	}
 	return nil
+}
+
+// syncOptional: only `flux bootstrap` always creates the namespace-named sync objects; after
+// `flux install` or a Helm install they exist when someone wrote them.
+func (in *Install) syncOptional() bool { return in.Installer != installation.ManagedByBootstrap }
+
+// upgradeCommand is how the installer upgrades Flux, for refusals that ask for it.
+func upgradeCommand(installer string) string {
+	if installer == installation.ManagedByHelm {
+		return "helm upgrade"
+	}
+	return installer
 }
 
 // appliesFlux tells whether a Kustomization's last applied revision contained the Flux

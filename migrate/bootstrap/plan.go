@@ -335,6 +335,11 @@ func (p *Plan) collectFluxObjects(ctx context.Context, c client.Client) error {
 			return err
 		}
 	}
+	if in.Installer == installation.ManagedByHelm && in.Record == nil {
+		if err := p.noteHelmUnrendered(c, rendered); err != nil {
+			return err
+		}
+	}
 	if in.Kustomization == nil {
 		return nil
 	}
@@ -445,6 +450,12 @@ func (p *Plan) Summary() []string {
 		head += fmt.Sprintf(" (kustomize-controller %s)", in.KustomizeControllerVersion)
 	}
 	out = append(out, head)
+	if rel := in.Helm; rel != nil && rel.Chart != "" {
+		out = append(out, "  Helm release: "+rel.Summary())
+		if len(rel.ValuesSet) > 0 {
+			out = append(out, "  values set: "+strings.Join(rel.ValuesSet, ", ")+" (what they changed is read from the running objects below)")
+		}
+	}
 	out = append(out, fmt.Sprintf("  components: %s", strings.Join(in.Components, ", ")))
 	reg := in.Registry
 	if in.Variant != "" {
@@ -485,6 +496,9 @@ func (p *Plan) Summary() []string {
 		for _, u := range p.Unexpressed {
 			out = append(out, "  "+u)
 		}
+	}
+	if in.Installer == installation.ManagedByHelm {
+		return append(out, p.helmSummary()...)
 	}
 	if in.Installer == installation.ManagedByFluxInstall {
 		out = append(out, fmt.Sprintf("Takeover: %d Flux objects get %s: Ignore and %s: Disabled, lose kubectl's %s annotation, and their flux/kubectl field managers move to %s; CRDs, RBAC and Services take the Flux Operator's rendering (no pod restarts).",

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -40,7 +41,7 @@ type Record struct {
 	Namespace string
 	State     string
 	StartedAt string
-	// Installer is who installed Flux (installation.ManagedByBootstrap or ManagedByFluxInstall):
+	// Installer is who installed Flux (installation.ManagedByBootstrap, ManagedByFluxInstall or ManagedByHelm):
 	// whom rollback gives the objects back to. Records written before `flux install` was adopted
 	// have none and are bootstrap's.
 	Installer string
@@ -49,6 +50,39 @@ type Record struct {
 	Kustomization string
 	Instance      *fluxinstance.FluxInstance
 	Objects       []RecordEntry
+	// Helm is the release a Helm installation's migration takes over.
+	Helm *RecordedHelm
+}
+
+// RecordedHelm is what a migration of a Helm installation keeps about the release: where its
+// records are, and the HelmRelease it suspended, for a resumed run and for --rollback.
+type RecordedHelm struct {
+	Name             string `json:"name"`
+	Namespace        string `json:"namespace"`
+	StorageNamespace string `json:"storageNamespace"`
+	// ManagedBy is the HelmRelease (namespace/name) whose helm-controller ran the release.
+	ManagedBy string `json:"managedBy,omitempty"`
+	// SuspendedHelmRelease is ManagedBy when the migration suspended it.
+	SuspendedHelmRelease string `json:"suspendedHelmRelease,omitempty"`
+}
+
+func newRecordedHelm(rel *installation.HelmRelease) *RecordedHelm {
+	st := storageOf(rel)
+	r := &RecordedHelm{Name: rel.Name, Namespace: rel.Namespace, StorageNamespace: st.StorageNamespace}
+	if m := rel.ManagedBy; m != nil {
+		r.ManagedBy = m.Namespace + "/" + m.Name
+	}
+	return r
+}
+
+// release is the recorded release as detection reports it.
+func (r *RecordedHelm) release() *installation.HelmRelease {
+	rel := &installation.HelmRelease{Name: r.Name, Namespace: r.Namespace}
+	if r.ManagedBy != "" {
+		ns, name, _ := strings.Cut(r.ManagedBy, "/")
+		rel.ManagedBy = &installation.FluxHelmRelease{Namespace: ns, Name: name, StorageNamespace: r.StorageNamespace}
+	}
+	return rel
 }
 
 func recordFromConfigMap(cm *corev1.ConfigMap) (*Record, error) {
@@ -65,6 +99,12 @@ func recordFromConfigMap(cm *corev1.ConfigMap) (*Record, error) {
 			return nil, err
 		}
 		r.Instance = inst
+	}
+	if s := cm.Data["helm"]; s != "" {
+		r.Helm = &RecordedHelm{}
+		if err := json.Unmarshal([]byte(s), r.Helm); err != nil {
+			return nil, fmt.Errorf("ConfigMap/%s/%s: data.helm: %w", cm.Namespace, cm.Name, err)
+		}
 	}
 	if s := cm.Data["objects"]; s != "" {
 		if err := json.Unmarshal([]byte(s), &r.Objects); err != nil {
@@ -83,6 +123,13 @@ func writeRecord(ctx context.Context, c client.Client, r *Record) error {
 			return err
 		}
 		data["instance"] = string(y)
+	}
+	if r.Helm != nil {
+		h, err := json.Marshal(r.Helm)
+		if err != nil {
+			return err
+		}
+		data["helm"] = string(h)
 	}
 	objs, err := json.Marshal(r.Objects)
 	if err != nil {

@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/fluxcd/cli-utils/pkg/object"
 	"github.com/fluxcd/pkg/ssa"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/helmstorage"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
@@ -40,6 +43,8 @@ type TakeoverResult struct {
 	ChangeSet *ssa.ChangeSet
 	// Protected are the objects outside the rendering that were marked.
 	Protected []string
+	// SetAside are the Helm release records moved where Helm no longer finds them.
+	SetAside []string
 	// NothingToDo is true when a completed migration was found unchanged.
 	NothingToDo bool
 }
@@ -90,6 +95,9 @@ func UpToDate(ctx context.Context, m *apply.Manager, p *Plan) (bool, error) {
 	if err := Verify(ctx, m.Client, p); err != nil {
 		return false, nil
 	}
+	if p.Install.Helm != nil {
+		return releaseSetAside(ctx, m.Client, p.Install.Helm)
+	}
 	return true, nil
 }
 
@@ -118,11 +126,22 @@ func Takeover(ctx context.Context, m *apply.Manager, p *Plan, opts TakeoverOptio
 	if old := p.Install.Record; old != nil && old.StartedAt != "" {
 		rec.StartedAt = old.StartedAt
 	}
+	if rel := p.Install.Helm; rel != nil {
+		rec.Helm = newRecordedHelm(rel)
+		if old := p.Install.Record; old != nil && old.Helm != nil {
+			rec.Helm.SuspendedHelmRelease = old.Helm.SuspendedHelmRelease
+		}
+	}
 	for _, id := range p.FluxObjects {
 		rec.Objects = append(rec.Objects, RecordEntry{ID: id.String(), Version: p.Versions[id]})
 	}
 	if err := writeRecord(ctx, c, rec); err != nil {
 		return nil, err
+	}
+	if rec.Helm != nil {
+		if err := suspendHelmRelease(ctx, c, rec, p.Install.Helm); err != nil {
+			return nil, err
+		}
 	}
 	objs, err := applyObjects(ctx, c, p)
 	if err != nil {
@@ -150,6 +169,15 @@ func Takeover(ctx context.Context, m *apply.Manager, p *Plan, opts TakeoverOptio
 	}
 	if err := Verify(ctx, c, p); err != nil {
 		return res, err
+	}
+	if rec.Helm != nil {
+		if err := verifyReleased(ctx, c, p); err != nil {
+			return res, err
+		}
+		st := helmstorage.Release{Name: rec.Helm.Name, StorageNamespace: rec.Helm.StorageNamespace}
+		if res.SetAside, err = helmstorage.SetAside(ctx, c, st); err != nil {
+			return res, err
+		}
 	}
 	rec.State = StateCompleted
 	if err := writeRecord(ctx, c, rec); err != nil {
@@ -226,6 +254,9 @@ func Verify(ctx context.Context, c client.Client, p *Plan) error {
 
 // NextStep is what the user does once the takeover is verified.
 func NextStep(p *Plan) string {
+	if p.Install.Installer == installation.ManagedByHelm {
+		return helmNextStep(p)
+	}
 	if p.Install.Installer == installation.ManagedByFluxInstall {
 		return "Next step: keep the FluxInstance (commit it where you keep your cluster's configuration) and manage Flux with `kubectl fluxinstance apply -f` from now on; " +
 			"stop running `flux install` (or `kubectl apply` of its manifests) on this cluster: it would take the fields back. `migrate --rollback` gives them back to the `flux` field manager."
@@ -246,6 +277,9 @@ type RollbackResult struct {
 	// Installer is whom the objects were given back to (installation.ManagedBy*).
 	Installer string
 	Restored  []string
+	// HelmRecords are the Helm release records put back; Resumed the HelmRelease resumed.
+	HelmRecords []string
+	Resumed     string
 }
 
 // Rollback gives the Flux objects back to their installer. For `flux bootstrap`,
@@ -264,12 +298,9 @@ func Rollback(ctx context.Context, c client.Client, namespace string) (*Rollback
 		return nil, refuse("no migration record (ConfigMap %s/%s) in namespace %q: there is nothing to roll back", namespace, RecordConfigMap, namespace)
 	}
 	res := &RollbackResult{Installer: rec.installer()}
-	owner := rollbackOwner{manager: ownership.FluxCLIFieldManager}
-	if res.Installer == installation.ManagedByBootstrap {
-		owner = rollbackOwner{manager: ownership.KustomizeControllerFieldManager, ksNamespace: namespace, ksName: namespace}
-		if ksNS, ksName, _ := strings.Cut(rec.Kustomization, "/"); ksName != "" {
-			owner.ksNamespace, owner.ksName = ksNS, ksName
-		}
+	ownerOf, err := rollbackOwners(ctx, c, rec, res)
+	if err != nil {
+		return res, err
 	}
 	for _, e := range rec.Objects {
 		id, err := object.ParseObjMetadata(e.ID)
@@ -284,17 +315,24 @@ func Rollback(ctx context.Context, c client.Client, namespace string) (*Rollback
 			}
 			return res, fmt.Errorf("reading %s: %w", kube.RefMeta(id), err)
 		}
-		patch, err := rollbackPatch(live, owner)
+		patch, err := rollbackPatch(live, ownerOf(id))
 		if err != nil {
 			return res, fmt.Errorf("%s: %w", kube.RefMeta(id), err)
 		}
 		if patch == nil {
 			continue
 		}
-		if err := c.Patch(ctx, live, client.RawPatch(types.JSONPatchType, patch), client.FieldOwner(owner.manager)); err != nil {
+		if err := c.Patch(ctx, live, client.RawPatch(types.JSONPatchType, patch), client.FieldOwner(ownerOf(id).manager)); err != nil {
 			return res, fmt.Errorf("%s: restoring %s ownership: %w", kube.RefMeta(id), res.Installer, err)
 		}
 		res.Restored = append(res.Restored, kube.RefMeta(id))
+	}
+	if h := rec.Helm; h != nil && h.SuspendedHelmRelease != "" {
+		ns, name, _ := strings.Cut(h.SuspendedHelmRelease, "/")
+		if err := setSuspend(ctx, c, ns, name, false); err != nil {
+			return res, err
+		}
+		res.Resumed = h.SuspendedHelmRelease
 	}
 	for _, name := range []string{inventory.ConfigMapName, RecordConfigMap} {
 		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}}
@@ -305,17 +343,58 @@ func Rollback(ctx context.Context, c client.Client, namespace string) (*Rollback
 	return res, nil
 }
 
+// addAll are the JSON patch operations that set every key of want in the map at path (live is
+// its current content), in key order.
+func addAll(path string, live, want map[string]string) []any {
+	var ops []any
+	if live == nil && len(want) > 0 {
+		ops = append(ops, jsonOp{Op: "add", Path: path, Value: map[string]any{}})
+	}
+	for _, k := range slices.Sorted(maps.Keys(want)) {
+		if v, ok := live[k]; !ok || v != want[k] {
+			ops = append(ops, jsonOp{Op: "add", Path: path + "/" + escapePointer(k), Value: want[k]})
+		}
+	}
+	return ops
+}
+
 type jsonOp struct {
 	Op    string `json:"op"`
 	Path  string `json:"path"`
 	Value any    `json:"value,omitempty"`
 }
 
-// rollbackOwner is whom rollback gives the fields back to: kustomize-controller with the
-// bootstrap Kustomization's owner labels, or the Flux CLI's `flux` manager (no labels).
+// rollbackOwner is whom rollback gives an object back to: the field manager, and the labels and
+// annotations its installer puts on it (kustomize-controller's owner labels for `flux
+// bootstrap`, none for `flux install`, Helm's for a Helm release).
 type rollbackOwner struct {
-	manager             string
-	ksNamespace, ksName string
+	manager     string
+	labels      map[string]string
+	annotations map[string]string
+}
+
+// rollbackOwners tells, per object, whom rollback gives it back to; for Helm it first restores
+// the release records (so res tells them).
+func rollbackOwners(ctx context.Context, c client.Client, rec *Record, res *RollbackResult) (func(object.ObjMetadata) rollbackOwner, error) {
+	switch res.Installer {
+	case installation.ManagedByBootstrap:
+		ksNS, ksName := rec.Namespace, rec.Namespace
+		if ns, name, _ := strings.Cut(rec.Kustomization, "/"); name != "" {
+			ksNS, ksName = ns, name
+		}
+		owner := rollbackOwner{manager: ownership.KustomizeControllerFieldManager,
+			labels: map[string]string{ownership.LabelKustomizeName: ksName, ownership.LabelKustomizeNamespace: ksNS}}
+		return func(object.ObjMetadata) rollbackOwner { return owner }, nil
+	case installation.ManagedByHelm:
+		if rec.Helm == nil {
+			return nil, fmt.Errorf("ConfigMap/%s/%s: the migration record of a Helm installation names no release (data.helm)", rec.Namespace, RecordConfigMap)
+		}
+		ownerOf, restored, err := helmRollbackOwners(ctx, c, rec)
+		res.HelmRecords = restored
+		return ownerOf, err
+	}
+	owner := rollbackOwner{manager: ownership.FluxCLIFieldManager}
+	return func(object.ObjMetadata) rollbackOwner { return owner }, nil
 }
 
 // rollbackPatch builds one JSON patch: managers back to the previous owner, labels and
@@ -323,22 +402,16 @@ type rollbackOwner struct {
 func rollbackPatch(live *unstructured.Unstructured, owner rollbackOwner) ([]byte, error) {
 	var ops []any
 	labels := live.GetLabels()
-	if labels == nil && owner.ksName != "" {
-		ops = append(ops, jsonOp{Op: "add", Path: "/metadata/labels", Value: map[string]any{}})
-	}
 	for _, k := range operatorLabels {
-		if _, ok := labels[k]; ok {
+		if _, ok := labels[k]; ok && owner.labels[k] == "" {
 			ops = append(ops, jsonOp{Op: "remove", Path: "/metadata/labels/" + escapePointer(k)})
 		}
 	}
-	for k, v := range map[string]string{ownership.LabelKustomizeName: owner.ksName, ownership.LabelKustomizeNamespace: owner.ksNamespace} {
-		if owner.ksName != "" && labels[k] != v {
-			ops = append(ops, jsonOp{Op: "add", Path: "/metadata/labels/" + escapePointer(k), Value: v})
-		}
-	}
+	ops = append(ops, addAll("/metadata/labels", labels, owner.labels)...)
 	for _, p := range ssa.PatchRemoveAnnotations(live, []string{render.AnnotationKustomizeSSA, render.AnnotationKustomizePrune}) {
 		ops = append(ops, p)
 	}
+	ops = append(ops, addAll("/metadata/annotations", live.GetAnnotations(), owner.annotations)...)
 	mf, err := ssa.PatchReplaceFieldsManagers(live, ownership.MoveOptions(ownership.PluginFieldManager).FieldManagers, owner.manager)
 	if err != nil {
 		return nil, err

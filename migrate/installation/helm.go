@@ -14,6 +14,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -26,6 +27,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
@@ -65,6 +67,9 @@ type HelmRelease struct {
 	Values map[string]any `json:"-"`
 	// ValuesSet names every value the user supplied as a dotted path (logLevel, policies.create).
 	ValuesSet []string `json:"valuesSet,omitempty"`
+	// Manifest is what the release installed, as Helm rendered it (multi-document YAML, hooks
+	// aside): the objects `helm uninstall` would delete. See ManifestObjects.
+	Manifest string `json:"-"`
 	// ManagedBy is the Flux HelmRelease whose helm-controller runs this release, when one does.
 	ManagedBy *FluxHelmRelease `json:"managedBy,omitempty"`
 	// Unread says why the record could not be read (no permission to list Secrets there, no
@@ -199,6 +204,7 @@ type helmRecord struct {
 		} `json:"metadata"`
 	} `json:"chart"`
 	Config    map[string]any `json:"config"`
+	Manifest  string         `json:"manifest"`
 	Version   int            `json:"version"`
 	Namespace string         `json:"namespace"`
 }
@@ -226,8 +232,37 @@ func DecodeHelmRelease(data []byte) (HelmRelease, error) {
 	return HelmRelease{
 		Name: rec.Name, Namespace: rec.Namespace, Revision: rec.Version, Status: rec.Info.Status,
 		Chart: rec.Chart.Metadata.Name, ChartVersion: rec.Chart.Metadata.Version, AppVersion: rec.Chart.Metadata.AppVersion,
-		Values: rec.Config, ValuesSet: valuePaths("", rec.Config, nil),
+		Values: rec.Config, ValuesSet: valuePaths("", rec.Config, nil), Manifest: rec.Manifest,
 	}, nil
+}
+
+// ManifestObject is one object of a release's manifest, as Helm rendered it: Namespace is empty
+// when the template sets none (Helm then installs a namespaced object in the release's namespace).
+type ManifestObject struct {
+	APIVersion string
+	Kind       string
+	Namespace  string
+	Name       string
+}
+
+// ManifestObjects lists the objects of the release's manifest, in its order.
+func (r *HelmRelease) ManifestObjects() ([]ManifestObject, error) {
+	var out []ManifestObject
+	dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(r.Manifest), 4096)
+	for i := 1; ; i++ {
+		var obj unstructured.Unstructured
+		err := dec.Decode(&obj.Object)
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("the manifest of Helm release %s/%s, document %d: %w", r.Namespace, r.Name, i, err)
+		}
+		if obj.Object == nil {
+			continue // an empty document (a template that rendered nothing)
+		}
+		out = append(out, ManifestObject{APIVersion: obj.GetAPIVersion(), Kind: obj.GetKind(), Namespace: obj.GetNamespace(), Name: obj.GetName()})
+	}
 }
 
 // valuePaths lists the leaves of values as sorted dotted paths; a list is one leaf (Helm replaces

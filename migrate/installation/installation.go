@@ -30,9 +30,6 @@ const (
 // too.
 const FluxDetectionCRD = "gitrepositories.source.toolkit.fluxcd.io"
 
-// ManagedByHelmValue is the app.kubernetes.io/managed-by value of objects Helm installed.
-const ManagedByHelmValue = "Helm"
-
 // Installation says whether Flux is installed and by what.
 type Installation struct {
 	Installed bool   `json:"installed"`
@@ -92,7 +89,7 @@ func ClassifyInstallation(crd metav1.Object) Installation {
 			inst.ManagedBy = ManagedByPlugin
 		}
 		inst.Namespace = labels[render.LabelOwnerNamespace]
-	case labels[render.LabelManagedBy] == ManagedByHelmValue:
+	case labels[render.LabelManagedBy] == ownership.ManagedByHelmValue:
 		inst.ManagedBy = ManagedByHelm
 		// The chart installs the controllers in the release's namespace.
 		inst.Namespace = crd.GetAnnotations()[ownership.AnnotationHelmReleaseNamespace]

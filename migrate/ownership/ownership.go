@@ -33,6 +33,10 @@ const (
 	KustomizeControllerFieldManager = "kustomize-controller"
 	// FluxCLIFieldManager is the field manager of `flux install` and `flux bootstrap`'s first apply.
 	FluxCLIFieldManager = "flux"
+	// HelmFieldManager is Helm's (v3 writes with updates, not applies).
+	HelmFieldManager = "helm"
+	// ManagedByHelmValue is the app.kubernetes.io/managed-by value of objects Helm installed.
+	ManagedByHelmValue = "Helm"
 )
 
 // Labels and annotations that exist only on the cluster (the renderer never writes them).
@@ -71,15 +75,16 @@ func TakeoverManagers() []ssa.FieldManager {
 		// Prefix: kubectl-client-side-apply, kubectl-edit, kubectl-patch, kubectl-label...
 		{Name: "kubectl", ExactMatch: false, OperationType: metav1.ManagedFieldsOperationUpdate},
 		{Name: "before-first-apply", ExactMatch: true, OperationType: metav1.ManagedFieldsOperationUpdate},
-		{Name: "helm", ExactMatch: true, OperationType: metav1.ManagedFieldsOperationUpdate},
+		{Name: HelmFieldManager, ExactMatch: true, OperationType: metav1.ManagedFieldsOperationUpdate},
 		{Name: OperatorFieldManager, ExactMatch: true, OperationType: metav1.ManagedFieldsOperationApply},
 		{Name: OperatorFieldManager, ExactMatch: true, OperationType: metav1.ManagedFieldsOperationUpdate},
 	}
 }
 
 // RemoveLabels are removed from every applied object: kustomize-controller garbage-collects
-// objects that carry them once the bootstrap files leave Git.
-var removeLabels = []string{LabelKustomizeName, LabelKustomizeNamespace}
+// objects that carry its labels once the bootstrap files leave Git, and helm-controller's name
+// the HelmRelease that would otherwise still count them as its own.
+var removeLabels = []string{LabelKustomizeName, LabelKustomizeNamespace, LabelHelmName, LabelHelmNamespace}
 
 // removeAnnotations are removed from every applied object: client-side apply's and Helm's records
 // of a previous owner.
@@ -174,6 +179,17 @@ func SetOwnershipMetadata(objects []*unstructured.Unstructured) {
 			obj.SetLabels(labels)
 		}
 	}
+}
+
+// HeldByHelm tells whether an object still carries Helm's ownership: the release annotations
+// that `helm upgrade` requires to adopt it, the managed-by=Helm label, or helm-controller's
+// labels. A Helm takeover is verified by none of its objects being held.
+func HeldByHelm(obj metav1.Object) bool {
+	l, a := obj.GetLabels(), obj.GetAnnotations()
+	_, name := a[AnnotationHelmReleaseName]
+	_, ns := a[AnnotationHelmReleaseNamespace]
+	_, hr := l[LabelHelmName]
+	return name || ns || hr || l[render.LabelManagedBy] == ManagedByHelmValue
 }
 
 // ProtectedFromKustomize is the rule that proves a takeover from `flux bootstrap` safe:
