@@ -339,7 +339,15 @@ func (o *MigrateOptions) runCheckPermissions(ctx context.Context, conn *kube.Con
 	if ns == "" {
 		ns = "flux-system"
 	}
-	missing, err := permissions.Check(ctx, conn.Client, permissions.RequiredPermissions(ns))
+	required := permissions.RequiredPermissions(ns)
+	if inst, err := installation.DetectInstallation(ctx, conn.Client); err == nil && inst.Helm != nil {
+		hrNS := ""
+		if m := inst.Helm.ManagedBy; m != nil {
+			hrNS = m.Namespace
+		}
+		required = append(required, permissions.HelmPermissions(inst.Helm.StorageNamespace(), hrNS)...)
+	}
+	missing, err := permissions.Check(ctx, conn.Client, required)
 	if err != nil {
 		return err
 	}

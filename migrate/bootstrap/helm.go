@@ -65,11 +65,7 @@ func detectHelmRelease(ctx context.Context, c client.Client, in *Install, ref *a
 
 // storageOf is where the release's records are.
 func storageOf(rel *installation.HelmRelease) helmstorage.Release {
-	ns := rel.Namespace
-	if m := rel.ManagedBy; m != nil && m.StorageNamespace != "" {
-		ns = m.StorageNamespace
-	}
-	return helmstorage.Release{Name: rel.Name, StorageNamespace: ns}
+	return helmstorage.Release{Name: rel.Name, StorageNamespace: rel.StorageNamespace()}
 }
 
 // manifestSet is the release's objects by group, kind, namespace and name; a namespaced object

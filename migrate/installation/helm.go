@@ -101,8 +101,6 @@ func DetectHelm(ctx context.Context, c client.Reader, obj metav1.Object) (*HelmR
 		return nil, nil
 	}
 	rel := &HelmRelease{Name: name, Namespace: ann[ownership.AnnotationHelmReleaseNamespace]}
-	// Helm keeps the records in the release's namespace; helm-controller in its storage namespace.
-	storage := rel.Namespace
 	labels := obj.GetLabels()
 	if hr := labels[ownership.LabelHelmName]; hr != "" {
 		fhr, err := readFluxHelmRelease(ctx, c, labels[ownership.LabelHelmNamespace], hr)
@@ -110,9 +108,8 @@ func DetectHelm(ctx context.Context, c client.Reader, obj metav1.Object) (*HelmR
 			return nil, err
 		}
 		rel.ManagedBy = fhr
-		storage = fhr.StorageNamespace
 	}
-	if err := readHelmRecord(ctx, c, rel, storage); err != nil {
+	if err := readHelmRecord(ctx, c, rel, rel.StorageNamespace()); err != nil {
 		return nil, err
 	}
 	return rel, nil
@@ -234,6 +231,15 @@ func DecodeHelmRelease(data []byte) (HelmRelease, error) {
 		Chart: rec.Chart.Metadata.Name, ChartVersion: rec.Chart.Metadata.Version, AppVersion: rec.Chart.Metadata.AppVersion,
 		Values: rec.Config, ValuesSet: valuePaths("", rec.Config, nil), Manifest: rec.Manifest,
 	}, nil
+}
+
+// StorageNamespace is where the release's records are: the release's namespace, or the storage
+// namespace of the HelmRelease whose helm-controller runs it.
+func (r *HelmRelease) StorageNamespace() string {
+	if m := r.ManagedBy; m != nil && m.StorageNamespace != "" {
+		return m.StorageNamespace
+	}
+	return r.Namespace
 }
 
 // ManifestObject is one object of a release's manifest, as Helm rendered it: Namespace is empty

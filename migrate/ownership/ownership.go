@@ -33,7 +33,7 @@ const (
 	KustomizeControllerFieldManager = "kustomize-controller"
 	// FluxCLIFieldManager is the field manager of `flux install` and `flux bootstrap`'s first apply.
 	FluxCLIFieldManager = "flux"
-	// HelmFieldManager is Helm's (v3 writes with updates, not applies).
+	// HelmFieldManager is Helm's: v3 writes with updates, v4 applies.
 	HelmFieldManager = "helm"
 	// ManagedByHelmValue is the app.kubernetes.io/managed-by value of objects Helm installed.
 	ManagedByHelmValue = "Helm"
@@ -75,6 +75,9 @@ func TakeoverManagers() []ssa.FieldManager {
 		// Prefix: kubectl-client-side-apply, kubectl-edit, kubectl-patch, kubectl-label...
 		{Name: "kubectl", ExactMatch: false, OperationType: metav1.ManagedFieldsOperationUpdate},
 		{Name: "before-first-apply", ExactMatch: true, OperationType: metav1.ManagedFieldsOperationUpdate},
+		// Helm 3 writes with updates; Helm 4 applies (and a rolled-back adoption gives Helm's
+		// objects back as applies).
+		{Name: HelmFieldManager, ExactMatch: true, OperationType: metav1.ManagedFieldsOperationApply},
 		{Name: HelmFieldManager, ExactMatch: true, OperationType: metav1.ManagedFieldsOperationUpdate},
 		{Name: OperatorFieldManager, ExactMatch: true, OperationType: metav1.ManagedFieldsOperationApply},
 		{Name: OperatorFieldManager, ExactMatch: true, OperationType: metav1.ManagedFieldsOperationUpdate},

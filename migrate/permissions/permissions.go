@@ -65,6 +65,20 @@ func RequiredPermissions(ns string) []Permission {
 	}
 }
 
+// HelmPermissions are what migrate needs besides RequiredPermissions for a Flux installed by Helm:
+// reading the release records and setting them aside in storageNS, and suspending a HelmRelease
+// that runs the release (in hrNS, "" when none does).
+func HelmPermissions(storageNS, hrNS string) []Permission {
+	out := []Permission{
+		{Verbs: []string{"get", "list", "create", "delete"}, Resource: "secrets", Namespace: storageNS, Why: "the Helm release records: read, then set aside (Helm's default storage)"},
+		{Verbs: []string{"get", "list", "create", "delete"}, Resource: "configmaps", Namespace: storageNS, Why: "the Helm release records: read, then set aside (HELM_DRIVER=configmap)"},
+	}
+	if hrNS != "" {
+		out = append(out, Permission{Verbs: []string{"get", "patch"}, Group: "helm.toolkit.fluxcd.io", Resource: "helmreleases", Namespace: hrNS, Why: "suspending the HelmRelease that runs the release"})
+	}
+	return out
+}
+
 // MissingPermission is a Permission the user lacks, per verb. Its Why joins the reasons of every
 // permission that asked for the same verb on the same object(s).
 type MissingPermission struct {

@@ -33,11 +33,17 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/plugin"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/fluxenv"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/helmenv"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/pluginrun"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
-func TestMain(m *testing.M) { testenv.Main(m) }
+// TestMain lets the test binary serve as helm's post-renderer too (helmenv.Release.Labels: the
+// stand-in for helm-controller's origin labels).
+func TestMain(m *testing.M) {
+	helmenv.PostRenderMain()
+	testenv.Main(m)
+}
 
 // Ownership metadata (facts of kustomize-controller and of the takeover).
 const (

@@ -1,0 +1,182 @@
+package migrate_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/faultproxy"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/fluxenv"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/helmenv"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
+)
+
+const (
+	helmReleaseName = "flux2"
+	// managingHelmRelease is the Flux HelmRelease that runs the chart's release (helm-controller's
+	// labels on every object come from helmenv's post-renderer, its stand-in).
+	managingHelmRelease = "flux"
+)
+
+// helmInstalled installs Flux with the real Helm CLI from the community chart, values changed as a
+// pipeline would, run by a Flux HelmRelease that is not suspended.
+func helmInstalled(t *testing.T) (*installed, *helmenv.Helm) {
+	t.Helper()
+	h := helmenv.Require(t)
+	env := testenv.Start(t)
+	h.Install(t, env, helmenv.Release{Name: helmReleaseName, Namespace: "flux-system",
+		Values: map[string]any{"logLevel": "debug", "imageAutomationController": map[string]any{"create": false}},
+		Labels: map[string]string{"helm.toolkit.fluxcd.io/name": managingHelmRelease, "helm.toolkit.fluxcd.io/namespace": "flux-system"},
+	})
+	in := newInstalled(t, env)
+	hr := &unstructured.Unstructured{Object: map[string]any{
+		"metadata": map[string]any{"name": managingHelmRelease, "namespace": "flux-system"},
+		"spec": map[string]any{"interval": "1h", "releaseName": helmReleaseName,
+			"chart": map[string]any{"spec": map[string]any{"chart": helmenv.ChartName, "version": helmenv.ChartVersion,
+				"sourceRef": map[string]any{"kind": "HelmRepository", "name": "fluxcd-community"}}}},
+	}}
+	hr.SetGroupVersionKind(installation.FluxHelmReleaseGVK)
+	require.NoError(t, in.c.Create(context.Background(), hr))
+	return in, h
+}
+
+func helmReleaseSuspended(t *testing.T, c client.Client) bool {
+	t.Helper()
+	hr := &unstructured.Unstructured{}
+	hr.SetGroupVersionKind(installation.FluxHelmReleaseGVK)
+	require.NoError(t, c.Get(context.Background(), client.ObjectKey{Namespace: "flux-system", Name: managingHelmRelease}, hr))
+	s, _, _ := unstructured.NestedBool(hr.Object, "spec", "suspend")
+	return s
+}
+
+// keptNote lists the objects the plan keeps outside the FluxInstance ("kept as they are ...: A, B").
+var keptNote = regexp.MustCompile(`kept as they are[^:]*: ([^\n]+)`)
+
+// TestMigrateHelm: a Flux installed by the real Helm CLI from the community chart (2.18.3, Flux
+// 2.8.5) and run by a Flux HelmRelease is adopted: the dry run changes nothing; the takeover
+// suspends the HelmRelease first, deletes and restarts nothing, and sets the release records aside
+// last, after which the real `helm uninstall` finds no release and deletes nothing; the generated
+// FluxInstance applies without a write, and an apply at 2.9.4 upgrades it, every object keeping
+// its UID.
+func TestMigrateHelm(t *testing.T) {
+	t.Parallel()
+	in, h := helmInstalled(t)
+	rv := in.resourceVersions(t)
+	_, stderr := in.run(t, "migrate", "--dry-run")
+	assert.Contains(t, stderr, "Flux v"+helmenv.AppVersion+" installed by `Helm` in namespace \"flux-system\"")
+	assert.Contains(t, stderr, "Helm release: release flux2 in flux-system, chart flux2-"+helmenv.ChartVersion+", revision 1, deployed; managed by HelmRelease flux-system/flux, reconciled by helm-controller")
+	assert.Contains(t, stderr, "HelmRelease flux-system/flux, whose helm-controller runs the release, is suspended")
+	assert.Contains(t, stderr, "Not expressible: nothing", "the plan reproduces the chart's controllers")
+	assert.Equal(t, rv, in.resourceVersions(t), "--dry-run changed nothing")
+	assert.False(t, helmReleaseSuspended(t, in.c))
+	kept := keptNote.FindStringSubmatch(stderr)
+	require.Len(t, kept, 2, "the chart's RBAC is named otherwise than the rendering's:\n%s", stderr)
+
+	file := filepath.Join(t.TempDir(), "flux-instance.yaml")
+	start := time.Now()
+	_, stderr = in.run(t, "migrate", "--yes", "--output-file", file)
+	t.Logf("migrate: %s\n%s", time.Since(start).Round(10*time.Millisecond), stderr)
+	assert.Contains(t, stderr, "set aside 1 Helm release records (Secret/flux-system/sh.helm.release.v1.flux2.v1)")
+	assert.Contains(t, stderr, "Remove the release flux2 (chart flux2-"+helmenv.ChartVersion+") from what installs it")
+	assert.True(t, helmReleaseSuspended(t, in.c), "the HelmRelease is suspended")
+	in.assertUnchanged(t)
+	adopted := 0
+	for k, m := range fluxObjects(t, in.c) {
+		if m.GetAnnotations()[annotationSSA] != "Ignore" {
+			assert.Contains(t, kept[1], k.id.GroupKind.Kind+"/"+k.id.Name, "%s is neither adopted nor listed as kept", k)
+			continue
+		}
+		assertAdopted(t, in.c, k)
+		assert.NotContains(t, m.GetAnnotations(), "meta.helm.sh/release-name", k.String())
+		assert.NotContains(t, m.GetLabels(), "helm.toolkit.fluxcd.io/name", k.String())
+		adopted++
+	}
+	assert.Greater(t, adopted, 25)
+
+	out, err := h.Run(context.Background(), in.env, nil, "uninstall", helmReleaseName, "--namespace", "flux-system")
+	require.Error(t, err, "%s", out)
+	assert.Contains(t, string(out), "release: not found")
+	in.assertUnchanged(t)
+
+	stdout, _ := in.run(t, "status", "-n", "flux-system")
+	assert.Regexp(t, `Managed By: +kubectl-fluxinstance\n`, stdout)
+	_, stderr = in.run(t, "migrate", "--yes", "--output-file", file)
+	assert.Contains(t, stderr, "Nothing to do")
+	rv = in.resourceVersions(t)
+	in.run(t, "apply", "-f", file, "--wait=false")
+	assert.Equal(t, rv, in.resourceVersions(t), "apply of the generated FluxInstance writes nothing")
+
+	data, err := os.ReadFile(file)
+	require.NoError(t, err)
+	upgraded := filepath.Join(t.TempDir(), "upgraded.yaml")
+	require.NoError(t, os.WriteFile(upgraded, []byte(upgradedInstance(t, string(data), fluxenv.FluxVersion, false)), 0o600))
+	_, stderr = in.run(t, "apply", "-f", upgraded, "--wait=false")
+	t.Logf("apply at %s:\n%s", fluxenv.FluxVersion, stderr)
+	now := fluxObjects(t, in.c)
+	for k, was := range in.objects {
+		if m, ok := now[k]; assert.True(t, ok, "%s still exists", k) {
+			assert.Equal(t, was.UID, m.UID, "%s was not re-created", k)
+		}
+	}
+	components := fluxenv.Options{Components: []string{"source-controller", "kustomize-controller", "helm-controller", "notification-controller", "image-reflector-controller"}}.WithDefaults()
+	assertControllersAt(t, in.c, &scenario{dist: in.dist, f: &fluxenv.Flux{Options: components}}, fluxenv.FluxVersion)
+}
+
+// TestMigrateHelmKilledAtEveryStep interrupts the adoption of a Helm installation after its Nth
+// API call and re-runs it without faults: it always converges, the only DELETEs that reach the
+// API server are of the release records once copied aside, every object keeps its UID and no pod
+// template changes. Between kill points, --rollback gives the release back to Helm (records,
+// annotations, the HelmRelease resumed).
+func TestMigrateHelmKilledAtEveryStep(t *testing.T) {
+	t.Parallel()
+	in, _ := helmInstalled(t)
+	proxy, proxyConfig := faultproxy.Start(t, in.env)
+	migrateArgs := []string{"migrate", "--kubeconfig=" + proxyConfig, "--distribution", in.dist, "--yes", "--output-file", filepath.Join(t.TempDir(), "fi.yaml")}
+	rollback := func(t *testing.T) {
+		t.Helper()
+		in.run(t, "migrate", "--rollback", "--yes", "-n", "flux-system")
+		in.assertUnchanged(t)
+		assert.False(t, helmReleaseSuspended(t, in.c), "the rollback resumes the HelmRelease")
+	}
+	proxy.Reset(-1)
+	r := runPlugin(t, "", migrateArgs...)
+	require.Equal(t, 0, r.Code, r.Stderr)
+	total := proxy.Count()
+	require.Greater(t, total, 20)
+	rollback(t)
+
+	// About 3.5 s per point (kill, re-run, rollback): the first and last ten calls (the last ones
+	// set the records aside and complete the record) and 6 inside the takeover.
+	points := faultproxy.KillPoints(total, 26)
+	for i, n := range points {
+		proxy.Reset(n)
+		runPlugin(t, "", migrateArgs...)
+		proxy.Reset(-1)
+		faultproxy.ClearKilledLock(t, in.c, "flux-system")
+		r := runPlugin(t, "", migrateArgs...)
+		require.Equal(t, 0, r.Code, "killed after call %d: the re-run failed:\n%s", n, r.Stderr)
+		assert.Regexp(t, "set aside 1 Helm release records|Nothing to do", r.Stderr)
+		for _, d := range proxy.Deleted() {
+			assert.Contains(t, d, "/secrets/", "killed after call %d: only release records are deleted", n)
+			assert.Contains(t, d, "sh.helm.release.v1.flux2.v1", "killed after call %d: only release records are deleted", n)
+		}
+		in.assertUnchanged(t)
+		assert.True(t, helmReleaseSuspended(t, in.c))
+		if t.Failed() {
+			t.Fatalf("stopping at kill point %d", n)
+		}
+		if i < len(points)-1 {
+			rollback(t)
+		}
+	}
+	t.Logf("%d kill points of %d calls", len(points), total)
+}
