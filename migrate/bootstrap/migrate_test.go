@@ -229,7 +229,7 @@ func TestMigrateRefusals(t *testing.T) {
 	_, err := Detect(ctx, c, "")
 	var refusal *RefusalError
 	require.ErrorAs(t, err, &refusal)
-	assert.Contains(t, err.Error(), "no Flux installation made by `flux bootstrap` or `flux install` was found")
+	assert.Contains(t, err.Error(), "no Flux installation made by `flux bootstrap`, `flux install` or Helm was found")
 
 	simulateBootstrap(t, env, bootstrap{Version: testVersion, Namespace: "a"})
 	// A second installation: only its Deployments matter for detection.
@@ -285,7 +285,7 @@ func TestMigrateRefusalsInstallKinds(t *testing.T) {
 		}, want: "already managed by this plugin"},
 		{name: "helm", prepare: func(t *testing.T, env *testenv.Env, c client.Client) {
 			env.InstallFlux(t, testenv.FluxInstall{Version: testVersion, ManagedBy: "Helm", FieldManager: "helm"})
-		}, want: "adopting a Helm release is not supported yet"},
+		}, want: "labelled app.kubernetes.io/managed-by=Helm but has no meta.helm.sh/release-name annotation: cannot tell which Helm release"},
 		{name: "old flux", prepare: func(t *testing.T, env *testenv.Env, c client.Client) {
 			simulateBootstrap(t, env, bootstrap{Version: "v2.2.3"})
 			setDeploymentLabel(t, c, "kustomize-controller", render.LabelVersion, "v2.1.2")
