@@ -92,6 +92,15 @@ func TestMigrateHelm(t *testing.T) {
 	require.Error(t, err, "%s", out)
 	assert.Contains(t, string(out), "not found")
 	assert.Equal(t, after, snapshot(t, c, objs), "`helm uninstall` deleted and changed nothing")
+	// The old pipeline running again: no release, so a fresh install, which Helm refuses on the
+	// existing objects before it writes anything (no record: a later uninstall has nothing to delete).
+	out, err = h.Run(ctx, env, nil, "upgrade", "--install", helmRelease, h.Chart, "--namespace", "flux-system", "--no-hooks")
+	require.Error(t, err, "%s", out)
+	assert.Contains(t, string(out), "exists and cannot be imported into the current release")
+	assert.Equal(t, after, snapshot(t, c, objs), "the refused install changed nothing")
+	records, err = helmstorage.Records(ctx, c, st)
+	require.NoError(t, err)
+	assert.Empty(t, records, "the refused install left no record")
 
 	_, res, err := migrateOnce(ctx, c, "", in.Version, t)
 	require.NoError(t, err)
