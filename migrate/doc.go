@@ -18,13 +18,16 @@
 //   - operator: the Flux Operator: detection, the FluxInstance object and its state, applying it
 //     for the operator and waiting for its reconcile.
 //   - handoff: moving an instance from the plugin to the Flux Operator.
-//   - bootstrap: adopting a `flux bootstrap` installation (detect, plan, take over, verify,
-//     rollback, rewrite the fleet repository).
+//   - adopt: adopting a Flux installed by `flux bootstrap`, `flux install` or the Helm chart
+//     (detect, plan, take over, verify, rollback, rewrite the fleet repository).
+//   - helmstorage: a Helm release's records, set aside once an adoption is verified (so that
+//     `helm uninstall` deletes nothing) and restored by its rollback.
 //   - permissions: what a command's plan needs (apply, delete, migrate), checked with
 //     SelfSubjectAccessReviews before its first change, every missing permission listed at once.
 //   - preflight: checks of a rendering against the cluster before applying (sync credentials).
 //   - storage: the storage-version migration apply runs before the CRD stage, so that the API
 //     server accepts CRDs that drop versions objects were stored at.
+//   - fleetrepo: `upgrade-repo`, a checkout of the fleet repository rewritten for the target Flux.
 //
 // Dependencies point one way: plugin → migrate/* → render; inside migrate, kube is at the bottom,
 // ownership, installation, operator, inventory and lock above it, apply and the commands' packages on

@@ -18,7 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
-	"github.com/fluxinstance/kubectl-fluxinstance/migrate/bootstrap"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/adopt"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
@@ -157,13 +157,13 @@ func (o *MigrateOptions) Run(ctx context.Context) error {
 // plan detects the `flux bootstrap` installation, renders its exact running version (a FluxInstance
 // of another version would upgrade Flux, not adopt it), builds the plan, prints its summary and
 // checks the sync credentials the rendering needs.
-func (o *MigrateOptions) plan(ctx context.Context, conn *kube.Connection) (*bootstrap.Plan, error) {
-	in, err := bootstrap.Detect(ctx, conn.Client, o.namespace)
+func (o *MigrateOptions) plan(ctx context.Context, conn *kube.Connection) (*adopt.Plan, error) {
+	in, err := adopt.Detect(ctx, conn.Client, o.namespace)
 	if err != nil {
 		return nil, err
 	}
 	if o.RepoDir != "" {
-		if err := bootstrap.CheckRepoDir(in); err != nil {
+		if err := adopt.CheckRepoDir(in); err != nil {
 			return nil, err
 		}
 	}
@@ -176,7 +176,7 @@ func (o *MigrateOptions) plan(ctx context.Context, conn *kube.Connection) (*boot
 		return nil, fmt.Errorf("the cluster runs Flux %s, which the distribution %s does not have (the FluxInstance must render the exact running version): %w; pass --distribution with a distribution that has it",
 			in.Version, dist.Source(), err)
 	}
-	p, err := bootstrap.BuildPlan(ctx, conn.Client, in, rel)
+	p, err := adopt.BuildPlan(ctx, conn.Client, in, rel)
 	if err != nil {
 		return nil, err
 	}
@@ -190,9 +190,9 @@ func (o *MigrateOptions) plan(ctx context.Context, conn *kube.Connection) (*boot
 }
 
 // showPlan is --dry-run's end: what --repo-dir would change, and the FluxInstance.
-func (o *MigrateOptions) showPlan(p *bootstrap.Plan, instance []byte) error {
+func (o *MigrateOptions) showPlan(p *adopt.Plan, instance []byte) error {
 	if o.RepoDir != "" {
-		changes, err := bootstrap.UpdateRepo(o.RepoDir, p, mustYAML(p), true)
+		changes, err := adopt.UpdateRepo(o.RepoDir, p, mustYAML(p), true)
 		if err != nil {
 			return err
 		}
@@ -207,10 +207,10 @@ func (o *MigrateOptions) showPlan(p *bootstrap.Plan, instance []byte) error {
 // takeOver takes the Flux objects over from kustomize-controller after a confirmation (nothing to
 // do when a previous run already did and verified it), then writes the FluxInstance and updates
 // the fleet repository.
-func (o *MigrateOptions) takeOver(ctx context.Context, conn *kube.Connection, p *bootstrap.Plan, instance []byte) error {
+func (o *MigrateOptions) takeOver(ctx context.Context, conn *kube.Connection, p *adopt.Plan, instance []byte) error {
 	in := p.Install
 	m := apply.NewManager(kube.Instance{Client: conn.Client, Name: fluxinstance.RequiredName, Namespace: in.Namespace})
-	if ok, err := bootstrap.UpToDate(ctx, m, p); err != nil {
+	if ok, err := adopt.UpToDate(ctx, m, p); err != nil {
 		return err
 	} else if ok {
 		o.info("Nothing to do: Flux in namespace %q is already migrated and verified.", in.Namespace)
@@ -227,9 +227,9 @@ func (o *MigrateOptions) takeOver(ctx context.Context, conn *kube.Connection, p 
 	if err != nil {
 		return err
 	}
-	var res *bootstrap.TakeoverResult
+	var res *adopt.TakeoverResult
 	err = o.withLock(ctx, m.Instance, "migrate", o.ErrOut, func(ctx context.Context) (err error) {
-		res, err = bootstrap.Takeover(ctx, m, p, bootstrap.TakeoverOptions{
+		res, err = adopt.Takeover(ctx, m, p, adopt.TakeoverOptions{
 			Record: record,
 			Progress: func(e ssa.ChangeSetEntry) {
 				if e.Action != ssa.UnchangedAction {
@@ -255,20 +255,20 @@ func (o *MigrateOptions) takeOver(ctx context.Context, conn *kube.Connection, p 
 	if err := o.updateRepo(p); err != nil {
 		return err
 	}
-	o.info("%s", bootstrap.NextStep(p))
+	o.info("%s", adopt.NextStep(p))
 	return nil
 }
 
-func mustYAML(p *bootstrap.Plan) []byte {
-	data, _ := bootstrap.InstanceYAML(p.Instance)
+func mustYAML(p *adopt.Plan) []byte {
+	data, _ := adopt.InstanceYAML(p.Instance)
 	return data
 }
 
-func (o *MigrateOptions) updateRepo(p *bootstrap.Plan) error {
+func (o *MigrateOptions) updateRepo(p *adopt.Plan) error {
 	if o.RepoDir == "" {
 		return nil
 	}
-	changes, err := bootstrap.UpdateRepo(o.RepoDir, p, mustYAML(p), false)
+	changes, err := adopt.UpdateRepo(o.RepoDir, p, mustYAML(p), false)
 	if err != nil {
 		return err
 	}
@@ -281,8 +281,8 @@ func (o *MigrateOptions) updateRepo(p *bootstrap.Plan) error {
 	return nil
 }
 
-func (o *MigrateOptions) encodeInstance(p *bootstrap.Plan) ([]byte, error) {
-	data, err := bootstrap.InstanceYAML(p.Instance)
+func (o *MigrateOptions) encodeInstance(p *adopt.Plan) ([]byte, error) {
+	data, err := adopt.InstanceYAML(p.Instance)
 	if err != nil {
 		return nil, err
 	}
@@ -363,7 +363,7 @@ func (o *MigrateOptions) runRollback(ctx context.Context, conn *kube.Connection)
 	ns := o.namespace
 	if ns == "" {
 		var err error
-		if ns, err = bootstrap.RecordNamespace(ctx, conn.Client); err != nil {
+		if ns, err = adopt.RecordNamespace(ctx, conn.Client); err != nil {
 			return err
 		}
 	}
@@ -374,10 +374,10 @@ func (o *MigrateOptions) runRollback(ctx context.Context, conn *kube.Connection)
 	if err := o.confirm(fmt.Sprintf("Give the Flux objects in namespace %q back to their installer?", ns)); err != nil {
 		return err
 	}
-	var res *bootstrap.RollbackResult
+	var res *adopt.RollbackResult
 	inst := kube.Instance{Client: conn.Client, Name: fluxinstance.RequiredName, Namespace: ns}
 	err := o.withLock(ctx, inst, "migrate --rollback", o.ErrOut, func(ctx context.Context) (err error) {
-		res, err = bootstrap.Rollback(ctx, conn.Client, ns)
+		res, err = adopt.Rollback(ctx, conn.Client, ns)
 		return err
 	})
 	if err != nil {

@@ -1,4 +1,4 @@
-package bootstrap
+package adopt
 
 // Adopting a Flux installed by the Flux community Helm chart. The plan and the takeover are the
 // other installers' (the chart's controllers are compared with the rendering, every difference

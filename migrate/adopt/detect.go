@@ -1,16 +1,18 @@
-// Package bootstrap adopts a Flux installation made by `flux bootstrap` or by `flux install`: it
-// detects it, plans the FluxInstance that reproduces it (patches included), takes the objects over
-// from kustomize-controller or the Flux CLI (or kubectl) without deleting or restarting anything,
-// verifies that kustomize-controller can no longer garbage-collect them, and rolls back on request.
+// Package adopt adopts a Flux installation made by `flux bootstrap`, by `flux install` or by the
+// Flux community Helm chart: it detects it, plans the FluxInstance that reproduces it (patches
+// included), takes the objects over from kustomize-controller, the Flux CLI (or kubectl) or Helm
+// without deleting or restarting anything, verifies that their previous owner can no longer
+// delete them, and rolls back on request.
 //
-// Both installers share this package because everything but detection is the same: the objects
-// come from the same manifests (the Flux CLI's generator), so planning (server defaults learnt by
-// dry run, differences turned into patches), the migration record, the takeover, the verification
-// and resuming are one code path. Install.Installer tells the few places that differ: the
-// kustomize-controller checks before the takeover (a `flux install` has no owner labels, so no
-// pending prune), the optional sync objects, the next step, and whom --rollback gives the fields
-// back to (kustomize-controller, or the `flux` field manager).
-package bootstrap
+// The three installers share this package because everything but detection is the same: planning
+// compares the running controllers with the rendering of the same Flux version (server defaults
+// learnt by dry run, differences turned into patches), and the migration record, the takeover, the
+// verification and resuming are one code path. Install.Installer tells the few places that differ:
+// the kustomize-controller checks before the takeover (only a bootstrap has a pending prune), the
+// optional sync objects, Helm's own steps (helm.go: the managing HelmRelease suspended first, the
+// release records set aside last), the next step, and whom --rollback gives the objects back to
+// (kustomize-controller, the `flux` field manager, or the Helm release).
+package adopt
 
 import (
 	"context"
