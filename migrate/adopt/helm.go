@@ -126,7 +126,7 @@ func (p *Plan) helmSummary() []string {
 	}
 	out = append(out, fmt.Sprintf("Last, once every object is verified, the records of Helm release %s (in %s) are set aside as %s<record> copies: `helm uninstall`, `helm upgrade` and helm-controller then find no release and change nothing; --rollback restores them.",
 		rel.Name, st.StorageNamespace, ownership.PluginName+"."))
-	return out
+	return append(out, "Then, on your side (printed again once verified): "+strings.TrimPrefix(helmNextStep(p), "Next step: "))
 }
 
 // helmNextStep is what a Helm user does once the takeover is verified.

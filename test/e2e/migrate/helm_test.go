@@ -76,6 +76,8 @@ func TestMigrateHelm(t *testing.T) {
 	assert.Contains(t, stderr, "Helm release: release flux2 in flux-system, chart flux2-"+helmenv.ChartVersion+", revision 1, deployed; managed by HelmRelease flux-system/flux, reconciled by helm-controller")
 	assert.Contains(t, stderr, "HelmRelease flux-system/flux, whose helm-controller runs the release, is suspended")
 	assert.Contains(t, stderr, "Not expressible: nothing", "the plan reproduces the chart's controllers")
+	assert.Contains(t, stderr, "Then, on your side (printed again once verified): keep the FluxInstance", "the plan says what to remove from the pipeline")
+	assert.Contains(t, stderr, "Terraform's helm_release for it (`terraform state rm` it first")
 	assert.Equal(t, rv, in.resourceVersions(t), "--dry-run changed nothing")
 	assert.False(t, helmReleaseSuspended(t, in.c))
 	kept := keptNote.FindStringSubmatch(stderr)
