@@ -217,8 +217,8 @@ func releaseSetAside(ctx context.Context, c client.Client, rel *installation.Hel
 
 // helmRollbackOwners restores the release: its records first, then, for every object its
 // manifest lists, Helm's annotations and label (and helm-controller's labels when a HelmRelease
-// ran it), with the fields back to the `helm` manager. Objects the release does not list get
-// their fields back to `helm` only.
+// ran it), with the fields back to the `helm` manager (`helm-controller` when a HelmRelease ran
+// it). Objects the release does not list get their fields back only.
 func helmRollbackOwners(ctx context.Context, c client.Client, rec *Record) (func(object.ObjMetadata) rollbackOwner, []string, error) {
 	st := helmstorage.Release{Name: rec.Helm.Name, StorageNamespace: rec.Helm.StorageNamespace}
 	restored, err := helmstorage.Restore(ctx, c, st)
@@ -235,15 +235,17 @@ func helmRollbackOwners(ctx context.Context, c client.Client, rec *Record) (func
 		return nil, restored, err
 	}
 	labels := map[string]string{render.LabelManagedBy: ownership.ManagedByHelmValue}
+	manager := ownership.HelmFieldManager
 	if hr := rec.Helm.ManagedBy; hr != "" {
 		ns, name, _ := strings.Cut(hr, "/")
 		labels[ownership.LabelHelmName], labels[ownership.LabelHelmNamespace] = name, ns
+		manager = ownership.HelmControllerFieldManager
 	}
 	annotations := map[string]string{ownership.AnnotationHelmReleaseName: rec.Helm.Name, ownership.AnnotationHelmReleaseNamespace: rec.Helm.Namespace}
 	return func(id object.ObjMetadata) rollbackOwner {
 		if !set[id] {
-			return rollbackOwner{manager: ownership.HelmFieldManager}
+			return rollbackOwner{manager: manager}
 		}
-		return rollbackOwner{manager: ownership.HelmFieldManager, labels: labels, annotations: annotations}
+		return rollbackOwner{manager: manager, labels: labels, annotations: annotations}
 	}, restored, nil
 }

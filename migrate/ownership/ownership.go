@@ -35,6 +35,8 @@ const (
 	FluxCLIFieldManager = "flux"
 	// HelmFieldManager is Helm's: v3 writes with updates, v4 applies.
 	HelmFieldManager = "helm"
+	// HelmControllerFieldManager is Helm's manager when helm-controller runs it for a HelmRelease.
+	HelmControllerFieldManager = "helm-controller"
 	// ManagedByHelmValue is the app.kubernetes.io/managed-by value of objects Helm installed.
 	ManagedByHelmValue = "Helm"
 )
@@ -79,6 +81,9 @@ func TakeoverManagers() []ssa.FieldManager {
 		// objects back as applies).
 		{Name: HelmFieldManager, ExactMatch: true, OperationType: metav1.ManagedFieldsOperationApply},
 		{Name: HelmFieldManager, ExactMatch: true, OperationType: metav1.ManagedFieldsOperationUpdate},
+		// helm-controller runs Helm under its own name (a Flux HelmRelease installing the chart).
+		{Name: HelmControllerFieldManager, ExactMatch: true, OperationType: metav1.ManagedFieldsOperationApply},
+		{Name: HelmControllerFieldManager, ExactMatch: true, OperationType: metav1.ManagedFieldsOperationUpdate},
 		{Name: OperatorFieldManager, ExactMatch: true, OperationType: metav1.ManagedFieldsOperationApply},
 		{Name: OperatorFieldManager, ExactMatch: true, OperationType: metav1.ManagedFieldsOperationUpdate},
 	}

@@ -27,6 +27,7 @@ package helmenv
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -35,6 +36,10 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
@@ -205,4 +210,39 @@ func (h *Helm) Run(ctx context.Context, env *testenv.Env, environ []string, args
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
 	return out.Bytes(), err
+}
+
+// AsHelmController rewrites the field manager of every object of the namespace's Flux installation
+// (labelled app.kubernetes.io/part-of=flux, cluster-wide) from helm to helm-controller, which is
+// what helm-controller writes when a HelmRelease runs the chart (it sets Helm's managed-fields
+// manager to its own name). With Release.Labels it completes the stand-in for helm-controller.
+func AsHelmController(t testing.TB, c client.Client, kinds []schema.GroupVersionKind) {
+	t.Helper()
+	ctx := context.Background()
+	for _, gvk := range kinds {
+		var list unstructured.UnstructuredList
+		list.SetGroupVersionKind(gvk.GroupVersion().WithKind(gvk.Kind + "List"))
+		if err := c.List(ctx, &list, client.MatchingLabels{"app.kubernetes.io/part-of": "flux"}); err != nil {
+			t.Fatalf("listing %s: %v", gvk.Kind, err)
+		}
+		for i := range list.Items {
+			obj := &list.Items[i]
+			var ops []map[string]any
+			for j, mf := range obj.GetManagedFields() {
+				if mf.Manager == "helm" {
+					ops = append(ops, map[string]any{"op": "replace", "path": fmt.Sprintf("/metadata/managedFields/%d/manager", j), "value": "helm-controller"})
+				}
+			}
+			if len(ops) == 0 {
+				continue
+			}
+			patch, err := json.Marshal(ops)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Patch(ctx, obj, client.RawPatch(types.JSONPatchType, patch), client.FieldOwner("helm-controller")); err != nil {
+				t.Fatalf("%s %s/%s: renaming the helm field manager: %v", gvk.Kind, obj.GetNamespace(), obj.GetName(), err)
+			}
+		}
+	}
 }

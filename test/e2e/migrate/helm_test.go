@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -28,7 +29,8 @@ const (
 )
 
 // helmInstalled installs Flux with the real Helm CLI from the community chart, values changed as a
-// pipeline would, run by a Flux HelmRelease that is not suspended.
+// pipeline would, run by a Flux HelmRelease that is not suspended (helm-controller's labels and
+// field manager, as it writes them).
 func helmInstalled(t *testing.T) (*installed, *helmenv.Helm) {
 	t.Helper()
 	h := helmenv.Require(t)
@@ -37,7 +39,9 @@ func helmInstalled(t *testing.T) (*installed, *helmenv.Helm) {
 		Values: map[string]any{"logLevel": "debug", "imageAutomationController": map[string]any{"create": false}},
 		Labels: map[string]string{"helm.toolkit.fluxcd.io/name": managingHelmRelease, "helm.toolkit.fluxcd.io/namespace": "flux-system"},
 	})
+	helmenv.AsHelmController(t, fastClient(t, env), installKinds)
 	in := newInstalled(t, env)
+	in.assertInstalledBy(t, "helm-controller", metav1.ManagedFieldsOperationUpdate)
 	hr := &unstructured.Unstructured{Object: map[string]any{
 		"metadata": map[string]any{"name": managingHelmRelease, "namespace": "flux-system"},
 		"spec": map[string]any{"interval": "1h", "releaseName": helmReleaseName,
@@ -148,6 +152,13 @@ func TestMigrateHelmKilledAtEveryStep(t *testing.T) {
 		in.run(t, "migrate", "--rollback", "--yes", "-n", "flux-system")
 		in.assertUnchanged(t)
 		assert.False(t, helmReleaseSuspended(t, in.c), "the rollback resumes the HelmRelease")
+		for k, m := range fluxObjects(t, in.c) {
+			managers := map[string]bool{}
+			for _, mf := range m.ManagedFields {
+				managers[mf.Manager] = true
+			}
+			assert.True(t, managers["helm-controller"] && !managers[pluginFieldManager], "%s: the fields are helm-controller's again: %v", k, managers)
+		}
 	}
 	proxy.Reset(-1)
 	r := runPlugin(t, "", migrateArgs...)
