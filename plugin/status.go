@@ -36,11 +36,18 @@ const statusExample = `  # Show the Flux installation of the current context, ho
   kubectl fluxinstance status
 
   # The installation in another namespace, for scripts
-  kubectl fluxinstance status -n gitops -o json`
+  kubectl fluxinstance status -n gitops -o json
+
+  # One row per cluster of the kubeconfig, eight clusters read at a time
+  kubectl fluxinstance status --all-contexts
+
+  # Some clusters, as a markdown table for a pull-request comment
+  kubectl fluxinstance status --contexts prod-eu,prod-us -o markdown`
 
 // StatusOptions holds the flags of `kubectl fluxinstance status`.
 type StatusOptions struct {
 	outputFlag
+	fleet fleetFlags
 
 	namespace   string
 	configFlags *genericclioptions.ConfigFlags
@@ -121,28 +128,44 @@ func NewCmdStatus(configFlags *genericclioptions.ConfigFlags, streams genericioo
 their images and readiness, the cluster sync source and Kustomization, and, for an installation applied by
 this plugin, when and by whom, the inventory size and the drift since (a server-side dry-run of the
 recorded FluxInstance). Installations made by flux bootstrap, flux install or the Flux Operator are shown
-read-only. The namespace is -n, else the one the installation says, else flux-system.`,
+read-only. The namespace is -n, else the one the installation says, else flux-system.
+
+With --contexts or --all-contexts, status reads many clusters of the kubeconfig at once
+(--max-parallel at a time) and prints one row per cluster: whether it answered, the Flux version,
+what manages it, components ready, the sync's readiness and revision, drift, upgrade blockers
+(stored versions and sources at API versions a Flux release removes) and whether ` + "`migrate`" + ` can
+adopt it (or why not). -o json|yaml prints each cluster's full report, -o markdown a table for a
+pull-request comment. Each cluster is bounded by --request-timeout (default ` + defaultClusterTimeout.String() + ` per cluster
+here), so one that is down or never answers is reported in its row without delaying the others.
+The exit code is 1 when any cluster could not be read.`,
 		Example: statusExample,
 		Args:    cobra.NoArgs,
 		RunE:    runE(o),
 	}
-	o.outputFlag.addFlag(cmd, "a report in words", "json", "yaml")
+	o.outputFlag.addFlag(cmd, "a report in words (with --contexts or --all-contexts: a table)", "json", "yaml", "markdown")
+	o.fleet.addFlags(cmd)
 	return cmd
 }
 
-// Complete reads -n.
+// Complete reads -n and resolves --contexts or --all-contexts.
 func (o *StatusOptions) Complete(cmd *cobra.Command) error {
 	o.namespace, _ = explicitNamespace(cmd)
-	return nil
+	return o.fleet.complete(cmd, o.configFlags)
 }
 
 // Validate checks the flags.
 func (o *StatusOptions) Validate(cmd *cobra.Command) error {
+	if o.Output == "markdown" && !o.fleet.enabled() {
+		return usageError(cmd, "-o markdown prints the fleet table: add --contexts or --all-contexts")
+	}
 	return o.outputFlag.validate(cmd)
 }
 
 // Run gathers the report; parts the user may not read are reported as such, not as failures.
 func (o *StatusOptions) Run(ctx context.Context) error {
+	if o.fleet.enabled() {
+		return o.runFleet(ctx)
+	}
 	conn, err := kube.Connect(o.configFlags)
 	if err != nil {
 		return err
