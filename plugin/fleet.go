@@ -127,7 +127,7 @@ func describeClusterError(err error, interrupted bool, flags *genericclioptions.
 	case errors.As(err, &notRun) && notRun.Started:
 		return clusterError{Summary: "interrupted", Full: err.Error()}
 	case errors.As(err, &notRun):
-		return clusterError{Summary: "not checked (interrupted)", Full: err.Error()}
+		return clusterError{Summary: "not checked", Full: err.Error()}
 	case errors.As(err, &timeout):
 		return clusterError{Summary: fmt.Sprintf("no answer within %s", timeout.Timeout), Full: full}
 	case apierrors.IsUnauthorized(err):
