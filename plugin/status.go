@@ -22,6 +22,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/diff"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/lock"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/operator"
@@ -243,7 +244,7 @@ func (o *StatusOptions) gather(ctx context.Context, conn *kube.Connection) (*Sta
 		report.Installation.ManagedBy = installation.ManagedByOperator
 		report.Drift = operatorDrift(ctx, m, mg.Instance)
 	case report.Applied != nil:
-		report.Drift = drift(ctx, m, recorded, inv.Distribution, inv.FieldManager)
+		report.Drift = drift(ctx, m, recorded, inv.Distribution, inv.FieldManager, inv)
 	}
 	return report, nil
 }
@@ -271,7 +272,7 @@ func operatorDrift(ctx context.Context, m *apply.Manager, state *operator.State)
 	version, _, _ := strings.Cut(rev, "@")
 	inst.Spec.Distribution.Version = version
 	source := inst.Spec.Distribution.Artifact
-	return drift(ctx, m, inst, source, ownership.OperatorFieldManager)
+	return drift(ctx, m, inst, source, ownership.OperatorFieldManager, nil)
 }
 
 // components lists the Flux controller Deployments of the namespace.
@@ -356,8 +357,10 @@ func describeSync(obj *unstructured.Unstructured) SyncStatus {
 }
 
 // drift renders the recorded instance again and dry-runs it: objects that would be created are
-// missing, objects that would be configured changed since the last apply.
-func drift(ctx context.Context, m *apply.Manager, recorded *fluxinstance.FluxInstance, dist, fieldManager string) *DriftReport {
+// missing, objects that would be configured changed since the last apply. record is the
+// plugin's record of that apply (nil for the operator's): the objects its fingerprints prove
+// untouched are not dry-run, most of what the check costs the API server.
+func drift(ctx context.Context, m *apply.Manager, recorded *fluxinstance.FluxInstance, dist, fieldManager string, record *inventory.Inventory) *DriftReport {
 	if recorded == nil {
 		return &DriftReport{Reason: "the record holds no FluxInstance (applied by an older plugin)"}
 	}
@@ -369,7 +372,11 @@ func drift(ctx context.Context, m *apply.Manager, recorded *fluxinstance.FluxIns
 	if err != nil {
 		return &DriftReport{Reason: err.Error()}
 	}
-	entries, err := diff.Objects(ctx, m, r.Objects, nil, diff.Options{FieldManager: fieldManager})
+	opts := diff.Options{FieldManager: fieldManager}
+	if record != nil && len(record.Fingerprints) > 0 {
+		opts.Record = record
+	}
+	entries, err := diff.Objects(ctx, m, r.Objects, nil, opts)
 	if err != nil {
 		return &DriftReport{Reason: err.Error()}
 	}
