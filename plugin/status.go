@@ -128,7 +128,7 @@ func NewCmdStatus(configFlags *genericclioptions.ConfigFlags, streams genericioo
 		Long: `Show the Flux installation of a namespace: its version and what manages it, the controllers with
 their images and readiness, the cluster sync source and Kustomization, and, for an installation applied by
 this plugin, when and by whom, the inventory size and the drift since (a server-side dry-run of the
-recorded FluxInstance). Installations made by flux bootstrap, flux install or the Flux Operator are shown
+recorded FluxInstance, skipping the objects the record proves untouched). Installations made by flux bootstrap, flux install or the Flux Operator are shown
 read-only. The namespace is -n, else the one the installation says, else flux-system.
 
 With --contexts or --all-contexts, status reads many clusters of the kubeconfig at once
