@@ -1,7 +1,7 @@
 // Package fleet_test proves `status --all-contexts` against several real API servers at once, in
-// the states a fleet has: empty, bootstrapped with an old Flux, applied by the plugin and drifted
-// since, managed by the real Flux Operator, locked away from the user, refusing connections and
-// never answering.
+// the states a fleet has: empty, bootstrapped with an old Flux, installed with `flux install`,
+// applied by the plugin and drifted since, managed by the real Flux Operator, locked away from the
+// user, refusing connections and never answering.
 package fleet_test
 
 import (
@@ -41,18 +41,22 @@ const requestTimeout = 5 * time.Second
 func fleetStates(t *testing.T) string {
 	dist := testenv.DistributionDir(t)
 	operatorenv.Require(t)
-	envs := testenv.StartMany(t, 4)
-	empty, bootstrapped, applied, operated := envs[0], envs[1], envs[2], envs[3]
+	envs := testenv.StartMany(t, 5)
+	empty, bootstrapped, applied, operated, installed := envs[0], envs[1], envs[2], envs[3], envs[4]
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
 	var wg sync.WaitGroup
-	var bootstrapErr error
+	var bootstrapErr, installErr error
 	var applyResult pluginrun.Result
-	wg.Add(2)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		bootstrapErr = bootstrapWithBlockers(ctx, bootstrapped, dist)
+	}()
+	go func() {
+		defer wg.Done()
+		_, installErr = installed.InstallFluxFrom(ctx, dist, testenv.FluxInstall{Version: "v2.8.8"})
 	}()
 	go func() {
 		defer wg.Done()
@@ -73,14 +77,16 @@ func fleetStates(t *testing.T) string {
 	require.NoError(t, err, op.LogTail(30))
 	wg.Wait()
 	require.NoError(t, bootstrapErr)
+	require.NoError(t, installErr)
 	require.Equal(t, 0, applyResult.Code, applyResult.Stderr)
 	drift(t, applied.Client(t))
 
 	return testenv.Kubeconfigs(t, t.TempDir(), map[string]string{
-		"empty":         empty.Kubeconfig,
-		"bootstrap-2.6": bootstrapped.Kubeconfig,
-		"plugin-2.9":    applied.Kubeconfig,
-		"operator":      operated.Kubeconfig,
+		"empty":            empty.Kubeconfig,
+		"bootstrap-2.6":    bootstrapped.Kubeconfig,
+		"plugin-2.9":       applied.Kubeconfig,
+		"operator":         operated.Kubeconfig,
+		"flux-install-2.8": installed.Kubeconfig,
 		// A user the empty cluster knows and grants nothing.
 		"forbidden": empty.UserKubeconfig(t, "nobody"),
 	}, map[string]string{
@@ -171,7 +177,7 @@ func TestStatusFleet(t *testing.T) {
 	t.Run("an unknown context is a usage error listing the known ones", func(t *testing.T) {
 		r := runPlugin(t, "", "status", "--contexts", "operator,prod", "--kubeconfig", kubeconfig)
 		assert.Equal(t, 2, r.Code)
-		assert.Contains(t, r.Stderr, `error: the kubeconfig has no context named "prod"; its contexts are: bootstrap-2.6, closed-port, empty, forbidden, operator, plugin-2.9, silent`)
+		assert.Contains(t, r.Stderr, `error: the kubeconfig has no context named "prod"; its contexts are: bootstrap-2.6, closed-port, empty, flux-install-2.8, forbidden, operator, plugin-2.9, silent`)
 		assert.Empty(t, r.Stdout)
 	})
 }
@@ -180,31 +186,32 @@ func allContextsTable(t *testing.T, kubeconfig string) {
 	start := time.Now()
 	r := runPlugin(t, "", "status", "--all-contexts", "--kubeconfig", kubeconfig, "--request-timeout", requestTimeout.String())
 	took := time.Since(start)
-	t.Logf("status --all-contexts over 7 contexts in %s:\n%s%s", took.Round(time.Millisecond), r.Stdout, r.Stderr)
+	t.Logf("status --all-contexts over 8 contexts in %s:\n%s%s", took.Round(time.Millisecond), r.Stdout, r.Stderr)
 	assert.Equal(t, 1, r.Code, "clusters that could not be read make the exit code 1")
 	// The silent cluster is bounded by its own deadline: the run is not held (10x margin, shared CI).
 	assert.Less(t, took, 10*requestTimeout)
 
 	lines := strings.Split(strings.TrimSpace(r.Stdout), "\n")
-	require.Len(t, lines, 8)
+	require.Len(t, lines, 9)
 	assert.Regexp(t, `^CONTEXT\s+REACHABLE\s+VERSION\s+MANAGED-BY\s+COMPONENTS\s+SYNC\s+DRIFT\s+UPGRADE-BLOCKERS\s+ADOPTION\s+ERROR$`, lines[0])
 	var order []string
 	for _, l := range lines[1:] {
 		order = append(order, strings.Fields(l)[0])
 	}
-	assert.Equal(t, []string{"bootstrap-2.6", "closed-port", "empty", "forbidden", "operator", "plugin-2.9", "silent"}, order, "sorted by name")
+	assert.Equal(t, []string{"bootstrap-2.6", "closed-port", "empty", "flux-install-2.8", "forbidden", "operator", "plugin-2.9", "silent"}, order, "sorted by name")
 
 	// The simulated kustomize-controller writes the revision and no Ready condition.
 	assert.Equal(t, []string{"bootstrap-2.6", "yes", "v2.6.4", "flux bootstrap", "0/4", "Unknown/main@sha1:0123456", "-", "2 (see -o json)", "adoptable (flux bootstrap)", "-"}, row(t, r.Stdout, "bootstrap-2.6"))
 	assert.Equal(t, []string{"empty", "yes", "-", "not installed", "0/0", "-", "-", "none", "no: no Flux installation made by `flux bootstrap` or `flux install` was found", "-"}, row(t, r.Stdout, "empty"))
 	assert.Equal(t, []string{"plugin-2.9", "yes", "v2.9.4", "kubectl-fluxinstance", "0/6", "-", "1 missing, 1 changed", "none", `no: Flux in namespace "flux-system" is already managed by this plugin`, "-"}, row(t, r.Stdout, "plugin-2.9"))
 	assert.Equal(t, []string{"operator", "yes", "v2.9.4", "flux-operator", "0/7", "-", "none", "none", `no: Flux in namespace "flux-system" is already managed by the Flux Operator`, "-"}, row(t, r.Stdout, "operator"))
+	assert.Equal(t, []string{"flux-install-2.8", "yes", "v2.8.8", "flux install", "0/7", "-", "-", "none", "adoptable (flux install)", "-"}, row(t, r.Stdout, "flux-install-2.8"))
 	assert.Equal(t, []string{"closed-port", "no", "-", "-", "-", "-", "-", "-", "-", "connection refused"}, row(t, r.Stdout, "closed-port"))
 	assert.Equal(t, []string{"silent", "no", "-", "-", "-", "-", "-", "-", "-", "no answer within 5s"}, row(t, r.Stdout, "silent"))
 	forbidden := row(t, r.Stdout, "forbidden")
 	assert.Equal(t, []string{"forbidden", "yes"}, forbidden[:2])
 	assert.Regexp(t, `^forbidden: User "nobody" cannot `, forbidden[len(forbidden)-1])
-	assert.Contains(t, r.Stderr, "error: 3 of 7 clusters could not be read: closed-port (connection refused), forbidden (forbidden: User \"nobody\"")
+	assert.Contains(t, r.Stderr, "error: 3 of 8 clusters could not be read: closed-port (connection refused), forbidden (forbidden: User \"nobody\"")
 	assert.Contains(t, r.Stderr, "silent (no answer within 5s)")
 }
 
