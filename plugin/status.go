@@ -137,7 +137,8 @@ what manages it, components ready, the sync's readiness and revision, drift, upg
 (stored versions and sources at API versions a Flux release removes) and whether ` + "`migrate`" + ` can
 adopt it (or why not). -o json|yaml prints each cluster's full report, -o markdown a table for a
 pull-request comment. Each cluster is bounded by --request-timeout (default ` + defaultClusterTimeout.String() + ` per cluster
-here), so one that is down or never answers is reported in its row without delaying the others.
+here; 0 for no bound), so one that is down or never answers is reported in its row without delaying
+the others.
 The exit code is 1 when any cluster could not be read.`,
 		Example: statusExample,
 		Args:    cobra.NoArgs,

@@ -37,7 +37,7 @@ type ClusterStatus struct {
 	Status *StatusReport `json:"status,omitempty"`
 	// UpgradeBlockers are the Flux CRDs storing objects at versions a Flux release removes
 	// (Status.UpgradeWarnings) and the objects Kustomizations apply at versions the newest Flux
-	// this plugin ships no longer serves.
+	// this plugin ships no longer serves ("upgrading to Flux vX.Y.Z: ...").
 	UpgradeBlockers []string `json:"upgradeBlockers"`
 	// Adoption says whether `migrate` would adopt the installation.
 	Adoption *Adoption `json:"adoption,omitempty"`
@@ -55,12 +55,12 @@ type Adoption struct {
 // runFleet reads every selected cluster and prints one row each; a cluster that could not be
 // read is reported in its row and makes the exit code 1.
 func (o *StatusOptions) runFleet(ctx context.Context) error {
-	served, err := newestServedVersions(ctx)
+	target, err := newestRelease(ctx)
 	if err != nil {
 		return err
 	}
 	results, flags := runFleet(ctx, &o.fleet, o.configFlags, func(ctx context.Context, f *genericclioptions.ConfigFlags) (*ClusterStatus, error) {
-		return o.gatherCluster(ctx, f, served)
+		return o.gatherCluster(ctx, f, target)
 	})
 	rows := make([]*ClusterStatus, len(results))
 	var failed []string
@@ -95,7 +95,7 @@ func (o *StatusOptions) runFleet(ctx context.Context) error {
 
 // gatherCluster is one cluster's row: the single-cluster report, the upgrade blockers and the
 // adoption check. The row is returned with the error so that the server stays known.
-func (o *StatusOptions) gatherCluster(ctx context.Context, flags *genericclioptions.ConfigFlags, served map[schema.GroupKind][]string) (*ClusterStatus, error) {
+func (o *StatusOptions) gatherCluster(ctx context.Context, flags *genericclioptions.ConfigFlags, target *upgradeTarget) (*ClusterStatus, error) {
 	row := &ClusterStatus{UpgradeBlockers: []string{}}
 	if cfg, err := flags.ToRESTConfig(); err == nil {
 		row.Server = cfg.Host
@@ -108,7 +108,7 @@ func (o *StatusOptions) gatherCluster(ctx context.Context, flags *genericcliopti
 		return row, err
 	}
 	row.UpgradeBlockers = append(row.UpgradeBlockers, row.Status.UpgradeWarnings...)
-	stale, err := storage.StaleSources(ctx, conn.Client, served)
+	stale, err := storage.StaleSources(ctx, conn.Client, target.served)
 	switch {
 	case apierrors.IsForbidden(err):
 		// Like status's own upgrade warnings: left out for a user who may not list them.
@@ -116,7 +116,7 @@ func (o *StatusOptions) gatherCluster(ctx context.Context, flags *genericcliopti
 		return row, err
 	}
 	for _, s := range stale {
-		row.UpgradeBlockers = append(row.UpgradeBlockers, s.String())
+		row.UpgradeBlockers = append(row.UpgradeBlockers, "upgrading to Flux "+target.version+": "+s.String())
 	}
 	if row.Adoption, err = adoption(ctx, conn.Client, o.namespace); err != nil {
 		return row, err
@@ -138,10 +138,16 @@ func adoption(ctx context.Context, c client.Client, namespace string) (*Adoption
 	return &Adoption{Adoptable: true, Installer: in.Installer}, nil
 }
 
-// newestServedVersions are the API versions the newest Flux release this plugin ships serves,
-// kind by kind: a Kustomization applying a Flux object at another version blocks the upgrade to
-// it (or later) until its source is rewritten. Rendered once, for every cluster.
-func newestServedVersions(ctx context.Context) (map[schema.GroupKind][]string, error) {
+// upgradeTarget is the newest Flux release this plugin ships and the API versions it serves, kind
+// by kind: a Kustomization applying a Flux object at another version blocks the upgrade to it
+// until its source is rewritten.
+type upgradeTarget struct {
+	version string
+	served  map[schema.GroupKind][]string
+}
+
+// newestRelease renders the newest release of the embedded distribution once, for every cluster.
+func newestRelease(ctx context.Context) (*upgradeTarget, error) {
 	dist, err := distribution.Open(ctx, "", distribution.Options{Warn: func(string) {}})
 	if err != nil {
 		return nil, fmt.Errorf("opening the embedded Flux distribution: %w", err)
@@ -165,5 +171,5 @@ func newestServedVersions(ctx context.Context) (map[schema.GroupKind][]string, e
 	if err != nil {
 		return nil, fmt.Errorf("rendering Flux %s to learn the API versions it serves: %w", newest, err)
 	}
-	return storage.ServedVersions(objs), nil
+	return &upgradeTarget{version: newest, served: storage.ServedVersions(objs)}, nil
 }

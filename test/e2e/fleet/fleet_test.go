@@ -172,7 +172,7 @@ func TestStatusFleet(t *testing.T) {
 		assert.True(t, strings.HasPrefix(lines[2], "| plugin-2.9 | yes | v2.9.4 | kubectl-fluxinstance |"), lines[2])
 		assert.True(t, strings.HasPrefix(lines[3], "| bootstrap-2.6 | yes | v2.6.4 | flux bootstrap |"), lines[3])
 		// The comment lists every blocker, one per line of the cell.
-		assert.Contains(t, lines[3], "gitrepositories.source.toolkit.fluxcd.io stores objects at v1beta2, which Flux 2.8 removes: an apply of 2.8 or later migrates them first<br>Kustomization flux-system/flux-system applies HelmRepository apps/podinfo as source.toolkit.fluxcd.io/v1beta2")
+		assert.Contains(t, lines[3], "gitrepositories.source.toolkit.fluxcd.io stores objects at v1beta2, which Flux 2.8 removes: an apply of 2.8 or later migrates them first<br>upgrading to Flux v2.9.4: Kustomization flux-system/flux-system applies HelmRepository apps/podinfo as source.toolkit.fluxcd.io/v1beta2")
 	})
 	t.Run("an unknown context is a usage error listing the known ones", func(t *testing.T) {
 		r := runPlugin(t, "", "status", "--contexts", "operator,prod", "--kubeconfig", kubeconfig)
@@ -244,7 +244,7 @@ func allContextsJSON(t *testing.T, kubeconfig string) {
 	assert.Equal(t, &plugin.Adoption{Adoptable: true, Installer: "flux bootstrap"}, bootstrapped.Adoption)
 	assert.Equal(t, []string{
 		"gitrepositories.source.toolkit.fluxcd.io stores objects at v1beta2, which Flux 2.8 removes: an apply of 2.8 or later migrates them first",
-		"Kustomization flux-system/flux-system applies HelmRepository apps/podinfo as source.toolkit.fluxcd.io/v1beta2, which the target removes (removed in Flux 2.8)",
+		"upgrading to Flux v2.9.4: Kustomization flux-system/flux-system applies HelmRepository apps/podinfo as source.toolkit.fluxcd.io/v1beta2, which the target removes (removed in Flux 2.8)",
 	}, bootstrapped.UpgradeBlockers)
 	assert.Equal(t, bootstrapped.Status.UpgradeWarnings, bootstrapped.UpgradeBlockers[:1], "the single-cluster report is inside")
 	require.Len(t, bootstrapped.Status.Sync, 2)
