@@ -50,7 +50,8 @@ var outputChoices = regexp.MustCompile(`One of: \(([^)]*)\)`)
 //
 //   - -n/--namespace: namespaces holding a FluxInstance or the controllers of a Flux
 //     installation, or every namespace when the user may not list those;
-//   - --context, --cluster, --user: the entries of the kubeconfig;
+//   - --context, --cluster, --user: the entries of the kubeconfig; --contexts: the last name of
+//     its comma-separated list;
 //   - --distribution: .tar.gz/.tgz files and directories, or the default oci:// artifact;
 //   - --flux-version (if a command has one): the versions of the embedded distribution;
 //   - -f/--filename: YAML and JSON files; -o/--output: the values its help lists;
@@ -68,6 +69,8 @@ func registerCompletions(root *cobra.Command, flags *genericclioptions.ConfigFla
 			switch {
 			case f.Name == "distribution":
 				register(cmd, f.Name, completeDistribution)
+			case f.Name == "contexts":
+				register(cmd, f.Name, lastOfList(c.contexts))
 			case f.Name == "mode":
 				register(cmd, f.Name, cobra.FixedCompletions([]cobra.Completion{modeAuto, modeDirect, modeOperator}, cobra.ShellCompDirectiveNoFileComp))
 			case f.Name == "flux-version":
@@ -96,6 +99,21 @@ func registerCompletions(root *cobra.Command, flags *genericclioptions.ConfigFla
 		}
 	}
 	walk(root)
+}
+
+// lastOfList completes the last item of a comma-separated list with f, keeping the items before.
+func lastOfList(f cobra.CompletionFunc) cobra.CompletionFunc {
+	return func(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		done, last := "", toComplete
+		if i := strings.LastIndex(toComplete, ","); i >= 0 {
+			done, last = toComplete[:i+1], toComplete[i+1:]
+		}
+		items, directive := f(cmd, args, last)
+		for i := range items {
+			items[i] = done + items[i]
+		}
+		return items, directive
+	}
 }
 
 // register adds a completion function unless the flag is missing or already has one.

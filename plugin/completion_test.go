@@ -89,6 +89,8 @@ func TestCompletionWithoutCluster(t *testing.T) {
 			complete(t, "version", "--kubeconfig", kubeconfig, "--cluster", ""))
 		assert.Equal(t, completion{[]string{"user-staging"}, noFiles},
 			complete(t, "version", "--kubeconfig", kubeconfig, "--user", "user-s"))
+		assert.Equal(t, completion{[]string{"staging,prod-eu", "staging,prod-us"}, noFiles},
+			complete(t, "status", "--kubeconfig", kubeconfig, "--contexts", "staging,pr"))
 	})
 
 	t.Run("a command without arguments offers no files", func(t *testing.T) {

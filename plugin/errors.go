@@ -80,10 +80,7 @@ func isCobraUsageError(err error) bool {
 //
 // Anything else passes through unchanged.
 func translate(err error, interrupted bool, host func() string) error {
-	// Only a url.Error or a net.OpError says "network": a bare net.Error would also match a file
-	// error (syscall.Errno has Timeout and Temporary).
 	var urlErr *url.Error
-	var opErr *net.OpError
 	switch {
 	case err == nil:
 		return nil
@@ -95,12 +92,21 @@ func translate(err error, interrupted bool, host func() string) error {
 		return err
 	case errors.As(err, &urlErr) && !sameHost(urlErr.URL, host()):
 		return err // a -f URL or a registry, named in the message already
-	case errors.As(err, &urlErr), errors.As(err, &opErr):
+	case isTransport(err):
 		return fmt.Errorf("unable to reach the cluster at %s: %s", host(), rootCause(err))
 	case apierrors.IsConflict(err) && !hasFieldManagerConflict(err):
 		return fmt.Errorf("%w: another client changed the object meanwhile; run the command again", err)
 	}
 	return err
+}
+
+// isTransport tells whether err is a failure to talk to a server at all (dial, TLS, reset). Only
+// a url.Error or a net.OpError says "network": a bare net.Error would also match a file error
+// (syscall.Errno has Timeout and Temporary).
+func isTransport(err error) bool {
+	var urlErr *url.Error
+	var opErr *net.OpError
+	return errors.As(err, &urlErr) || errors.As(err, &opErr)
 }
 
 // sameHost tells whether a request URL goes to the cluster's API server (host is its URL from

@@ -22,6 +22,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/diff"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/lock"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/operator"
@@ -36,11 +37,18 @@ const statusExample = `  # Show the Flux installation of the current context, ho
   kubectl fluxinstance status
 
   # The installation in another namespace, for scripts
-  kubectl fluxinstance status -n gitops -o json`
+  kubectl fluxinstance status -n gitops -o json
+
+  # One row per cluster of the kubeconfig, eight clusters read at a time
+  kubectl fluxinstance status --all-contexts
+
+  # Some clusters, as a markdown table for a pull-request comment
+  kubectl fluxinstance status --contexts prod-eu,prod-us -o markdown`
 
 // StatusOptions holds the flags of `kubectl fluxinstance status`.
 type StatusOptions struct {
 	outputFlag
+	fleet fleetFlags
 
 	namespace   string
 	configFlags *genericclioptions.ConfigFlags
@@ -120,29 +128,46 @@ func NewCmdStatus(configFlags *genericclioptions.ConfigFlags, streams genericioo
 		Long: `Show the Flux installation of a namespace: its version and what manages it, the controllers with
 their images and readiness, the cluster sync source and Kustomization, and, for an installation applied by
 this plugin, when and by whom, the inventory size and the drift since (a server-side dry-run of the
-recorded FluxInstance). Installations made by flux bootstrap, flux install or the Flux Operator are shown
-read-only. The namespace is -n, else the one the installation says, else flux-system.`,
+recorded FluxInstance, skipping the objects the record proves untouched). Installations made by flux bootstrap, flux install or the Flux Operator are shown
+read-only. The namespace is -n, else the one the installation says, else flux-system.
+
+With --contexts or --all-contexts, status reads many clusters of the kubeconfig at once
+(--max-parallel at a time) and prints one row per cluster: whether it answered, the Flux version,
+what manages it, components ready, the sync's readiness and revision, drift, upgrade blockers
+(stored versions and sources at API versions a Flux release removes) and whether ` + "`migrate`" + ` can
+adopt it (or why not). -o json|yaml prints each cluster's full report, -o markdown a table for a
+pull-request comment. Each cluster is bounded by --request-timeout (default ` + defaultClusterTimeout.String() + ` per cluster
+here; 0 for no bound), so one that is down or never answers is reported in its row without delaying
+the others.
+The exit code is 1 when any cluster could not be read.`,
 		Example: statusExample,
 		Args:    cobra.NoArgs,
 		RunE:    runE(o),
 	}
-	o.outputFlag.addFlag(cmd, "a report in words", "json", "yaml")
+	o.outputFlag.addFlag(cmd, "a report in words (with --contexts or --all-contexts: a table)", "json", "yaml", "markdown")
+	o.fleet.addFlags(cmd)
 	return cmd
 }
 
-// Complete reads -n.
+// Complete reads -n and resolves --contexts or --all-contexts.
 func (o *StatusOptions) Complete(cmd *cobra.Command) error {
 	o.namespace, _ = explicitNamespace(cmd)
-	return nil
+	return o.fleet.complete(cmd, o.configFlags)
 }
 
 // Validate checks the flags.
 func (o *StatusOptions) Validate(cmd *cobra.Command) error {
+	if o.Output == "markdown" && !o.fleet.enabled() {
+		return usageError(cmd, "-o markdown prints the fleet table: add --contexts or --all-contexts")
+	}
 	return o.outputFlag.validate(cmd)
 }
 
 // Run gathers the report; parts the user may not read are reported as such, not as failures.
 func (o *StatusOptions) Run(ctx context.Context) error {
+	if o.fleet.enabled() {
+		return o.runFleet(ctx)
+	}
 	conn, err := kube.Connect(o.configFlags)
 	if err != nil {
 		return err
@@ -220,7 +245,7 @@ func (o *StatusOptions) gather(ctx context.Context, conn *kube.Connection) (*Sta
 		report.Installation.ManagedBy = installation.ManagedByOperator
 		report.Drift = operatorDrift(ctx, m, mg.Instance)
 	case report.Applied != nil:
-		report.Drift = drift(ctx, m, recorded, inv.Distribution, inv.FieldManager)
+		report.Drift = drift(ctx, m, recorded, inv.Distribution, inv.FieldManager, inv)
 	}
 	return report, nil
 }
@@ -248,7 +273,7 @@ func operatorDrift(ctx context.Context, m *apply.Manager, state *operator.State)
 	version, _, _ := strings.Cut(rev, "@")
 	inst.Spec.Distribution.Version = version
 	source := inst.Spec.Distribution.Artifact
-	return drift(ctx, m, inst, source, ownership.OperatorFieldManager)
+	return drift(ctx, m, inst, source, ownership.OperatorFieldManager, nil)
 }
 
 // components lists the Flux controller Deployments of the namespace.
@@ -333,8 +358,10 @@ func describeSync(obj *unstructured.Unstructured) SyncStatus {
 }
 
 // drift renders the recorded instance again and dry-runs it: objects that would be created are
-// missing, objects that would be configured changed since the last apply.
-func drift(ctx context.Context, m *apply.Manager, recorded *fluxinstance.FluxInstance, dist, fieldManager string) *DriftReport {
+// missing, objects that would be configured changed since the last apply. record is the
+// plugin's record of that apply (nil for the operator's): the objects its fingerprints prove
+// untouched are not dry-run, most of what the check costs the API server.
+func drift(ctx context.Context, m *apply.Manager, recorded *fluxinstance.FluxInstance, dist, fieldManager string, record *inventory.Inventory) *DriftReport {
 	if recorded == nil {
 		return &DriftReport{Reason: "the record holds no FluxInstance (applied by an older plugin)"}
 	}
@@ -346,7 +373,11 @@ func drift(ctx context.Context, m *apply.Manager, recorded *fluxinstance.FluxIns
 	if err != nil {
 		return &DriftReport{Reason: err.Error()}
 	}
-	entries, err := diff.Objects(ctx, m, r.Objects, nil, diff.Options{FieldManager: fieldManager})
+	opts := diff.Options{FieldManager: fieldManager}
+	if record != nil && len(record.Fingerprints) > 0 {
+		opts.Record = record
+	}
+	entries, err := diff.Objects(ctx, m, r.Objects, nil, opts)
 	if err != nil {
 		return &DriftReport{Reason: err.Error()}
 	}

@@ -22,8 +22,10 @@ const versionExample = `  # Print the plugin version and the Flux installed in t
   # For scripts
   kubectl fluxinstance version -o json`
 
-// defaultClusterTimeout bounds how long `version` waits for an unresponsive server when the user
-// did not set --request-timeout: the command must answer quickly, even with a dead context.
+// defaultClusterTimeout bounds how long `version` waits for an unresponsive server, and each
+// cluster of a fleet command (`status --all-contexts`), when the user did not set
+// --request-timeout: client-go has no timeout by default, and a dead context must not hold the
+// answer (or, in a fleet, the whole table). Several times what a healthy API server needs.
 const defaultClusterTimeout = 15 * time.Second
 
 // VersionOptions holds the flags and inputs of `kubectl fluxinstance version`.

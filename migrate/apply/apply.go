@@ -12,6 +12,7 @@ import (
 	"github.com/fluxcd/pkg/ssa"
 	"github.com/fluxcd/pkg/ssa/normalize"
 	"github.com/fluxcd/pkg/ssa/utils"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
 	"golang.org/x/sync/errgroup"
@@ -114,6 +115,49 @@ func (m *Manager) Preview(ctx context.Context, objects []*unstructured.Unstructu
 		return nil, err
 	}
 	return m.plan(ctx, objs, f.lives, o.FieldManager, o.Concurrency, true)
+}
+
+// PreviewRecorded is Preview for objects applied before with fieldManager and recorded in prev:
+// the objects prev's fingerprints prove unchanged (the apply's fast path, fastpath.go) are
+// reported unchanged without a dry run, which is most of what a drift check of an untouched
+// installation costs the API server. Anything not proven is dry-run as Preview does.
+func (m *Manager) PreviewRecorded(ctx context.Context, objects []*unstructured.Unstructured, fieldManager string, concurrency int, prev *inventory.Inventory) ([]Planned, error) {
+	o := Options{FieldManager: fieldManager, Concurrency: concurrency}
+	o.defaults()
+	objs := copyObjects(objects)
+	sortObjects(objs)
+	f, err := m.prefetchState(ctx, objs, o.Concurrency)
+	if err != nil {
+		return nil, err
+	}
+	unchanged := make([]bool, len(objs))
+	// A user who may not read the admission configuration gets the dry runs, as with apply.
+	if admission, err := m.admissionFingerprint(ctx); err == nil {
+		fp, err := m.planFastPath(ctx, objs, f, prev, admission, o)
+		if err != nil {
+			return nil, err
+		}
+		unchanged = fp.unchanged
+	}
+	var rest, restLives []*unstructured.Unstructured
+	for i, obj := range objs {
+		if !unchanged[i] {
+			rest, restLives = append(rest, obj), append(restLives, f.lives[i])
+		}
+	}
+	planned, err := m.plan(ctx, rest, restLives, o.FieldManager, o.Concurrency, true)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Planned, 0, len(objs))
+	for i, obj := range objs {
+		if unchanged[i] {
+			out = append(out, Planned{Object: obj, Live: f.lives[i], Merged: f.lives[i], Action: ssa.UnchangedAction})
+			continue
+		}
+		out, planned = append(out, planned[0]), planned[1:]
+	}
+	return out, nil
 }
 
 // Conflict is one field owned by a manager that apply does not take over.

@@ -13,6 +13,7 @@ import (
 	"github.com/fluxcd/cli-utils/pkg/object"
 	"github.com/fluxcd/pkg/ssa"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/pmezard/go-difflib/difflib"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -23,6 +24,9 @@ import (
 type Options struct {
 	FieldManager string
 	Concurrency  int
+	// Record is the inventory record of the last apply of these objects with FieldManager, when
+	// there is one: the objects its fingerprints prove unchanged are not dry-run.
+	Record *inventory.Inventory
 }
 
 // Entry is the difference for one object.
@@ -58,7 +62,13 @@ func HasChanges(entries []Entry) bool {
 // Objects server-side dry-runs every object against the cluster and adds the objects that would
 // be pruned (prunable: see apply's PruneCandidates) as deleted. Nothing is changed.
 func Objects(ctx context.Context, m *apply.Manager, objects []*unstructured.Unstructured, prunable []object.ObjMetadata, opts Options) ([]Entry, error) {
-	plans, err := m.Preview(ctx, objects, opts.FieldManager, opts.Concurrency)
+	var plans []apply.Planned
+	var err error
+	if opts.Record != nil {
+		plans, err = m.PreviewRecorded(ctx, objects, opts.FieldManager, opts.Concurrency, opts.Record)
+	} else {
+		plans, err = m.Preview(ctx, objects, opts.FieldManager, opts.Concurrency)
+	}
 	if err != nil {
 		return nil, err
 	}

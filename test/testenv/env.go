@@ -203,6 +203,19 @@ func (e *Env) Stop() {
 	e.procs = nil
 }
 
+// CPUTime is the CPU time etcd and the API server (and the controller manager) have used so far.
+func (e *Env) CPUTime() (time.Duration, error) {
+	var total time.Duration
+	for _, p := range e.procs {
+		d, err := p.CPUTime()
+		if err != nil {
+			return 0, err
+		}
+		total += d
+	}
+	return total, nil
+}
+
 // Client returns an admin controller-runtime client.
 func (e *Env) Client(t testing.TB) client.Client {
 	t.Helper()
