@@ -12,7 +12,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/fluxinstance/kubectl-fluxinstance/migrate/bootstrap"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/adopt"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
 	"github.com/fluxinstance/kubectl-fluxinstance/render"
@@ -127,8 +127,8 @@ func (o *StatusOptions) gatherCluster(ctx context.Context, flags *genericcliopti
 // adoption runs migrate's detection: no error means `migrate` would adopt the installation, a
 // refusal says why not; any other error (the lists forbidden) is the cluster's error.
 func adoption(ctx context.Context, c client.Client, namespace string) (*Adoption, error) {
-	in, err := bootstrap.Detect(ctx, c, namespace)
-	var refusal *bootstrap.RefusalError
+	in, err := adopt.Detect(ctx, c, namespace)
+	var refusal *adopt.RefusalError
 	switch {
 	case errors.As(err, &refusal):
 		return &Adoption{Reason: refusal.Reason}, nil
