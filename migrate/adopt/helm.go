@@ -187,21 +187,17 @@ func (e *NotReleasedError) Error() string {
 		len(e.Objects), strings.Join(e.Objects, ", "))
 }
 
-// verifyReleased reads every Flux object of the plan back and fails unless none is Helm's.
+// verifyReleased reads every Flux object of the plan back and fails unless none is Helm's (one
+// that is missing is Verify's to report).
 func verifyReleased(ctx context.Context, c client.Client, p *Plan) error {
 	var held []string
-	for _, id := range p.FluxObjects {
-		live := &metav1.PartialObjectMetadata{}
-		live.SetGroupVersionKind(schema.GroupVersionKind{Group: id.GroupKind.Group, Version: p.Versions[id], Kind: id.GroupKind.Kind})
-		if err := c.Get(ctx, client.ObjectKey{Namespace: id.Namespace, Name: id.Name}, live); err != nil {
-			if apierrors.IsNotFound(err) {
-				continue // Verify reports it missing
-			}
-			return fmt.Errorf("verifying %s: %w", kube.RefMeta(id), err)
-		}
-		if ownership.HeldByHelm(live) {
+	err := readFluxObjects(ctx, c, p, func(id object.ObjMetadata, live *metav1.PartialObjectMetadata) {
+		if live != nil && ownership.HeldByHelm(live) {
 			held = append(held, kube.RefMeta(id))
 		}
+	})
+	if err != nil {
+		return err
 	}
 	if len(held) > 0 {
 		return &NotReleasedError{Objects: held}

@@ -232,22 +232,37 @@ func protect(ctx context.Context, c client.Client, id object.ObjMetadata, versio
 // kustomize-controller's garbage collection would delete none of them.
 func Verify(ctx context.Context, c client.Client, p *Plan) error {
 	var bad []string
-	for _, id := range p.FluxObjects {
-		live := &metav1.PartialObjectMetadata{}
-		live.SetGroupVersionKind(schema.GroupVersionKind{Group: id.GroupKind.Group, Version: p.Versions[id], Kind: id.GroupKind.Kind})
-		if err := c.Get(ctx, client.ObjectKey{Namespace: id.Namespace, Name: id.Name}, live); err != nil {
-			if apierrors.IsNotFound(err) {
-				bad = append(bad, kube.RefMeta(id)+" (missing)")
-				continue
-			}
-			return fmt.Errorf("verifying %s: %w", kube.RefMeta(id), err)
-		}
-		if !ownership.ProtectedFromKustomize(live) {
+	err := readFluxObjects(ctx, c, p, func(id object.ObjMetadata, live *metav1.PartialObjectMetadata) {
+		switch {
+		case live == nil:
+			bad = append(bad, kube.RefMeta(id)+" (missing)")
+		case !ownership.ProtectedFromKustomize(live):
 			bad = append(bad, kube.RefMeta(id))
 		}
+	})
+	if err != nil {
+		return err
 	}
 	if len(bad) > 0 {
 		return &NotProtectedError{Objects: bad}
+	}
+	return nil
+}
+
+// readFluxObjects reads the metadata of every Flux object of the plan and calls each with it (nil
+// when the object does not exist).
+func readFluxObjects(ctx context.Context, c client.Client, p *Plan, each func(object.ObjMetadata, *metav1.PartialObjectMetadata)) error {
+	for _, id := range p.FluxObjects {
+		live := &metav1.PartialObjectMetadata{}
+		live.SetGroupVersionKind(schema.GroupVersionKind{Group: id.GroupKind.Group, Version: p.Versions[id], Kind: id.GroupKind.Kind})
+		err := c.Get(ctx, client.ObjectKey{Namespace: id.Namespace, Name: id.Name}, live)
+		switch {
+		case apierrors.IsNotFound(err):
+			live = nil
+		case err != nil:
+			return fmt.Errorf("verifying %s: %w", kube.RefMeta(id), err)
+		}
+		each(id, live)
 	}
 	return nil
 }

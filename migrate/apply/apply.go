@@ -2,6 +2,7 @@ package apply
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"reflect"
 	"sort"
@@ -106,21 +107,13 @@ func (m *Manager) Apply(ctx context.Context, objects []*unstructured.Unstructure
 // Preview tells, in apply order, what applying the objects would do to each, from a forced
 // server-side dry-run apply compared the way an apply compares. Nothing is changed.
 func (m *Manager) Preview(ctx context.Context, objects []*unstructured.Unstructured, fieldManager string, concurrency int) ([]Planned, error) {
-	o := Options{FieldManager: fieldManager, Concurrency: concurrency}
-	o.defaults()
-	objs := copyObjects(objects)
-	sortObjects(objs)
-	f, err := m.prefetchState(ctx, objs, o.Concurrency)
-	if err != nil {
-		return nil, err
-	}
-	return m.plan(ctx, objs, f.lives, o.FieldManager, o.Concurrency, true)
+	return m.PreviewRecorded(ctx, objects, fieldManager, concurrency, nil)
 }
 
-// PreviewRecorded is Preview for objects applied before with fieldManager and recorded in prev:
-// the objects prev's fingerprints prove unchanged (the apply's fast path, fastpath.go) are
-// reported unchanged without a dry run, which is most of what a drift check of an untouched
-// installation costs the API server. Anything not proven is dry-run as Preview does.
+// PreviewRecorded is Preview for objects applied before with fieldManager and recorded in prev
+// (nil: none): the objects prev's fingerprints prove unchanged (the apply's fast path,
+// fastpath.go) are reported unchanged without a dry run, which is most of what a drift check of
+// an untouched installation costs the API server. Anything not proven is dry-run as Preview does.
 func (m *Manager) PreviewRecorded(ctx context.Context, objects []*unstructured.Unstructured, fieldManager string, concurrency int, prev *inventory.Inventory) ([]Planned, error) {
 	o := Options{FieldManager: fieldManager, Concurrency: concurrency}
 	o.defaults()
@@ -131,8 +124,9 @@ func (m *Manager) PreviewRecorded(ctx context.Context, objects []*unstructured.U
 		return nil, err
 	}
 	unchanged := make([]bool, len(objs))
-	// A user who may not read the admission configuration gets the dry runs, as with apply.
-	if admission, err := m.admissionFingerprint(ctx); err == nil {
+	// Without a record, or for a user who may not read the admission configuration, every
+	// object is dry-run, as with apply.
+	if admission, err := m.fastPathAdmission(ctx, prev); err == nil {
 		fp, err := m.planFastPath(ctx, objs, f, prev, admission, o)
 		if err != nil {
 			return nil, err
@@ -158,6 +152,15 @@ func (m *Manager) PreviewRecorded(ctx context.Context, objects []*unstructured.U
 		out, planned = append(out, planned[0]), planned[1:]
 	}
 	return out, nil
+}
+
+// fastPathAdmission is the admission fingerprint the fast path needs; without a record to compare
+// with there is no fast path, and nothing is read.
+func (m *Manager) fastPathAdmission(ctx context.Context, prev *inventory.Inventory) (string, error) {
+	if prev == nil {
+		return "", errors.New("no record")
+	}
+	return m.admissionFingerprint(ctx)
 }
 
 // Conflict is one field owned by a manager that apply does not take over.

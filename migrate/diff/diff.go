@@ -62,13 +62,7 @@ func HasChanges(entries []Entry) bool {
 // Objects server-side dry-runs every object against the cluster and adds the objects that would
 // be pruned (prunable: see apply's PruneCandidates) as deleted. Nothing is changed.
 func Objects(ctx context.Context, m *apply.Manager, objects []*unstructured.Unstructured, prunable []object.ObjMetadata, opts Options) ([]Entry, error) {
-	var plans []apply.Planned
-	var err error
-	if opts.Record != nil {
-		plans, err = m.PreviewRecorded(ctx, objects, opts.FieldManager, opts.Concurrency, opts.Record)
-	} else {
-		plans, err = m.Preview(ctx, objects, opts.FieldManager, opts.Concurrency)
-	}
+	plans, err := m.PreviewRecorded(ctx, objects, opts.FieldManager, opts.Concurrency, opts.Record)
 	if err != nil {
 		return nil, err
 	}
