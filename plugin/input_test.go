@@ -14,14 +14,14 @@ import (
 	"github.com/stretchr/testify/require"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
-	"github.com/fluxinstance/kubectl-fluxinstance/test/distribution/distdata"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/fixtures"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
 // A -f URL whose server accepts and never answers ends with --request-timeout, naming the URL
 // (not the cluster), and changes nothing.
 func TestBuildFromAServerThatNeverAnswers(t *testing.T) {
-	url := "http://" + distdata.StartSilent(t, "") + "/flux-instance.yaml"
+	url := "http://" + testenv.StartSilent(t, "") + "/flux-instance.yaml"
 	start := time.Now()
 	r := runPlugin(t, "", "build", "-f", url, "--request-timeout=1s")
 	assert.Equal(t, 1, r.Code)
@@ -46,7 +46,7 @@ func isolateRegistryClient(t *testing.T) {
 // error that names the distribution and the registry and says what to do.
 func TestBuildFromARegistryThatNeverAnswers(t *testing.T) {
 	isolateRegistryClient(t)
-	host := distdata.StartSilent(t, "")
+	host := testenv.StartSilent(t, "")
 	file := writeFile(t, t.TempDir(), "flux.yaml", fixtures.Instance(t, "tests/minimal-2.7.x"))
 	source := "oci://" + host + "/x:v1"
 	start := time.Now()
@@ -65,7 +65,7 @@ func TestBuildFromARegistryThatNeverAnswers(t *testing.T) {
 // reported as an interruption: the command's context reaches every request of the pull.
 func TestInterruptStopsARegistryPull(t *testing.T) {
 	isolateRegistryClient(t)
-	host := distdata.StartSilent(t, "")
+	host := testenv.StartSilent(t, "")
 	file := writeFile(t, t.TempDir(), "flux.yaml", fixtures.Instance(t, "tests/minimal-2.7.x"))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/test/distribution/distdata"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
 // counter counts registry requests by kind.
@@ -245,7 +246,7 @@ func TestOCICancelledContext(t *testing.T) {
 // bound ends the wait and the cached copy is used.
 func TestOCIRegistryThatNeverAnswers(t *testing.T) {
 	t.Setenv("DOCKER_CONFIG", t.TempDir())
-	silent := distdata.StartSilent(t, "")
+	silent := testenv.StartSilent(t, "")
 	source := "oci://" + silent + "/flux/distribution:v1"
 	start := time.Now()
 	_, err := Open(context.Background(), source, Options{CacheDir: t.TempDir(), Timeout: time.Second})
@@ -268,7 +269,7 @@ func TestOCIRegistryThatNeverAnswers(t *testing.T) {
 	_, err = Open(context.Background(), "oci://"+ref, opts)
 	require.NoError(t, err)
 	reg.Server.Close()
-	distdata.StartSilent(t, reg.Host)
+	testenv.StartSilent(t, reg.Host)
 	start = time.Now()
 	d, err := Open(context.Background(), "oci://"+ref, opts)
 	elapsed = time.Since(start)

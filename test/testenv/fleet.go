@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"fmt"
 	"net"
 	"path/filepath"
 	"sort"
@@ -99,30 +98,48 @@ func ClosedPort(t testing.TB) string {
 // stops when the test ends.
 func SilentServer(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	return "https://" + StartSilent(t, "")
+}
+
+// StartSilent listens on addr ("" for 127.0.0.1:0), accepts every connection and never answers:
+// the registry or web server that hangs a client without timeouts. It returns "HOST:PORT"; the
+// listener and its connections are closed when the test ends.
+func StartSilent(tb testing.TB, addr string) string {
+	tb.Helper()
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatalf("cannot listen on %s: %v", addr, err)
 	}
 	var mu sync.Mutex
 	var conns []net.Conn
+	closed := false
+	tb.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		closed = true
+		for _, c := range conns {
+			c.Close()
+		}
+	})
 	go func() {
 		for {
 			c, err := l.Accept()
 			if err != nil {
 				return
 			}
+			// Kept open, unread and unanswered, until the test ends.
 			mu.Lock()
-			conns = append(conns, c) // held open, never read
+			if closed {
+				c.Close()
+			} else {
+				conns = append(conns, c)
+			}
 			mu.Unlock()
 		}
 	}()
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return fmt.Sprintf("https://%s", l.Addr())
+	return l.Addr().String()
 }

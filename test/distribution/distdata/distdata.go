@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -217,47 +216,4 @@ func PushArtifact(tb testing.TB, ref string, layer []byte, configMediaType, laye
 		tb.Fatal(err)
 	}
 	return d.String()
-}
-
-// StartSilent listens on addr ("" for 127.0.0.1:0), accepts every connection and never answers:
-// the registry or web server that hangs a client without timeouts. It returns "HOST:PORT"; the
-// listener and its connections are closed when the test ends.
-func StartSilent(tb testing.TB, addr string) string {
-	tb.Helper()
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		tb.Fatalf("cannot listen on %s: %v", addr, err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	closed := false
-	tb.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		closed = true
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			// Kept open, unread and unanswered, until the test ends.
-			mu.Lock()
-			if closed {
-				c.Close()
-			} else {
-				conns = append(conns, c)
-			}
-			mu.Unlock()
-		}
-	}()
-	return l.Addr().String()
 }

@@ -160,36 +160,14 @@ func TestMigrateHelmKilledAtEveryStep(t *testing.T) {
 			assert.True(t, managers["helm-controller"] && !managers[pluginFieldManager], "%s: the fields are helm-controller's again: %v", k, managers)
 		}
 	}
-	proxy.Reset(-1)
-	r := runPlugin(t, "", migrateArgs...)
-	require.Equal(t, 0, r.Code, r.Stderr)
-	total := proxy.Count()
-	require.Greater(t, total, 20)
-	rollback(t)
-
 	// About 3.5 s per point (kill, re-run, rollback): the first and last ten calls (the last ones
 	// set the records aside and complete the record) and 6 inside the takeover.
-	points := faultproxy.KillPoints(total, 26)
-	for i, n := range points {
-		proxy.Reset(n)
-		runPlugin(t, "", migrateArgs...)
-		proxy.Reset(-1)
-		faultproxy.ClearKilledLock(t, in.c, "flux-system")
-		r := runPlugin(t, "", migrateArgs...)
-		require.Equal(t, 0, r.Code, "killed after call %d: the re-run failed:\n%s", n, r.Stderr)
-		assert.Regexp(t, "set aside 1 Helm release records|Nothing to do", r.Stderr)
+	killAtEveryStep(t, in, proxy, migrateArgs, 26, rollback, func(t *testing.T, n int, stderr string) {
+		assert.Regexp(t, "set aside 1 Helm release records|Nothing to do", stderr)
 		for _, d := range proxy.Deleted() {
 			assert.Contains(t, d, "/secrets/", "killed after call %d: only release records are deleted", n)
 			assert.Contains(t, d, "sh.helm.release.v1.flux2.v1", "killed after call %d: only release records are deleted", n)
 		}
-		in.assertUnchanged(t)
 		assert.True(t, helmReleaseSuspended(t, in.c))
-		if t.Failed() {
-			t.Fatalf("stopping at kill point %d", n)
-		}
-		if i < len(points)-1 {
-			rollback(t)
-		}
-	}
-	t.Logf("%d kill points of %d calls", len(points), total)
+	})
 }

@@ -322,6 +322,23 @@ func TestMigrateFluxInstallKilledAtEveryStep(t *testing.T) {
 		in.assertUnchanged(t)
 	}
 
+	// About 2.4 s per point (kill, re-run, rollback): 28 points, 8 of them inside the takeover.
+	killAtEveryStep(t, in, proxy, migrateArgs, 28, rollback, func(t *testing.T, n int, stderr string) {
+		assert.Regexp(t, "Verified: kustomize-controller's garbage collection would delete none|Nothing to do", stderr)
+		assert.Empty(t, proxy.Deleted(), "killed after call %d: no DELETE reached the API server", n)
+		for k := range in.objects {
+			assertAdopted(t, in.c, k)
+		}
+	})
+}
+
+// killAtEveryStep runs a complete migrate through proxy to count its API calls, rolls it back,
+// then for each kill point (faultproxy.KillPoints(total, budget)) kills a migrate after that
+// call, re-runs it without faults, which must succeed, checks that every object kept its UID and
+// pod template, and calls check with the kill point and the re-run's stderr; rollback runs
+// between points.
+func killAtEveryStep(t *testing.T, in *installed, proxy *faultproxy.Proxy, migrateArgs []string, budget int, rollback func(*testing.T), check func(t *testing.T, n int, stderr string)) {
+	t.Helper()
 	proxy.Reset(-1)
 	r := runPlugin(t, "", migrateArgs...)
 	require.Equal(t, 0, r.Code, r.Stderr)
@@ -329,8 +346,7 @@ func TestMigrateFluxInstallKilledAtEveryStep(t *testing.T) {
 	require.Greater(t, total, 20)
 	rollback(t)
 
-	// About 2.4 s per point (kill, re-run, rollback): 28 points, 8 of them inside the takeover.
-	points := faultproxy.KillPoints(total, 28)
+	points := faultproxy.KillPoints(total, budget)
 	failed := 0
 	start := time.Now()
 	for i, n := range points {
@@ -342,12 +358,8 @@ func TestMigrateFluxInstallKilledAtEveryStep(t *testing.T) {
 		faultproxy.ClearKilledLock(t, in.c, "flux-system")
 		r := runPlugin(t, "", migrateArgs...)
 		require.Equal(t, 0, r.Code, "killed after call %d: the re-run failed:\n%s", n, r.Stderr)
-		assert.Regexp(t, "Verified: kustomize-controller's garbage collection would delete none|Nothing to do", r.Stderr)
-		assert.Empty(t, proxy.Deleted(), "killed after call %d: no DELETE reached the API server", n)
 		in.assertUnchanged(t)
-		for k := range in.objects {
-			assertAdopted(t, in.c, k)
-		}
+		check(t, n, r.Stderr)
 		if t.Failed() {
 			t.Fatalf("stopping at kill point %d", n)
 		}
