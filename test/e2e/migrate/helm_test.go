@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -84,6 +85,7 @@ func TestMigrateHelm(t *testing.T) {
 	assert.Contains(t, stderr, "Terraform's helm_release for it (`terraform state rm` it first")
 	assert.Equal(t, rv, in.resourceVersions(t), "--dry-run changed nothing")
 	assert.False(t, helmReleaseSuspended(t, in.c))
+	assertHelmPermissionsListed(t, in)
 	kept := keptNote.FindStringSubmatch(stderr)
 	require.Len(t, kept, 2, "the chart's RBAC is named otherwise than the rendering's:\n%s", stderr)
 
@@ -170,4 +172,22 @@ func TestMigrateHelmKilledAtEveryStep(t *testing.T) {
 		}
 		assert.True(t, helmReleaseSuspended(t, in.c))
 	})
+}
+
+// assertHelmPermissionsListed: --check-permissions of a user who may only read the CRDs lists, for
+// a Helm installation, what setting the records aside and suspending the HelmRelease need.
+func assertHelmPermissionsListed(t *testing.T, in *installed) {
+	t.Helper()
+	ctx := context.Background()
+	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "crd-reader"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{"apiextensions.k8s.io"}, Resources: []string{"customresourcedefinitions"}, Verbs: []string{"get"}}}}
+	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "dave-crd-reader"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "crd-reader"},
+		Subjects: []rbacv1.Subject{{Kind: "User", Name: "dave", APIGroup: "rbac.authorization.k8s.io"}}}
+	require.NoError(t, in.c.Create(ctx, role))
+	require.NoError(t, in.c.Create(ctx, binding))
+	r := runPlugin(t, "", "migrate", "--check-permissions", "-n", "flux-system", "--kubeconfig", in.env.UserKubeconfig(t, "dave"))
+	assert.Equal(t, 1, r.Code, r.Stderr)
+	assert.Contains(t, r.Stdout, "delete secrets in namespace flux-system (the Helm release records")
+	assert.Contains(t, r.Stdout, "patch helmreleases.helm.toolkit.fluxcd.io in namespace flux-system (suspending the HelmRelease that runs the release)")
 }
