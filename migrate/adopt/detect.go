@@ -122,32 +122,7 @@ func Detect(ctx context.Context, c client.Client, namespace string) (*Install, e
 	if err != nil {
 		return nil, err
 	}
-	byNS := map[string]*candidate{}
-	get := func(ns string) *candidate {
-		if byNS[ns] == nil {
-			byNS[ns] = &candidate{ns: ns}
-		}
-		return byNS[ns]
-	}
-	for _, d := range deps.Items {
-		cand := get(d.Namespace)
-		cand.deployments = append(cand.deployments, d)
-		l := d.Labels
-		if l[ownership.LabelKustomizeName] != "" {
-			cand.bootstrap = true
-			cand.owner = l[ownership.LabelKustomizeNamespace] + "/" + l[ownership.LabelKustomizeName]
-		}
-		if m := l[render.LabelManagedBy]; m != "" {
-			cand.managedBy = m
-		}
-	}
-	for _, cand := range byNS {
-		cand.fluxInstall = !cand.bootstrap && cand.managedBy == "" && installedByCLI(cand.deployments)
-		cand.helm = !cand.bootstrap && cand.managedBy == ownership.ManagedByHelmValue
-	}
-	for i := range records {
-		get(records[i].Namespace).record = &records[i]
-	}
+	byNS := candidates(deps.Items, records)
 
 	var names []string
 	for ns := range byNS {
@@ -195,6 +170,38 @@ func Detect(ctx context.Context, c client.Client, namespace string) (*Install, e
 		return nil, refuse("found %d Flux installations made by `flux bootstrap`, `flux install` or Helm, in namespaces %s: pass -n NAMESPACE to choose one", len(found), strings.Join(list, ", "))
 	}
 	return inspect(ctx, c, found[0])
+}
+
+// candidates groups the Flux Deployments and the migration records by namespace and classifies
+// each namespace's installer from the Deployments' labels and field managers.
+func candidates(deps []appsv1.Deployment, records []Record) map[string]*candidate {
+	byNS := map[string]*candidate{}
+	get := func(ns string) *candidate {
+		if byNS[ns] == nil {
+			byNS[ns] = &candidate{ns: ns}
+		}
+		return byNS[ns]
+	}
+	for _, d := range deps {
+		cand := get(d.Namespace)
+		cand.deployments = append(cand.deployments, d)
+		l := d.Labels
+		if l[ownership.LabelKustomizeName] != "" {
+			cand.bootstrap = true
+			cand.owner = l[ownership.LabelKustomizeNamespace] + "/" + l[ownership.LabelKustomizeName]
+		}
+		if m := l[render.LabelManagedBy]; m != "" {
+			cand.managedBy = m
+		}
+	}
+	for _, cand := range byNS {
+		cand.fluxInstall = !cand.bootstrap && cand.managedBy == "" && installedByCLI(cand.deployments)
+		cand.helm = !cand.bootstrap && cand.managedBy == ownership.ManagedByHelmValue
+	}
+	for i := range records {
+		get(records[i].Namespace).record = &records[i]
+	}
+	return byNS
 }
 
 // adoptable: an installation migrate adopts, or one whose migration started.

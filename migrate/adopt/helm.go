@@ -205,6 +205,15 @@ func verifyReleased(ctx context.Context, c client.Client, p *Plan) error {
 	return nil
 }
 
+// releaseHelm is the Helm takeover's last step: once no object is Helm's any more, the release's
+// records are set aside (what it returns), so that Helm finds no release.
+func releaseHelm(ctx context.Context, c client.Client, p *Plan, rec *RecordedHelm) ([]string, error) {
+	if err := verifyReleased(ctx, c, p); err != nil {
+		return nil, err
+	}
+	return helmstorage.SetAside(ctx, c, helmstorage.Release{Name: rec.Name, StorageNamespace: rec.StorageNamespace})
+}
+
 // releaseSetAside tells whether Helm no longer sees any record of the release.
 func releaseSetAside(ctx context.Context, c client.Client, rel *installation.HelmRelease) (bool, error) {
 	records, err := helmstorage.Records(ctx, c, storageOf(rel))

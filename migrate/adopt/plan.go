@@ -441,9 +441,8 @@ func InstanceYAML(inst *fluxinstance.FluxInstance) ([]byte, error) {
 	return yaml.Marshal(m)
 }
 
-// Summary is the plan in words, one line each, for stderr.
-func (p *Plan) Summary() []string {
-	in := p.Install
+// summary is what detection found, in words: the first lines of the plan.
+func (in *Install) summary() []string {
 	var out []string
 	head := fmt.Sprintf("Flux %s installed by `%s` in namespace %q", in.Version, in.Installer, in.Namespace)
 	if in.KustomizeControllerVersion != "" {
@@ -469,6 +468,13 @@ func (p *Plan) Summary() []string {
 	if s := in.Sync; s != nil {
 		out = append(out, fmt.Sprintf("  sync: %s %s ref %s path %s interval %s", s.Kind, s.URL, s.Ref, s.Path, s.Interval))
 	}
+	return out
+}
+
+// Summary is the plan in words, one line each, for stderr.
+func (p *Plan) Summary() []string {
+	in := p.Install
+	out := in.summary()
 	if len(p.Patches) == 0 {
 		out = append(out, "Patches: none (the rendering matches the running controllers)")
 	} else {

@@ -11,7 +11,6 @@ import (
 	"github.com/fluxcd/cli-utils/pkg/object"
 	"github.com/fluxcd/pkg/ssa"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
-	"github.com/fluxinstance/kubectl-fluxinstance/migrate/helmstorage"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
@@ -116,25 +115,7 @@ func Takeover(ctx context.Context, m *apply.Manager, p *Plan, opts TakeoverOptio
 		res.NothingToDo = true
 		return res, nil
 	}
-	rec := &Record{
-		Namespace: p.Install.Namespace, State: StateInProgress, StartedAt: now(),
-		Installer: p.Install.Installer, Instance: p.Instance,
-	}
-	if p.Install.Installer == installation.ManagedByBootstrap {
-		rec.Kustomization = p.Install.Namespace + "/" + p.Install.Namespace
-	}
-	if old := p.Install.Record; old != nil && old.StartedAt != "" {
-		rec.StartedAt = old.StartedAt
-	}
-	if rel := p.Install.Helm; rel != nil {
-		rec.Helm = newRecordedHelm(rel)
-		if old := p.Install.Record; old != nil && old.Helm != nil {
-			rec.Helm.SuspendedHelmRelease = old.Helm.SuspendedHelmRelease
-		}
-	}
-	for _, id := range p.FluxObjects {
-		rec.Objects = append(rec.Objects, RecordEntry{ID: id.String(), Version: p.Versions[id]})
-	}
+	rec := newRecord(p)
 	if err := writeRecord(ctx, c, rec); err != nil {
 		return nil, err
 	}
@@ -171,11 +152,7 @@ func Takeover(ctx context.Context, m *apply.Manager, p *Plan, opts TakeoverOptio
 		return res, err
 	}
 	if rec.Helm != nil {
-		if err := verifyReleased(ctx, c, p); err != nil {
-			return res, err
-		}
-		st := helmstorage.Release{Name: rec.Helm.Name, StorageNamespace: rec.Helm.StorageNamespace}
-		if res.SetAside, err = helmstorage.SetAside(ctx, c, st); err != nil {
+		if res.SetAside, err = releaseHelm(ctx, c, p, rec.Helm); err != nil {
 			return res, err
 		}
 	}
@@ -184,6 +161,30 @@ func Takeover(ctx context.Context, m *apply.Manager, p *Plan, opts TakeoverOptio
 		return res, err
 	}
 	return res, nil
+}
+
+// newRecord is the migration record of the plan, in progress; a resumed migration keeps when it
+// started and the HelmRelease it suspended.
+func newRecord(p *Plan) *Record {
+	in := p.Install
+	rec := &Record{Namespace: in.Namespace, State: StateInProgress, StartedAt: now(), Installer: in.Installer, Instance: p.Instance}
+	if in.Installer == installation.ManagedByBootstrap {
+		rec.Kustomization = in.Namespace + "/" + in.Namespace
+	}
+	old := in.Record
+	if old != nil && old.StartedAt != "" {
+		rec.StartedAt = old.StartedAt
+	}
+	if in.Helm != nil {
+		rec.Helm = newRecordedHelm(in.Helm)
+		if old != nil && old.Helm != nil {
+			rec.Helm.SuspendedHelmRelease = old.Helm.SuspendedHelmRelease
+		}
+	}
+	for _, id := range p.FluxObjects {
+		rec.Objects = append(rec.Objects, RecordEntry{ID: id.String(), Version: p.Versions[id]})
+	}
+	return rec
 }
 
 // applyObjects is the rendering to apply: the sync objects keep the finalizers their
