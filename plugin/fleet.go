@@ -15,21 +15,27 @@ import (
 )
 
 // fleetFlags select many kubeconfig contexts instead of the current one: the fleet view of a
-// command (status now; diff and apply can add the same flags and reuse runFleet).
+// command: status, diff, apply and migrate --dry-run add the same flags and share runFleet.
 type fleetFlags struct {
 	Contexts    []string
 	AllContexts bool
 	MaxParallel int
+	// wholeRunDeadline bounds each cluster's whole run by the request timeout, as status does
+	// (a few short reads). Diff, apply and migrate's plan send hundreds of requests and apply
+	// waits for readiness (bounded by its --timeout): for them only each request is bounded.
+	wholeRunDeadline bool
 
 	// resolved in complete
 	names   []string
 	timeout time.Duration
 }
 
-func (f *fleetFlags) addFlags(cmd *cobra.Command) {
+// addFlags adds the fleet flags; maxParallel is the command's default and parallelHelp says
+// what is done at once (status reads, apply rolls out).
+func (f *fleetFlags) addFlags(cmd *cobra.Command, maxParallel int, parallelHelp string) {
 	cmd.Flags().StringSliceVar(&f.Contexts, "contexts", nil, "Run on these kubeconfig contexts (comma-separated), one row per cluster, in this order.")
 	cmd.Flags().BoolVar(&f.AllContexts, "all-contexts", false, "Run on every context of the kubeconfig, sorted by name.")
-	cmd.Flags().IntVar(&f.MaxParallel, "max-parallel", fleet.DefaultMaxParallel, "With --contexts or --all-contexts: how many clusters are read at once.")
+	cmd.Flags().IntVar(&f.MaxParallel, "max-parallel", maxParallel, "With --contexts or --all-contexts: "+parallelHelp)
 }
 
 // enabled tells whether a fleet flag was given: without one the command runs on one cluster.
@@ -88,14 +94,18 @@ func (f *fleetFlags) clusterFlags(base *genericclioptions.ConfigFlags) map[strin
 // runFleet runs fn on every selected context with its own flags, in parallel as the flags allow.
 func runFleet[T any](ctx context.Context, f *fleetFlags, base *genericclioptions.ConfigFlags, fn func(context.Context, *genericclioptions.ConfigFlags) (T, error)) ([]fleet.Result[T], map[string]*genericclioptions.ConfigFlags) {
 	flags := f.clusterFlags(base)
-	results := fleet.Run(ctx, f.names, fleet.Options{MaxParallel: f.MaxParallel, Timeout: f.timeout}, func(ctx context.Context, name string) (T, error) {
+	var deadline time.Duration
+	if f.wholeRunDeadline {
+		deadline = f.timeout
+	}
+	results := fleet.Run(ctx, f.names, fleet.Options{MaxParallel: f.MaxParallel, Timeout: deadline}, func(ctx context.Context, name string) (T, error) {
 		return fn(ctx, flags[name])
 	})
 	for i, r := range results {
 		// Each request has the cluster's timeout too, and may hit it a moment before the
 		// cluster's deadline does: the same cause, said the same way.
 		var timeout *fleet.TimeoutError
-		if ctx.Err() == nil && errors.Is(r.Err, context.DeadlineExceeded) && !errors.As(r.Err, &timeout) {
+		if ctx.Err() == nil && f.wholeRunDeadline && errors.Is(r.Err, context.DeadlineExceeded) && !errors.As(r.Err, &timeout) {
 			results[i].Err = &fleet.TimeoutError{Context: r.Context, Timeout: f.timeout}
 		}
 	}
