@@ -102,7 +102,10 @@ func (o *ApplyOptions) applyCluster(ctx context.Context, f *genericclioptions.Co
 	one.Filenames, one.Recursive = inputs.files[name], false
 	one.IOStreams = genericiooptions.IOStreams{In: inputs.input(), Out: out, ErrOut: errOut}
 	fmt.Fprintf(errOut, "applying %s\n", strings.Join(one.Filenames, ", "))
-	err := one.Run(ctx)
+	err := o.fleet.probeCluster(ctx, f)
+	if err == nil {
+		err = one.Run(ctx)
+	}
 	if err != nil {
 		ce := describeClusterError(err, ctx.Err() != nil, f)
 		fmt.Fprintf(errOut, "error: applying %s: %s\n", strings.Join(one.Filenames, ", "), ce.Full)

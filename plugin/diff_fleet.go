@@ -40,7 +40,7 @@ func (o *DiffOptions) runFleet(ctx context.Context) error {
 		switch {
 		case r.Err != nil:
 			ce := describeClusterError(r.Err, ctx.Err() != nil, flags[r.Context])
-			fmt.Fprintf(o.ErrOut, "error: context %q: %s\n", r.Context, ce.Full)
+			fmt.Fprintf(o.ErrOut, "error: %s\n", namingContext(r.Context, ce.Full))
 			summary[i][1], code = "failed: "+ce.Summary, diffExitError
 		case r.Value.code == diffExitChanges:
 			summary[i][1] = "changes"
@@ -88,10 +88,13 @@ func notStarted(err error) bool {
 // diffCluster runs the single-cluster diff with one cluster's flags, FluxInstance and buffers.
 // Its exit code 1 (changes) is a result; an error (exit code 2) is the cluster's error.
 func (o *DiffOptions) diffCluster(ctx context.Context, f *genericclioptions.ConfigFlags, inputs *fleetInputs) (*clusterOutput, error) {
+	res := &clusterOutput{}
+	if err := o.fleet.probeCluster(ctx, f); err != nil {
+		return res, err
+	}
 	one := *o
 	one.fleet, one.configFlags = fleetFlags{}, f
 	one.Filenames, one.Recursive = inputs.files[contextOf(f)], false
-	res := &clusterOutput{}
 	one.IOStreams = genericiooptions.IOStreams{In: inputs.input(), Out: &res.out, ErrOut: &res.errOut}
 	err := one.Run(ctx)
 	var exit *ExitError
@@ -100,11 +103,21 @@ func (o *DiffOptions) diffCluster(ctx context.Context, f *genericclioptions.Conf
 	case errors.As(err, &exit) && exit.Code < diffExitError:
 		res.code = exit.Code
 	case errors.As(err, &exit) && exit.Err != nil:
-		return res, fmt.Errorf("diffing %s: %w", strings.Join(one.Filenames, ", "), exit.Err)
+		return res, fmt.Errorf("context %q: diffing %s: %w", contextOf(f), strings.Join(one.Filenames, ", "), exit.Err)
 	case errors.As(err, &exit):
-		return res, fmt.Errorf("diffing %s: exit status %d", strings.Join(one.Filenames, ", "), exit.Code)
+		return res, fmt.Errorf("context %q: diffing %s: exit status %d", contextOf(f), strings.Join(one.Filenames, ", "), exit.Code)
 	default:
 		return res, err
 	}
 	return res, nil
+}
+
+// namingContext prefixes a cluster's error with its context, unless it names it already (the
+// fleet runner's timeouts and interruptions do).
+func namingContext(context, msg string) string {
+	prefix := fmt.Sprintf("context %q", context)
+	if strings.HasPrefix(msg, prefix) {
+		return msg
+	}
+	return prefix + ": " + msg
 }

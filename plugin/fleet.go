@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/client-go/discovery"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/fleet"
 )
@@ -165,4 +167,31 @@ func summarizeLine(msg string) string {
 		return string(r[:most-1]) + "…"
 	}
 	return msg
+}
+
+// probeCluster asks the cluster's API server for its version, bounded by the cluster's timeout,
+// before a command that sends hundreds of requests: a cluster that never answers would otherwise
+// hold its row for one --request-timeout per request client-go retries (seven, measured, for a
+// diff), not one. A cluster that does not answer in time is a *fleet.TimeoutError.
+func (f *fleetFlags) probeCluster(ctx context.Context, flags *genericclioptions.ConfigFlags) error {
+	cfg, err := flags.ToRESTConfig()
+	if err != nil {
+		return err
+	}
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	pctx := ctx
+	if f.timeout > 0 {
+		var cancel context.CancelFunc
+		pctx, cancel = context.WithTimeout(ctx, f.timeout)
+		defer cancel()
+	}
+	err = dc.RESTClient().Get().AbsPath("/version").Do(pctx).Error()
+	var netErr net.Error
+	if err != nil && ctx.Err() == nil && (pctx.Err() != nil || errors.As(err, &netErr) && netErr.Timeout()) {
+		return &fleet.TimeoutError{Context: contextOf(flags), Timeout: f.timeout}
+	}
+	return err
 }

@@ -57,6 +57,7 @@ func (o *MigrateOptions) runFleet(ctx context.Context) error {
 		}
 		if r.Err != nil {
 			ce := describeClusterError(r.Err, ctx.Err() != nil, flags[r.Context])
+			fmt.Fprintf(o.ErrOut, "error: %s\n", namingContext(r.Context, ce.Full))
 			rows[i] = []string{r.Context, "-", "-", "failed: " + ce.Summary, "-"}
 			failed = append(failed, r.Context+" ("+ce.Summary+")")
 			continue
@@ -78,6 +79,9 @@ func (o *MigrateOptions) planCluster(ctx context.Context, f *genericclioptions.C
 	one := *o
 	one.fleet, one.configFlags = fleetFlags{}, f
 	one.IOStreams = genericiooptions.IOStreams{In: &bytes.Buffer{}, Out: &row.summary, ErrOut: &row.summary}
+	if err := o.fleet.probeCluster(ctx, f); err != nil {
+		return row, err
+	}
 	conn, err := kube.Connect(f)
 	if err != nil {
 		return row, err

@@ -80,7 +80,7 @@ func TestFleetRollout(t *testing.T) {
 	kubeconfig := testenv.Kubeconfigs(t, t.TempDir(), map[string]string{
 		"east": east.Kubeconfig, "west": west.Kubeconfig, "legacy": legacy.Kubeconfig,
 		"forbidden": east.UserKubeconfig(t, "nobody"),
-	}, map[string]string{"closed-port": testenv.ClosedPort(t)})
+	}, map[string]string{"closed-port": testenv.ClosedPort(t), "silent": testenv.SilentServer(t)})
 	run := func(args ...string) (string, string, int) {
 		start := time.Now()
 		r := runPlugin(t, "", append(args, "--kubeconfig", kubeconfig, "--distribution", dist, "--request-timeout", "5s")...)
@@ -145,6 +145,15 @@ func TestFleetRollout(t *testing.T) {
 		assert.Regexp(t, `^failed: forbidden: User "nobody" cannot `, summaryRow(t, stdout, "CONTEXT    DIFF", "forbidden")[1])
 		assert.Contains(t, stderr, `error: context "forbidden": diffing `+filepath.Join(repo, "forbidden", "flux-instance.yaml"))
 	})
+	t.Run("diff: a cluster that never answers is reported within --request-timeout", func(t *testing.T) {
+		start := time.Now()
+		stdout, stderr, code := run("diff", "-f", filepath.Join(repo, "east", "flux-instance.yaml"), "--contexts", "silent,east")
+		assert.Less(t, time.Since(start), 25*time.Second, "bounded by the 5s request timeout (shared CI margin)")
+		assert.Equal(t, 2, code)
+		assert.Equal(t, []string{"east", "no changes"}, summaryRow(t, stdout, "CONTEXT  DIFF", "east"), "the other cluster is diffed")
+		assert.Contains(t, stderr, "error: context \"silent\": no answer within 5s (raise --request-timeout for a slow cluster)\n")
+		assert.Equal(t, "failed: no answer within 5s", summaryRow(t, stdout, "CONTEXT  DIFF", "silent")[1])
+	})
 	t.Run("apply --dry-run=server, one file for all", func(t *testing.T) {
 		file := filepath.Join(repo, "east", "flux-instance.yaml")
 		stdout, _, code := run("apply", "-f", file, "--contexts", "east,west", "--dry-run=server")
@@ -161,6 +170,7 @@ func TestFleetRollout(t *testing.T) {
 		assert.Equal(t, []string{"legacy", "flux bootstrap", "v2.6.4", "yes", "4"}, summaryRow(t, stdout, header, "legacy"))
 		assert.Equal(t, []string{"west", "-", "-", `no: Flux in namespace "flux-system" is already managed by this plugin`, "0"}, summaryRow(t, stdout, header, "west"))
 		assert.Equal(t, "failed: connection refused", summaryRow(t, stdout, header, "closed-port")[3])
+		assert.Regexp(t, `error: context "closed-port": unable to reach the cluster at https://127\.0\.0\.1:\d+: connection refused`, stderr)
 		assert.Contains(t, stderr, "=== context legacy ===\nFlux v2.6.4 installed by `flux bootstrap`")
 		assert.Contains(t, stderr, "=== context west ===\nnot adoptable: Flux in namespace \"flux-system\" is already managed by this plugin (applied with `kubectl fluxinstance apply`)")
 		_, stderr, code = run("migrate", "--contexts", "legacy,west")
