@@ -5,14 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
-	"text/tabwriter"
 
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
-
-	"github.com/fluxinstance/kubectl-fluxinstance/migrate/fleet"
 )
 
 // clusterOutput is what one cluster's run printed, held until its turn: clusters run at once,
@@ -69,22 +65,6 @@ func printClusterOutput(streams genericiooptions.IOStreams, context string, res 
 	}
 }
 
-// printSummary prints the fleet's summary table, one row per cluster in the order given.
-func printSummary(w io.Writer, header []string, rows [][]string) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, strings.Join(header, "\t"))
-	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t"))
-	}
-	_ = tw.Flush()
-}
-
-// notStarted tells whether a fleet result is a cluster the run never started.
-func notStarted(err error) bool {
-	var notRun *fleet.NotRunError
-	return errors.As(err, &notRun) && !notRun.Started
-}
-
 // diffCluster runs the single-cluster diff with one cluster's flags, FluxInstance and buffers.
 // Its exit code 1 (changes) is a result; an error (exit code 2) is the cluster's error.
 func (o *DiffOptions) diffCluster(ctx context.Context, f *genericclioptions.ConfigFlags, inputs *fleetInputs) (*clusterOutput, error) {
@@ -110,14 +90,4 @@ func (o *DiffOptions) diffCluster(ctx context.Context, f *genericclioptions.Conf
 		return res, err
 	}
 	return res, nil
-}
-
-// namingContext prefixes a cluster's error with its context, unless it names it already (the
-// fleet runner's timeouts and interruptions do).
-func namingContext(context, msg string) string {
-	prefix := fmt.Sprintf("context %q", context)
-	if strings.HasPrefix(msg, prefix) {
-		return msg
-	}
-	return prefix + ": " + msg
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -194,4 +196,30 @@ func (f *fleetFlags) probeCluster(ctx context.Context, flags *genericclioptions.
 		return &fleet.TimeoutError{Context: contextOf(flags), Timeout: f.timeout}
 	}
 	return err
+}
+
+// printSummary prints the fleet's summary table, one row per cluster in the order given.
+func printSummary(w io.Writer, header []string, rows [][]string) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	_ = tw.Flush()
+}
+
+// notStarted tells whether a fleet result is a cluster the run never started.
+func notStarted(err error) bool {
+	var notRun *fleet.NotRunError
+	return errors.As(err, &notRun) && !notRun.Started
+}
+
+// namingContext prefixes a cluster's error with its context, unless it names it already (the
+// fleet runner's timeouts and interruptions do).
+func namingContext(context, msg string) string {
+	prefix := fmt.Sprintf("context %q", context)
+	if strings.HasPrefix(msg, prefix) {
+		return msg
+	}
+	return prefix + ": " + msg
 }

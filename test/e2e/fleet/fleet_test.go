@@ -202,7 +202,7 @@ func allContextsTable(t *testing.T, kubeconfig string) {
 
 	// The simulated kustomize-controller writes the revision and no Ready condition.
 	assert.Equal(t, []string{"bootstrap-2.6", "yes", "v2.6.4", "flux bootstrap", "0/4", "Unknown/main@sha1:0123456", "-", "2 (see -o json)", "adoptable (flux bootstrap)", "-"}, row(t, r.Stdout, "bootstrap-2.6"))
-	assert.Equal(t, []string{"empty", "yes", "-", "not installed", "0/0", "-", "-", "none", "no: no Flux installation made by `flux bootstrap` or `flux install` was found", "-"}, row(t, r.Stdout, "empty"))
+	assert.Equal(t, []string{"empty", "yes", "-", "not installed", "0/0", "-", "-", "none", "no: no Flux installation made by `flux bootstrap`, `flux install` or Helm was found", "-"}, row(t, r.Stdout, "empty"))
 	assert.Equal(t, []string{"plugin-2.9", "yes", "v2.9.4", "kubectl-fluxinstance", "0/6", "-", "1 missing, 1 changed", "none", `no: Flux in namespace "flux-system" is already managed by this plugin`, "-"}, row(t, r.Stdout, "plugin-2.9"))
 	assert.Equal(t, []string{"operator", "yes", "v2.9.4", "flux-operator", "0/7", "-", "none", "none", `no: Flux in namespace "flux-system" is already managed by the Flux Operator`, "-"}, row(t, r.Stdout, "operator"))
 	assert.Equal(t, []string{"flux-install-2.8", "yes", "v2.8.8", "flux install", "0/7", "-", "-", "none", "adoptable (flux install)", "-"}, row(t, r.Stdout, "flux-install-2.8"))
