@@ -37,7 +37,10 @@ const applyExample = `  # Install or upgrade Flux as described by a FluxInstance
   kubectl fluxinstance apply -f flux-instance.yaml --force-conflicts --wait=false
 
   # Where the Flux Operator runs: apply the FluxInstance object and wait for the operator
-  kubectl fluxinstance apply -f flux-instance.yaml --mode=operator`
+  kubectl fluxinstance apply -f flux-instance.yaml --mode=operator
+
+  # Roll out a fleet repository, one cluster at a time in this order, each its own FluxInstance
+  kubectl fluxinstance apply -f clusters/ --contexts staging,prod-eu,prod-us`
 
 // ApplyOptions holds the flags of `kubectl fluxinstance apply`.
 type ApplyOptions struct {
@@ -52,6 +55,9 @@ type ApplyOptions struct {
 	Strict         bool
 	Mode           string
 	Force          bool
+	fleet          fleetFlags
+	// ContinueOnError goes on with the next cluster after one failed, across contexts.
+	ContinueOnError bool
 
 	dryRun      kube.DryRun
 	namespace   string
@@ -85,7 +91,14 @@ the version pins the minor release (2.9.4, 2.9.x). --mode=direct
 applies the manifests, and refuses when the operator manages the instance (the two would undo each
 other's changes) unless --force. --mode=auto (the default) picks operator when the operator manages
 the instance or runs and nothing was applied directly, direct otherwise. An instance applied directly
-moves to the operator with 'kubectl fluxinstance handoff'.`,
+moves to the operator with 'kubectl fluxinstance handoff'.
+
+With --contexts or --all-contexts, the clusters are applied in the order given, one at a time (a
+rollout: a failure on the first cluster stops the rest; --max-parallel N applies N at once), each
+as above with its own mode, lock and wait, from -f FILE or, with -f DIR, from
+DIR/<context>/flux-instance.yaml. Each line of output is prefixed with [context]. The rollout
+stops at the first failure unless --continue-on-error, and ends with a summary: applied, failed
+and not started. The exit status is 1 when a cluster failed or was not started.`,
 		Example: applyExample,
 		Args:    cobra.NoArgs,
 		RunE:    runE(o),
@@ -103,6 +116,9 @@ moves to the operator with 'kubectl fluxinstance handoff'.`,
 	flags.BoolVar(&o.Force, "force", false, "Go on where apply would refuse to protect you: in either mode, upgrade even though objects would lose fields the new API versions drop, or Kustomizations still apply Flux objects at removed versions; with --mode=direct, apply the manifests even though the Flux Operator manages the instance.")
 	addStrictFlag(cmd, &o.Strict)
 	o.lockFlag.addFlag(cmd)
+	// One at a time by default: a rollout learns from the first cluster before it touches the next.
+	o.fleet.addFlags(cmd, 1, "how many clusters are applied at once (a rollout: 1 by default).")
+	flags.BoolVar(&o.ContinueOnError, "continue-on-error", false, "With --contexts or --all-contexts: go on with the next clusters after one failed.")
 	return cmd
 }
 
@@ -116,13 +132,16 @@ func (o *ApplyOptions) Complete(cmd *cobra.Command) error {
 		return usageError(cmd, "%v", err)
 	}
 	o.namespace, o.enforceNS = explicitNamespace(cmd)
-	return nil
+	return o.fleet.complete(cmd, o.configFlags)
 }
 
 // Validate checks the flags.
 func (o *ApplyOptions) Validate(cmd *cobra.Command) error {
 	if len(o.Filenames) == 0 {
 		return usageError(cmd, "-f, --filename is required")
+	}
+	if err := o.validateFleet(cmd); err != nil {
+		return err
 	}
 	if err := o.outputFlag.validate(cmd); err != nil {
 		return err
@@ -143,6 +162,9 @@ func (o *ApplyOptions) Validate(cmd *cobra.Command) error {
 
 // Run renders first (bad input changes nothing), then connects, reconciles and waits.
 func (o *ApplyOptions) Run(ctx context.Context) error {
+	if o.fleet.enabled() {
+		return o.runFleet(ctx)
+	}
 	r, err := o.render(ctx, o.In, o.namespace, o.enforceNS, warnTo(o.ErrOut))
 	// A version the plugin's distribution lacks may still be the operator's to resolve: the
 	// mode decides, once connected.

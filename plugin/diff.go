@@ -11,6 +11,7 @@ import (
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/diff"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/fleet"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
 	"github.com/spf13/cobra"
@@ -21,6 +22,9 @@ import (
 
 const diffExample = `  # Show what applying a FluxInstance would change, including what would be pruned
   kubectl fluxinstance diff -f flux-instance.yaml
+
+  # Diff every cluster of a fleet repository against its own FluxInstance, 4 clusters at once
+  kubectl fluxinstance diff --all-contexts -f clusters/ --max-parallel 4
 
   # Use another diff program, like kubectl diff
   KUBECTL_EXTERNAL_DIFF="meld" kubectl fluxinstance diff -f flux-instance.yaml`
@@ -37,6 +41,7 @@ type DiffOptions struct {
 	instanceFlags
 	FieldManager string
 	Strict       bool
+	fleet        fleetFlags
 
 	fieldManagerSet bool
 
@@ -60,7 +65,12 @@ before and after), with the fields it would drop and the Kustomizations still ap
 versions. Nothing changes.
 
 Exit status: 0 no differences, 1 differences found, greater than 1 an error, like kubectl diff.
-KUBECTL_EXTERNAL_DIFF names another diff program, called with the live and merged directories.`,
+KUBECTL_EXTERNAL_DIFF names another diff program, called with the live and merged directories.
+
+With --contexts or --all-contexts, every cluster is diffed in parallel (--max-parallel) against
+-f FILE, or with -f DIR against DIR/<context>/flux-instance.yaml; each cluster's diff is printed
+under "=== context NAME ===" in the order of the contexts, then one summary row per cluster. The
+exit status is 0 when no cluster has differences, 1 when one has, greater than 1 when one failed.`,
 		Example: diffExample,
 		Args:    cobra.NoArgs,
 		RunE:    runE(o),
@@ -68,6 +78,7 @@ KUBECTL_EXTERNAL_DIFF names another diff program, called with the live and merge
 	o.addFlags(cmd, "diff")
 	cmd.Flags().StringVar(&o.FieldManager, "field-manager", o.FieldManager, "Name of the manager the apply would use. Default: kubectl-fluxinstance, or flux-operator where the Flux Operator reconciles the instance.")
 	addStrictFlag(cmd, &o.Strict)
+	o.fleet.addFlags(cmd, fleet.DefaultMaxParallel, "how many clusters are diffed at once.")
 	return cmd
 }
 
@@ -79,7 +90,7 @@ func (o *DiffOptions) Complete(cmd *cobra.Command) error {
 	if o.requestTimeout, err = requestTimeout(o.configFlags); err != nil {
 		return usageError(cmd, "%v", err)
 	}
-	return nil
+	return o.fleet.complete(cmd, o.configFlags)
 }
 
 // Validate checks the flags.
@@ -93,6 +104,9 @@ func (o *DiffOptions) Validate(cmd *cobra.Command) error {
 // Run exits 1 when there are differences (a planned storage migration is one); every error exits
 // 2, so a script can tell "changes" from "could not tell".
 func (o *DiffOptions) Run(ctx context.Context) error {
+	if o.fleet.enabled() {
+		return o.runFleet(ctx)
+	}
 	entries, migrates, err := o.diff(ctx)
 	if err != nil {
 		return &ExitError{Code: diffExitError, Err: err}

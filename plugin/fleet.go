@@ -4,32 +4,42 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/client-go/discovery"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/fleet"
 )
 
 // fleetFlags select many kubeconfig contexts instead of the current one: the fleet view of a
-// command (status now; diff and apply can add the same flags and reuse runFleet).
+// command: status, diff, apply and migrate --dry-run add the same flags and share runFleet.
 type fleetFlags struct {
 	Contexts    []string
 	AllContexts bool
 	MaxParallel int
+	// wholeRunDeadline bounds each cluster's whole run by the request timeout, as status does
+	// (a few short reads). Diff, apply and migrate's plan send hundreds of requests and apply
+	// waits for readiness (bounded by its --timeout): for them only each request is bounded.
+	wholeRunDeadline bool
 
 	// resolved in complete
 	names   []string
 	timeout time.Duration
 }
 
-func (f *fleetFlags) addFlags(cmd *cobra.Command) {
+// addFlags adds the fleet flags; maxParallel is the command's default and parallelHelp says
+// what is done at once (status reads, apply rolls out).
+func (f *fleetFlags) addFlags(cmd *cobra.Command, maxParallel int, parallelHelp string) {
 	cmd.Flags().StringSliceVar(&f.Contexts, "contexts", nil, "Run on these kubeconfig contexts (comma-separated), one row per cluster, in this order.")
 	cmd.Flags().BoolVar(&f.AllContexts, "all-contexts", false, "Run on every context of the kubeconfig, sorted by name.")
-	cmd.Flags().IntVar(&f.MaxParallel, "max-parallel", fleet.DefaultMaxParallel, "With --contexts or --all-contexts: how many clusters are read at once.")
+	cmd.Flags().IntVar(&f.MaxParallel, "max-parallel", maxParallel, "With --contexts or --all-contexts: "+parallelHelp)
 }
 
 // enabled tells whether a fleet flag was given: without one the command runs on one cluster.
@@ -88,14 +98,18 @@ func (f *fleetFlags) clusterFlags(base *genericclioptions.ConfigFlags) map[strin
 // runFleet runs fn on every selected context with its own flags, in parallel as the flags allow.
 func runFleet[T any](ctx context.Context, f *fleetFlags, base *genericclioptions.ConfigFlags, fn func(context.Context, *genericclioptions.ConfigFlags) (T, error)) ([]fleet.Result[T], map[string]*genericclioptions.ConfigFlags) {
 	flags := f.clusterFlags(base)
-	results := fleet.Run(ctx, f.names, fleet.Options{MaxParallel: f.MaxParallel, Timeout: f.timeout}, func(ctx context.Context, name string) (T, error) {
+	var deadline time.Duration
+	if f.wholeRunDeadline {
+		deadline = f.timeout
+	}
+	results := fleet.Run(ctx, f.names, fleet.Options{MaxParallel: f.MaxParallel, Timeout: deadline}, func(ctx context.Context, name string) (T, error) {
 		return fn(ctx, flags[name])
 	})
 	for i, r := range results {
 		// Each request has the cluster's timeout too, and may hit it a moment before the
 		// cluster's deadline does: the same cause, said the same way.
 		var timeout *fleet.TimeoutError
-		if ctx.Err() == nil && errors.Is(r.Err, context.DeadlineExceeded) && !errors.As(r.Err, &timeout) {
+		if ctx.Err() == nil && f.wholeRunDeadline && errors.Is(r.Err, context.DeadlineExceeded) && !errors.As(r.Err, &timeout) {
 			results[i].Err = &fleet.TimeoutError{Context: r.Context, Timeout: f.timeout}
 		}
 	}
@@ -155,4 +169,57 @@ func summarizeLine(msg string) string {
 		return string(r[:most-1]) + "…"
 	}
 	return msg
+}
+
+// probeCluster asks the cluster's API server for its version, bounded by the cluster's timeout,
+// before a command that sends hundreds of requests: a cluster that never answers would otherwise
+// hold its row for one --request-timeout per request client-go retries (seven, measured, for a
+// diff), not one. A cluster that does not answer in time is a *fleet.TimeoutError.
+func (f *fleetFlags) probeCluster(ctx context.Context, flags *genericclioptions.ConfigFlags) error {
+	cfg, err := flags.ToRESTConfig()
+	if err != nil {
+		return err
+	}
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	pctx := ctx
+	if f.timeout > 0 {
+		var cancel context.CancelFunc
+		pctx, cancel = context.WithTimeout(ctx, f.timeout)
+		defer cancel()
+	}
+	err = dc.RESTClient().Get().AbsPath("/version").Do(pctx).Error()
+	var netErr net.Error
+	if err != nil && ctx.Err() == nil && (pctx.Err() != nil || errors.As(err, &netErr) && netErr.Timeout()) {
+		return &fleet.TimeoutError{Context: contextOf(flags), Timeout: f.timeout}
+	}
+	return err
+}
+
+// printSummary prints the fleet's summary table, one row per cluster in the order given.
+func printSummary(w io.Writer, header []string, rows [][]string) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	_ = tw.Flush()
+}
+
+// notStarted tells whether a fleet result is a cluster the run never started.
+func notStarted(err error) bool {
+	var notRun *fleet.NotRunError
+	return errors.As(err, &notRun) && !notRun.Started
+}
+
+// namingContext prefixes a cluster's error with its context, unless it names it already (the
+// fleet runner's timeouts and interruptions do).
+func namingContext(context, msg string) string {
+	prefix := fmt.Sprintf("context %q", context)
+	if strings.HasPrefix(msg, prefix) {
+		return msg
+	}
+	return prefix + ": " + msg
 }

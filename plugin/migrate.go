@@ -19,6 +19,7 @@ import (
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/adopt"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/fleet"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/ownership"
@@ -32,6 +33,9 @@ const migrateExample = `  # Show what a migration of the cluster bootstrapped wi
 
   # Migrate the installation in namespace flux-system, without a prompt, and update a checkout of the fleet repo
   kubectl fluxinstance migrate -n flux-system --yes --repo-dir ~/src/fleet
+
+  # Which clusters of the kubeconfig could be adopted, and with how many patches
+  kubectl fluxinstance migrate --dry-run --all-contexts
 
   # Give the installation back to 'flux bootstrap' (or 'flux install')
   kubectl fluxinstance migrate --rollback -n flux-system`
@@ -47,6 +51,7 @@ type MigrateOptions struct {
 	Rollback         bool
 	CheckPermissions bool
 	Strict           bool
+	fleet            fleetFlags
 
 	dryRun      kube.DryRun
 	configFlags *genericclioptions.ConfigFlags
@@ -90,6 +95,7 @@ before it prints the next step; safe to re-run; --rollback gives the installatio
 	f.BoolVar(&o.CheckPermissions, "check-permissions", false, "Only check, with SelfSubjectAccessReviews, that you have every permission migrate needs, and list the missing ones.")
 	o.distributionFlags.addFlags(cmd, "render from", "the distribution built into the plugin")
 	addStrictFlag(cmd, &o.Strict)
+	o.fleet.addFlags(cmd, fleet.DefaultMaxParallel, "how many clusters are planned at once (with --dry-run only: migrate changes one cluster at a time).")
 	return cmd
 }
 
@@ -104,13 +110,18 @@ func (o *MigrateOptions) Complete(cmd *cobra.Command) error {
 	}
 	// Migrate's plan already asks the API server (server-side dry runs learn its defaults): client
 	// and server both stop after the plan.
-	o.dryRun, err = dryRunMode(cmd)
-	return err
+	if o.dryRun, err = dryRunMode(cmd); err != nil {
+		return err
+	}
+	return o.fleet.complete(cmd, o.configFlags)
 }
 
 // Validate checks the flags.
 func (o *MigrateOptions) Validate(cmd *cobra.Command) error {
 	if err := o.outputFlag.validate(cmd); err != nil {
+		return err
+	}
+	if err := o.validateFleet(cmd); err != nil {
 		return err
 	}
 	if o.Rollback && (o.RepoDir != "" || o.OutputFile != "") {
@@ -130,6 +141,9 @@ func (o *MigrateOptions) info(format string, args ...any) {
 
 // Run detects, plans, and (unless --dry-run) takes over or rolls back.
 func (o *MigrateOptions) Run(ctx context.Context) error {
+	if o.fleet.enabled() {
+		return o.runFleet(ctx)
+	}
 	conn, err := kube.Connect(o.configFlags)
 	if err != nil {
 		return err

@@ -21,6 +21,7 @@ import (
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/diff"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/fleet"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
@@ -145,7 +146,8 @@ The exit code is 1 when any cluster could not be read.`,
 		RunE:    runE(o),
 	}
 	o.outputFlag.addFlag(cmd, "a report in words (with --contexts or --all-contexts: a table)", "json", "yaml", "markdown")
-	o.fleet.addFlags(cmd)
+	o.fleet.wholeRunDeadline = true
+	o.fleet.addFlags(cmd, fleet.DefaultMaxParallel, "how many clusters are read at once.")
 	return cmd
 }
 
