@@ -211,17 +211,8 @@ func (o *StatusOptions) gather(ctx context.Context, conn *kube.Connection) (*Sta
 		report.UpgradeWarnings = warnings
 	}
 	var recorded *fluxinstance.FluxInstance
-	if inv != nil && inv.Source != "" && strings.HasPrefix(inv.Source, "ConfigMap/") {
-		report.Applied = &AppliedRecord{
-			At: inv.AppliedAt, By: inv.User, FieldManager: inv.FieldManager, PluginVersion: inv.PluginVersion,
-			Distribution: inv.Distribution, Revision: inv.Digest, State: inv.State, Objects: len(inv.Entries), Record: inv.Source,
-		}
-		if inv.Instance != "" {
-			recorded, err = fluxinstance.Decode([]byte(inv.Instance), inv.Source)
-			if err != nil {
-				return nil, err
-			}
-		}
+	if report.Applied, recorded, err = appliedRecord(inv); err != nil {
+		return nil, err
 	}
 	if report.Components, err = components(ctx, conn.Client, ns); err != nil {
 		return nil, err
@@ -250,6 +241,23 @@ func (o *StatusOptions) gather(ctx context.Context, conn *kube.Connection) (*Sta
 		report.Drift = drift(ctx, m, recorded, inv.Distribution, inv.FieldManager, inv)
 	}
 	return report, nil
+}
+
+// appliedRecord is what the plugin's record says of its last apply, and the instance it applied
+// (nil, nil without a record of the plugin's own: the operator mirrors one in its status).
+func appliedRecord(inv *inventory.Inventory) (*AppliedRecord, *fluxinstance.FluxInstance, error) {
+	if inv == nil || !strings.HasPrefix(inv.Source, "ConfigMap/") {
+		return nil, nil, nil
+	}
+	applied := &AppliedRecord{
+		At: inv.AppliedAt, By: inv.User, FieldManager: inv.FieldManager, PluginVersion: inv.PluginVersion,
+		Distribution: inv.Distribution, Revision: inv.Digest, State: inv.State, Objects: len(inv.Entries), Record: inv.Source,
+	}
+	if inv.Instance == "" {
+		return applied, nil, nil
+	}
+	recorded, err := fluxinstance.Decode([]byte(inv.Instance), inv.Source)
+	return applied, recorded, err
 }
 
 // operatorDrift re-renders the operator's FluxInstance at the version it last applied and
@@ -419,51 +427,9 @@ func printStatus(out io.Writer, r *StatusReport) error {
 	if h := r.LockedBy; h != nil {
 		fmt.Fprintf(w, "Locked By:\t%s (claim expires %s unless renewed)\n", h, h.Expires().UTC().Format(time.RFC3339))
 	}
-	if a := r.Applied; a != nil {
-		by := a.By
-		if by == "" {
-			by = "unknown user"
-		}
-		fmt.Fprintf(w, "Last Applied:\t%s by %s (field manager %s, plugin %s)\n", a.At.Format(time.RFC3339), by, a.FieldManager, a.PluginVersion)
-		if a.State != "" && a.State != "Applied" {
-			fmt.Fprintf(w, "Apply State:\t%s (re-run apply to finish)\n", a.State)
-		}
-		fmt.Fprintf(w, "Distribution:\t%s\n", a.Distribution)
-		fmt.Fprintf(w, "Revision:\t%s\n", a.Revision)
-		fmt.Fprintf(w, "Inventory:\t%d objects (%s)\n", a.Objects, a.Record)
-	}
-	if op := r.Operator; op != nil {
-		state := "not running"
-		if op.Running {
-			state = "running"
-		}
-		fmt.Fprintf(w, "Flux Operator:\t%s (%s)\n", state, op.Evidence)
-		if fi := op.Instance; fi != nil {
-			manages := "reconciled by the operator"
-			if fi.Disabled {
-				manages = "reconciliation disabled"
-			} else if !op.ManagesInstance {
-				manages = "not reconciled"
-			}
-			fmt.Fprintf(w, "FluxInstance:\t%s/flux, %s: %s\n", r.Namespace, manages, fi.Summary())
-		}
-	}
-	if d := r.Drift; d != nil {
-		switch {
-		case !d.Checked:
-			fmt.Fprintf(w, "Drift:\tnot checked: %s\n", d.Reason)
-		case len(d.Missing)+len(d.Changed) == 0:
-			fmt.Fprintf(w, "Drift:\tnone\n")
-		default:
-			fmt.Fprintf(w, "Drift:\t%d missing, %d changed since the last apply\n", len(d.Missing), len(d.Changed))
-			for _, s := range d.Missing {
-				fmt.Fprintf(w, "\tmissing: %s\n", s)
-			}
-			for _, s := range d.Changed {
-				fmt.Fprintf(w, "\tchanged: %s\n", s)
-			}
-		}
-	}
+	printApplied(w, r.Applied)
+	printOperator(w, r)
+	printDrift(w, r.Drift)
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "COMPONENT\tREADY\tREPLICAS\tIMAGE")
 	for _, c := range r.Components {
@@ -477,4 +443,60 @@ func printStatus(out io.Writer, r *StatusReport) error {
 		}
 	}
 	return w.Flush()
+}
+
+func printApplied(w io.Writer, a *AppliedRecord) {
+	if a == nil {
+		return
+	}
+	by := a.By
+	if by == "" {
+		by = "unknown user"
+	}
+	fmt.Fprintf(w, "Last Applied:\t%s by %s (field manager %s, plugin %s)\n", a.At.Format(time.RFC3339), by, a.FieldManager, a.PluginVersion)
+	if a.State != "" && a.State != "Applied" {
+		fmt.Fprintf(w, "Apply State:\t%s (re-run apply to finish)\n", a.State)
+	}
+	fmt.Fprintf(w, "Distribution:\t%s\n", a.Distribution)
+	fmt.Fprintf(w, "Revision:\t%s\n", a.Revision)
+	fmt.Fprintf(w, "Inventory:\t%d objects (%s)\n", a.Objects, a.Record)
+}
+
+func printOperator(w io.Writer, r *StatusReport) {
+	op := r.Operator
+	if op == nil {
+		return
+	}
+	state := "not running"
+	if op.Running {
+		state = "running"
+	}
+	fmt.Fprintf(w, "Flux Operator:\t%s (%s)\n", state, op.Evidence)
+	if fi := op.Instance; fi != nil {
+		manages := "reconciled by the operator"
+		if fi.Disabled {
+			manages = "reconciliation disabled"
+		} else if !op.ManagesInstance {
+			manages = "not reconciled"
+		}
+		fmt.Fprintf(w, "FluxInstance:\t%s/flux, %s: %s\n", r.Namespace, manages, fi.Summary())
+	}
+}
+
+func printDrift(w io.Writer, d *DriftReport) {
+	switch {
+	case d == nil:
+	case !d.Checked:
+		fmt.Fprintf(w, "Drift:\tnot checked: %s\n", d.Reason)
+	case len(d.Missing)+len(d.Changed) == 0:
+		fmt.Fprintf(w, "Drift:\tnone\n")
+	default:
+		fmt.Fprintf(w, "Drift:\t%d missing, %d changed since the last apply\n", len(d.Missing), len(d.Changed))
+		for _, s := range d.Missing {
+			fmt.Fprintf(w, "\tmissing: %s\n", s)
+		}
+		for _, s := range d.Changed {
+			fmt.Fprintf(w, "\tchanged: %s\n", s)
+		}
+	}
 }
