@@ -94,6 +94,14 @@ func (f *fixture) detected(t *testing.T) {
 	assert.Equal(t, namespace, inst.Namespace)
 	require.NotNil(t, inst.Helm)
 	hr := *inst.Helm
+	// The manifest is the one Helm itself reads back (what `helm uninstall` would delete).
+	manifest, err := f.h.Run(ctx, f.env, nil, "get", "manifest", release, "--namespace", namespace)
+	require.NoError(t, err, "%s", manifest)
+	assert.Equal(t, strings.TrimSpace(string(manifest)), strings.TrimSpace(hr.Manifest))
+	objs, err := hr.ManifestObjects()
+	require.NoError(t, err)
+	assert.Contains(t, objs, installation.ManifestObject{APIVersion: "apiextensions.k8s.io/v1", Kind: "CustomResourceDefinition", Name: installation.FluxDetectionCRD})
+	hr.Manifest = ""
 	assert.Equal(t, installation.HelmRelease{
 		Name: release, Namespace: namespace, Revision: 1, Status: "deployed",
 		Chart: helmenv.ChartName, ChartVersion: helmenv.ChartVersion, AppVersion: helmenv.AppVersion,
@@ -242,11 +250,14 @@ func (f *fixture) recordsInConfigMaps(t *testing.T) {
 	inst, err := installation.DetectInstallation(ctx, f.c)
 	require.NoError(t, err)
 	require.NotNil(t, inst.Helm)
+	hr := *inst.Helm
+	assert.NotEmpty(t, hr.Manifest, "read from the ConfigMap record too")
+	hr.Manifest = ""
 	assert.Equal(t, installation.HelmRelease{
 		Name: release, Namespace: namespace, Revision: 1, Status: "deployed",
 		Chart: helmenv.ChartName, ChartVersion: helmenv.ChartVersion, AppVersion: helmenv.AppVersion,
 		Record: "ConfigMap/flux-system/sh.helm.release.v1.flux2.v1",
-	}, *inst.Helm)
+	}, hr)
 	r := f.run(t, "status")
 	require.Equal(t, 0, r.Code, r.Stderr)
 	assertRow(t, r.Stdout, "Helm Values Set:", "none (the chart's defaults)")
