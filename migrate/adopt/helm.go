@@ -132,9 +132,13 @@ func (p *Plan) helmSummary() []string {
 // helmNextStep is what a Helm user does once the takeover is verified.
 func helmNextStep(p *Plan) string {
 	rel := p.Install.Helm
+	name := rel.Name
+	if rel.Chart != "" { // a resumed migration knows the release from its record, without the chart
+		name += " (chart " + rel.Chart + "-" + rel.ChartVersion + ")"
+	}
 	step := fmt.Sprintf("Next step: keep the FluxInstance (commit it where you keep your cluster's configuration) and manage Flux with `kubectl fluxinstance apply -f` from now on. "+
-		"Remove the release %s (chart %s) from what installs it: the `helm upgrade --install %s` step of your pipeline, or Terraform's helm_release for it (`terraform state rm` it first, so that Terraform does not uninstall it). "+
-		"Were it to run again, it would find no release and try a new install, which fails on the existing objects without changing them.", rel.Name, rel.Chart+"-"+rel.ChartVersion, rel.Name)
+		"Remove the release %s from what installs it: the `helm upgrade --install %s` step of your pipeline, or Terraform's helm_release for it (`terraform state rm` it first, so that Terraform does not uninstall it). "+
+		"Were it to run again, it would find no release and try a new install, which fails on the existing objects without changing them.", name, rel.Name)
 	if m := rel.ManagedBy; m != nil && m.Found {
 		step += fmt.Sprintf(" Delete HelmRelease %s/%s from Git while it is suspended: helm-controller finds no release to uninstall.", m.Namespace, m.Name)
 	}
