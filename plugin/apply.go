@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -13,9 +14,11 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
+	"github.com/fluxinstance/kubectl-fluxinstance/migrate/installation"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/operator"
@@ -113,7 +116,7 @@ and not started. The exit status is 1 when a cluster failed or was not started.`
 	flags.DurationVar(&o.Timeout, "timeout", o.Timeout, "How long to wait with --wait.")
 	o.outputFlag.addFlag(cmd, "one line per object", "json", "yaml")
 	flags.StringVar(&o.Mode, "mode", o.Mode, `How to apply: "auto", "direct" (render and apply the manifests) or "operator" (apply the FluxInstance object for the Flux Operator to reconcile).`)
-	flags.BoolVar(&o.Force, "force", false, "Go on where apply would refuse to protect you: in either mode, upgrade even though objects would lose fields the new API versions drop, or Kustomizations still apply Flux objects at removed versions; with --mode=direct, apply the manifests even though the Flux Operator manages the instance.")
+	flags.BoolVar(&o.Force, "force", false, "Go on where apply would refuse to protect you: in either mode, upgrade even though objects would lose fields the new API versions drop, or Kustomizations still apply Flux objects at removed versions, or take over a Flux that a Helm release still owns (adopt it with migrate instead); with --mode=direct, apply the manifests even though the Flux Operator manages the instance.")
 	addStrictFlag(cmd, &o.Strict)
 	o.lockFlag.addFlag(cmd)
 	// One at a time by default: a rollout learns from the first cluster before it touches the next.
@@ -183,6 +186,9 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := refuseHelmOwned(ctx, conn.Client, o.Force, o.dryRun, o.ErrOut); err != nil {
+		return err
+	}
 	if unresolved != nil {
 		if mode != modeOperator {
 			return unresolved
@@ -217,6 +223,25 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 		return err
 	}
 	return o.reportAndWait(ctx, m, res, r.Objects)
+}
+
+// refuseHelmOwned stops an apply over a Flux that a Helm release still owns: the apply would take
+// the objects over but leave the release, whose `helm uninstall` (or a Terraform destroy, or
+// helm-controller when its HelmRelease is deleted) deletes what its manifest lists, the CRDs with
+// every team's Flux objects among them. `migrate` sets the release aside once it has taken the
+// objects over. A dry run, or --force, only warns; a user who may not read the CRD is not stopped.
+func refuseHelmOwned(ctx context.Context, c client.Reader, force bool, dryRun kube.DryRun, errOut io.Writer) error {
+	inst, err := installation.DetectInstallation(ctx, c)
+	if err != nil || inst.ManagedBy != installation.ManagedByHelm || inst.Helm == nil {
+		return nil
+	}
+	msg := fmt.Sprintf("Flux is installed by Helm (%s): apply would take its objects over but leave the release, whose `helm uninstall` (or a Terraform destroy, or helm-controller once its HelmRelease is deleted) would then delete every Flux CRD and with them every team's Flux objects; "+
+		"adopt it with `kubectl fluxinstance migrate` instead (it sets the release aside once the takeover is verified), or pass --force to apply anyway", inst.Helm.Summary())
+	if force || !dryRun.Changes() {
+		fmt.Fprintf(errOut, "Warning: %s\n", msg)
+		return nil
+	}
+	return errors.New(msg)
 }
 
 // reportAndWait prints what the apply did and, with --wait, waits until every object is ready.

@@ -76,7 +76,7 @@ func TestMigrateHelm(t *testing.T) {
 	t.Parallel()
 	in, h := helmInstalled(t)
 	rv := in.resourceVersions(t)
-	_, stderr := in.run(t, "migrate", "--dry-run")
+	generated, stderr := in.run(t, "migrate", "--dry-run")
 	assert.Contains(t, stderr, "Flux v"+helmenv.AppVersion+" installed by `Helm` in namespace \"flux-system\"")
 	assert.Contains(t, stderr, "Helm release: release flux2 in flux-system, chart flux2-"+helmenv.ChartVersion+", revision 1, deployed; managed by HelmRelease flux-system/flux, reconciled by helm-controller")
 	assert.Contains(t, stderr, "HelmRelease flux-system/flux, whose helm-controller runs the release, is suspended")
@@ -86,6 +86,7 @@ func TestMigrateHelm(t *testing.T) {
 	assert.Equal(t, rv, in.resourceVersions(t), "--dry-run changed nothing")
 	assert.False(t, helmReleaseSuspended(t, in.c))
 	assertHelmPermissionsListed(t, in)
+	assertApplyRefused(t, in, generated)
 	kept := keptNote.FindStringSubmatch(stderr)
 	require.Len(t, kept, 2, "the chart's RBAC is named otherwise than the rendering's:\n%s", stderr)
 
@@ -191,4 +192,24 @@ func assertHelmPermissionsListed(t *testing.T, in *installed) {
 	assert.Equal(t, 1, r.Code, r.Stderr)
 	assert.Contains(t, r.Stdout, "delete secrets in namespace flux-system (the Helm release records")
 	assert.Contains(t, r.Stdout, "patch helmreleases.helm.toolkit.fluxcd.io in namespace flux-system (suspending the HelmRelease that runs the release)")
+}
+
+// assertApplyRefused: `apply` of a FluxInstance over a Flux that the Helm release still owns is
+// refused, changing nothing (it would leave the release, whose uninstall deletes the CRDs); a
+// dry run warns.
+func assertApplyRefused(t *testing.T, in *installed, instance string) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "hand-written.yaml")
+	require.NoError(t, os.WriteFile(file, []byte(instance), 0o600))
+	rv := in.resourceVersions(t)
+	args := []string{"apply", "-f", file, "--wait=false", "--kubeconfig=" + in.env.Kubeconfig, "--distribution", in.dist}
+	r := runPlugin(t, "", args...)
+	assert.Equal(t, 1, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, "error: Flux is installed by Helm (release flux2 in flux-system, chart flux2-"+helmenv.ChartVersion)
+	assert.Contains(t, r.Stderr, "adopt it with `kubectl fluxinstance migrate` instead")
+	assert.Equal(t, rv, in.resourceVersions(t), "the refused apply changed nothing")
+	r = runPlugin(t, "", append(args, "--dry-run=server")...)
+	assert.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, "Warning: Flux is installed by Helm")
+	assert.Equal(t, rv, in.resourceVersions(t), "the dry run changed nothing")
 }
