@@ -154,3 +154,24 @@ func releaseObjects(t *testing.T, c client.Client) []*unstructured.Unstructured 
 	require.Greater(t, len(out), 20)
 	return out
 }
+
+// TestMigrateHelmFailedRelease: a release whose last change failed is refused, naming its status
+// and what to do, and nothing is changed.
+func TestMigrateHelmFailedRelease(t *testing.T) {
+	h := helmenv.Require(t)
+	env := testenv.Start(t)
+	ctx := context.Background()
+	c := adminClient(t, env)
+	h.Install(t, env, helmenv.Release{Name: helmRelease, Namespace: "flux-system"})
+	// An upgrade the API server rejects (a negative replica count) leaves revision 2 failed.
+	out, err := h.Run(ctx, env, nil, "upgrade", helmRelease, h.Chart, "--namespace", "flux-system", "--no-hooks", "--set", "kustomizeController.replicas=-1")
+	require.Error(t, err, "%s", out)
+	objs := releaseObjects(t, c)
+	before := snapshot(t, c, objs)
+
+	_, err = Detect(ctx, c, "")
+	var refusal *RefusalError
+	require.ErrorAs(t, err, &refusal)
+	assert.Contains(t, err.Error(), `the Helm release flux-system/flux2 that installed Flux in namespace "flux-system" is failed, not deployed: finish or roll back that change with helm first`)
+	assert.Equal(t, before, snapshot(t, c, objs), "nothing changed")
+}
