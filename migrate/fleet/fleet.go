@@ -122,6 +122,7 @@ func runOne[T any](ctx context.Context, name string, timeout time.Duration, fn f
 	start := time.Now()
 	cctx, cancel := context.WithCancel(ctx)
 	if timeout > 0 {
+		cancel() // replaced by the bounded one
 		cctx, cancel = context.WithTimeout(ctx, timeout)
 	}
 	defer cancel()
