@@ -31,11 +31,9 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
 
-// TestMain lets the test binary serve as helm's post-renderer (helmenv.Release.Labels).
-func TestMain(m *testing.M) {
-	helmenv.PostRenderMain()
-	testenv.Main(m)
-}
+// TestMain lets the test binary serve as helm's post-renderer too (helmenv.Release.Labels: the
+// stand-in for helm-controller's origin labels).
+func TestMain(m *testing.M) { helmenv.Main(m) }
 
 const (
 	release   = "flux2"

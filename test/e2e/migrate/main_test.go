@@ -40,10 +40,7 @@ import (
 
 // TestMain lets the test binary serve as helm's post-renderer too (helmenv.Release.Labels: the
 // stand-in for helm-controller's origin labels).
-func TestMain(m *testing.M) {
-	helmenv.PostRenderMain()
-	testenv.Main(m)
-}
+func TestMain(m *testing.M) { helmenv.Main(m) }
 
 // Ownership metadata (facts of kustomize-controller and of the takeover).
 const (
