@@ -35,8 +35,7 @@ func (o *DiffOptions) runFleet(ctx context.Context) error {
 		printClusterOutput(o.IOStreams, r.Context, r.Value)
 		switch {
 		case r.Err != nil:
-			ce := describeClusterError(r.Err, ctx.Err() != nil, flags[r.Context])
-			fmt.Fprintf(o.ErrOut, "error: %s\n", namingContext(r.Context, ce.Full))
+			ce := printClusterError(o.ErrOut, ctx.Err() != nil, r.Context, r.Err, flags[r.Context])
 			summary[i][1], code = "failed: "+ce.Summary, diffExitError
 		case r.Value.code == diffExitChanges:
 			summary[i][1] = "changes"
@@ -53,7 +52,7 @@ func (o *DiffOptions) runFleet(ctx context.Context) error {
 // printClusterOutput prints one cluster's buffered output under its header: stdout on stdout,
 // and stderr, when there is any, on stderr under the same header.
 func printClusterOutput(streams genericiooptions.IOStreams, context string, res *clusterOutput) {
-	header := fmt.Sprintf("=== context %s ===\n", context)
+	header := clusterHeader(context)
 	fmt.Fprint(streams.Out, header)
 	if res == nil {
 		return

@@ -214,6 +214,17 @@ func notStarted(err error) bool {
 	return errors.As(err, &notRun) && !notRun.Started
 }
 
+// clusterHeader is the line above a cluster's output in diff and migrate --dry-run across contexts.
+func clusterHeader(context string) string { return fmt.Sprintf("=== context %s ===\n", context) }
+
+// printClusterError prints a cluster's error in full on errOut, naming its context, and returns it
+// classified for the summary row.
+func printClusterError(errOut io.Writer, interrupted bool, context string, err error, flags *genericclioptions.ConfigFlags) clusterError {
+	ce := describeClusterError(err, interrupted, flags)
+	fmt.Fprintf(errOut, "error: %s\n", namingContext(context, ce.Full))
+	return ce
+}
+
 // namingContext prefixes a cluster's error with its context, unless it names it already (the
 // fleet runner's timeouts and interruptions do).
 func namingContext(context, msg string) string {

@@ -52,12 +52,11 @@ func (o *MigrateOptions) runFleet(ctx context.Context) error {
 	var failed []string
 	for i, r := range results {
 		if r.Value != nil && r.Value.summary.Len() > 0 {
-			fmt.Fprintf(o.ErrOut, "=== context %s ===\n", r.Context)
+			fmt.Fprint(o.ErrOut, clusterHeader(r.Context))
 			_, _ = o.ErrOut.Write(r.Value.summary.Bytes())
 		}
 		if r.Err != nil {
-			ce := describeClusterError(r.Err, ctx.Err() != nil, flags[r.Context])
-			fmt.Fprintf(o.ErrOut, "error: %s\n", namingContext(r.Context, ce.Full))
+			ce := printClusterError(o.ErrOut, ctx.Err() != nil, r.Context, r.Err, flags[r.Context])
 			rows[i] = []string{r.Context, "-", "-", "failed: " + ce.Summary, "-"}
 			failed = append(failed, r.Context+" ("+ce.Summary+")")
 			continue
