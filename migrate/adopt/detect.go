@@ -81,6 +81,9 @@ type Install struct {
 	// Helm is the release that installed Flux, for installation.ManagedByHelm (from its latest
 	// record; from the migration record once the takeover set the records aside).
 	Helm *installation.HelmRelease
+	// helmObjects are the objects of Helm's release manifest, parsed once at detection (not
+	// known to a resumed migration, whose plan comes from its record).
+	helmObjects manifestSet
 	// Record is the migration record when a migration already started here (then the install
 	// may have lost its kustomize-controller labels).
 	Record *Record

@@ -56,10 +56,11 @@ func detectHelmRelease(ctx context.Context, c client.Client, in *Install, ref *a
 	case rel.ManagedBy != nil && rel.ManagedBy.Unread != "":
 		return refuse("the HelmRelease %s/%s that manages the Helm release of Flux cannot be read (%s): migrate must suspend it before the takeover", rel.ManagedBy.Namespace, rel.ManagedBy.Name, rel.ManagedBy.Unread)
 	}
-	if _, err := rel.ManifestObjects(); err != nil {
+	objects, err := newManifestSet(rel, c.RESTMapper())
+	if err != nil {
 		return refuse("%v: migrate lists what the release installed from it", err)
 	}
-	in.Helm = rel
+	in.Helm, in.helmObjects = rel, objects
 	return nil
 }
 
@@ -97,13 +98,9 @@ func newManifestSet(rel *installation.HelmRelease, mapper meta.RESTMapper) (mani
 
 // noteHelmUnrendered notes the release's objects that the FluxInstance does not render: once the
 // records are set aside no release lists them, and nothing deletes them.
-func (p *Plan) noteHelmUnrendered(c client.Client, rendered object.ObjMetadataSet) error {
-	set, err := newManifestSet(p.Install.Helm, c.RESTMapper())
-	if err != nil {
-		return err
-	}
+func (p *Plan) noteHelmUnrendered(rendered object.ObjMetadataSet) {
 	var kept []string
-	for id := range set {
+	for id := range p.Install.helmObjects {
 		if !rendered.Contains(id) {
 			kept = append(kept, kube.RefMeta(id))
 		}
@@ -112,7 +109,6 @@ func (p *Plan) noteHelmUnrendered(c client.Client, rendered object.ObjMetadataSe
 	if len(kept) > 0 {
 		p.Notes = append(p.Notes, fmt.Sprintf("kept as they are, not rendered by the FluxInstance (once the release records are set aside no Helm release lists them and nothing deletes them; delete them yourself once unused): %s", strings.Join(kept, ", ")))
 	}
-	return nil
 }
 
 // helmSummary is what the plan says of the release: what moves, what the user removes.

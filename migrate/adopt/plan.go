@@ -336,9 +336,7 @@ func (p *Plan) collectFluxObjects(ctx context.Context, c client.Client) error {
 		}
 	}
 	if in.Installer == installation.ManagedByHelm && in.Record == nil {
-		if err := p.noteHelmUnrendered(c, rendered); err != nil {
-			return err
-		}
+		p.noteHelmUnrendered(rendered)
 	}
 	if in.Kustomization == nil {
 		return nil
