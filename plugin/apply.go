@@ -26,7 +26,6 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/permissions"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/wait"
-	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
 	"github.com/fluxinstance/kubectl-fluxinstance/render/fluxinstance"
 )
 
@@ -89,9 +88,10 @@ everything is ready. Users' own Flux objects are never touched.
 Where the Flux Operator runs (its FluxInstance CRD is installed and an operator Deployment or a
 FluxReport updated in the last 15 minutes is found), --mode=operator applies the FluxInstance object
 itself and waits until the operator reports it Ready; no manifest is applied directly, but objects
-stored at API versions the new Flux version removes are migrated first, as in direct mode, when
-the version pins the minor release (2.9.4, 2.9.x). --mode=direct
-applies the manifests, and refuses when the operator manages the instance (the two would undo each
+stored at API versions the new Flux version removes are migrated first, as in direct mode, for
+the version the operator will apply: the rendered one when the version pins the minor release
+(2.9.4, 2.9.x) or comes from spec.distribution.artifact, else the one the operator last attempted
+for the same range (status.lastAttemptedRevision). --mode=direct applies the manifests, and refuses when the operator manages the instance (the two would undo each
 other's changes) unless --force. --mode=auto (the default) picks operator when the operator manages
 the instance or runs and nothing was applied directly, direct otherwise. An instance applied directly
 moves to the operator with 'kubectl fluxinstance handoff'.
@@ -198,7 +198,7 @@ func (o *ApplyOptions) Run(ctx context.Context) error {
 		return err
 	}
 	if mode == modeOperator {
-		return o.runOperator(ctx, conn, m, r, unresolved == nil)
+		return o.runOperator(ctx, conn, m, r, unresolved == nil, mg.Instance)
 	}
 	record, err := applyRecord(r, o.version)
 	if err != nil {
@@ -401,12 +401,15 @@ func summarize(items []string, n int) string {
 // The rendering is not applied; it validated the instance, fed the preflight checks and, when
 // rendered is true (the plugin's distribution has the version), plans the storage migration the
 // upgrade needs: the operator applies the new CRDs before it migrates anything, so the API
-// server would refuse them. The migration runs first, with the user's permissions.
-func (o *ApplyOptions) runOperator(ctx context.Context, conn *kube.Connection, m *apply.Manager, r *rendering, rendered bool) error {
+// server would refuse them. The migration runs first, with the user's permissions, for the
+// version the operator will apply (operatorTarget); live is the FluxInstance as it is (nil when
+// there is none).
+func (o *ApplyOptions) runOperator(ctx context.Context, conn *kube.Connection, m *apply.Manager, r *rendering, rendered bool, live *operator.State) error {
 	var migration *storage.Plan
+	var target []*unstructured.Unstructured
 	if rendered {
 		var err error
-		if migration, err = o.operatorMigration(ctx, m, r); err != nil {
+		if migration, target, err = o.operatorMigration(ctx, m, r, live); err != nil {
 			return err
 		}
 	}
@@ -414,14 +417,14 @@ func (o *ApplyOptions) runOperator(ctx context.Context, conn *kube.Connection, m
 	var err error
 	switch {
 	case o.dryRun != kube.DryRunNone:
-		if err = o.previewMigration(ctx, m, migration, r.Objects); err == nil {
+		if err = o.previewMigration(ctx, m, migration, target); err == nil {
 			action, err = o.applyInstance(ctx, m, r)
 		}
 	case migration.Empty():
 		// One write, refused whole or done whole: no lock, no permission check beforehand.
 		action, err = o.applyInstance(ctx, m, r)
 	default:
-		action, token, err = o.migrateThenApplyInstance(ctx, conn, m, r, migration)
+		action, token, err = o.migrateThenApplyInstance(ctx, conn, m, r, migration, target)
 	}
 	if err != nil {
 		return err
@@ -429,23 +432,33 @@ func (o *ApplyOptions) runOperator(ctx context.Context, conn *kube.Connection, m
 	return o.reportAndWaitOperator(ctx, m, r, action, token)
 }
 
-// operatorMigration plans the storage migration for operator mode. The operator resolves the
-// version from its own distribution: when the instance's version admits another minor release
-// than the plugin rendered, migrating to the storage versions the plugin rendered could make
-// the API server refuse the CRDs the operator applies (a storage version they lack), so the plan
-// is only said.
-func (o *ApplyOptions) operatorMigration(ctx context.Context, m *apply.Manager, r *rendering) (*storage.Plan, error) {
+// operatorMigration plans the storage migration for operator mode, against the rendering of the
+// version the operator will apply (operatorTarget), which it returns with the plan. When that
+// version is not known, a migration the plugin's own rendering needs is only said: migrating to
+// storage versions the operator's CRDs lack would make the API server refuse them.
+func (o *ApplyOptions) operatorMigration(ctx context.Context, m *apply.Manager, r *rendering, live *operator.State) (*storage.Plan, []*unstructured.Unstructured, error) {
 	migration, err := storage.NewPlan(ctx, m.Client, r.Objects)
 	if err != nil || migration.Empty() {
-		return nil, err
+		return nil, nil, err
 	}
-	if constraint := r.Instance.Spec.Distribution.Version; !distribution.PinsMinor(constraint, r.Version) {
-		fmt.Fprintf(o.ErrOut, "Note: Flux %s would need a storage migration of %d CRDs first, but spec.distribution.version %q admits other minor releases, "+
-			"which the Flux Operator may resolve from its own distribution: nothing is migrated. Pin the minor (e.g. %s) to have apply migrate first.\n",
-			r.Version, len(migration.Migrations), constraint, minorWildcard(r.Version))
-		return nil, nil
+	target, reason, err := o.operatorTarget(ctx, r, live)
+	if err != nil {
+		return nil, nil, err
 	}
-	return migration, allowMigration(migration, r.Instance)
+	if target == nil {
+		fmt.Fprintf(o.ErrOut, "Note: Flux %s would need a storage migration of %d CRDs first; nothing is migrated: %s.\n",
+			r.Version, len(migration.Migrations), reason)
+		return nil, nil, nil
+	}
+	if reason != "" {
+		fmt.Fprintf(o.ErrOut, "storage migration: %s\n", reason)
+	}
+	if target != r {
+		if migration, err = storage.NewPlan(ctx, m.Client, target.Objects); err != nil || migration.Empty() {
+			return nil, nil, err
+		}
+	}
+	return migration, target.Objects, allowMigration(migration, r.Instance)
 }
 
 // migrateThenApplyInstance checks every permission and what the upgrade loses before the first
@@ -455,13 +468,13 @@ func (o *ApplyOptions) operatorMigration(ctx context.Context, m *apply.Manager, 
 // apply: the operator may already have failed on this very spec (applied with kubectl, say) and
 // be waiting out its retry; it reconciles now, and the wait is for that reconcile, not for the
 // failure before the migration.
-func (o *ApplyOptions) migrateThenApplyInstance(ctx context.Context, conn *kube.Connection, m *apply.Manager, r *rendering, migration *storage.Plan) (action, token string, err error) {
+func (o *ApplyOptions) migrateThenApplyInstance(ctx context.Context, conn *kube.Connection, m *apply.Manager, r *rendering, migration *storage.Plan, target []*unstructured.Unstructured) (action, token string, err error) {
 	perms := permissions.ForOperatorApply(permissions.OperatorApplyPlan{Name: m.Name, Namespace: m.Namespace, Storage: migration})
-	if err := o.checkBeforeChange(ctx, m, perms, migration, r.Objects); err != nil {
+	if err := o.checkBeforeChange(ctx, m, perms, migration, target); err != nil {
 		return "", "", err
 	}
 	err = o.withLock(ctx, m.Instance, "apply", o.ErrOut, func(ctx context.Context) (err error) {
-		if err := o.migrateStorage(ctx, conn, m, r.Objects); err != nil {
+		if err := o.migrateStorage(ctx, conn, m, target); err != nil {
 			return err
 		}
 		if action, err = o.applyInstance(ctx, m, r); err != nil {

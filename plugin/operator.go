@@ -2,13 +2,17 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/apply"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/inventory"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/operator"
+	"github.com/fluxinstance/kubectl-fluxinstance/render/distribution"
 )
 
 // How apply reaches the cluster.
@@ -112,4 +116,69 @@ func (mg *management) evidence() string {
 		return mg.Operator.Evidence
 	}
 	return "the object carries the operator's finalizer and status"
+}
+
+// operatorTarget returns the rendering of the Flux version the Flux Operator will apply for the
+// instance, which a storage migration must target (storage versions its CRDs lack would make the
+// API server refuse them), with a line saying how it is known ("" when by the version alone); or
+// nil and why it cannot be known. The operator resolves spec.distribution.version from its own
+// distribution (its built-in one, or spec.distribution.artifact), so the plugin's rendering r is
+// the operator's only when:
+//   - the version pins the minor (2.9.4, 2.9.x): API versions change only in minor releases, so
+//     every release it admits stores at the same versions;
+//   - r was rendered from spec.distribution.artifact, which the operator pulls too.
+//
+// Otherwise the operator has told: once it reconciled this version constraint from this
+// distribution source (live, at its current generation), status.lastAttemptedRevision names the
+// version it resolved, also when the API server refused that version's CRDs. That is the case
+// this is for: an operator upgraded with a newer distribution tries the newer Flux that "2.x"
+// admits on its own and fails on the stored versions. That version is rendered from the
+// plugin's distribution.
+func (o *ApplyOptions) operatorTarget(ctx context.Context, r *rendering, live *operator.State) (*rendering, string, error) {
+	spec := r.Instance.Spec.Distribution
+	if distribution.PinsMinor(spec.Version, r.Version) {
+		return r, "", nil
+	}
+	if spec.Artifact != "" && r.DistributionRef == spec.Artifact {
+		return r, fmt.Sprintf("the Flux Operator resolves %q from %s too", spec.Version, spec.Artifact), nil
+	}
+	attempted := lastAttemptedVersion(live, spec.Version, spec.Artifact)
+	if attempted == "" {
+		return nil, fmt.Sprintf("spec.distribution.version %q admits other minor releases, which the Flux Operator may resolve from its own "+
+			"distribution. Pin the minor (e.g. %s) to have apply migrate first; or, should the operator's reconcile fail on "+
+			"status.storedVersions, run this apply again: the operator's attempt names the version it resolves %q to, and apply "+
+			"migrates for it", spec.Version, minorWildcard(r.Version), spec.Version), nil
+	}
+	if attempted == r.Version {
+		return r, fmt.Sprintf("the Flux Operator resolves %q to %s (its status.lastAttemptedRevision)", spec.Version, attempted), nil
+	}
+	pinned := *r.Instance
+	pinned.Spec.Distribution.Version = strings.TrimPrefix(attempted, "v")
+	target, err := renderInstance(ctx, &pinned, r.File, r.DistributionRef, o.distributionFlags.options(func(string) {}))
+	var unresolved *unresolvedVersionError
+	if errors.As(err, &unresolved) {
+		return nil, fmt.Sprintf("the Flux Operator resolves %q to %s (its status.lastAttemptedRevision), which the plugin's distribution (%s) lacks. "+
+			"Pass --distribution with one that has it (the operator's own) to have apply migrate first", spec.Version, attempted, r.DistributionSource), nil
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("rendering Flux %s, the version the Flux Operator resolves %q to: %w", attempted, spec.Version, err)
+	}
+	return target, fmt.Sprintf("the Flux Operator resolves %q to %s (its status.lastAttemptedRevision), not %s: migrating for %s", spec.Version, attempted, r.Version, attempted), nil
+}
+
+// lastAttemptedVersion is the Flux version ("v2.9.4") of the live FluxInstance's
+// status.lastAttemptedRevision when the operator's last reconcile was of the current generation
+// and that generation asks for the same version constraint from the same artifact: the version
+// the operator resolves them to. "" otherwise.
+func lastAttemptedVersion(live *operator.State, constraint, artifact string) string {
+	if live == nil || live.LastAttemptedRevision == "" || !live.Current("") {
+		return ""
+	}
+	liveConstraint, _, _ := unstructured.NestedString(live.Object.Object, "spec", "distribution", "version")
+	liveArtifact, _, _ := unstructured.NestedString(live.Object.Object, "spec", "distribution", "artifact")
+	if liveConstraint != constraint || liveArtifact != artifact {
+		return ""
+	}
+	version, _, _ := strings.Cut(live.LastAttemptedRevision, "@")
+	return version
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/kube"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/permissions"
 	"github.com/fluxinstance/kubectl-fluxinstance/migrate/storage"
+	"github.com/fluxinstance/kubectl-fluxinstance/test/distribution/distdata"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/faultproxy"
 	"github.com/fluxinstance/kubectl-fluxinstance/test/testenv"
 )
@@ -322,11 +323,68 @@ func TestOperatorApplyMigratesFirst(t *testing.T) {
 
 	// A version the operator may resolve to another minor than the plugin's distribution does:
 	// the plan is said, not carried out.
-	r := plugin("apply", "-f", writeFile(t, dir, "range.yaml", storageInstance("2.x", "")), "--mode=operator", "--dry-run=server")
+	rangeFile := writeFile(t, dir, "range.yaml", storageInstance("2.x", ""))
+	r := plugin("apply", "-f", rangeFile, "--mode=operator", "--dry-run=server")
 	require.Equal(t, 0, r.Code, r.Stderr)
 	assert.Contains(t, r.Stderr, `Note: Flux v2.9.4 would need a storage migration of `)
 	assert.Contains(t, r.Stderr, `spec.distribution.version "2.x" admits other minor releases`)
 	assert.NotContains(t, r.Stderr, "storage migration: would migrate")
+
+	// The operator already reconciled "2.x" (an operator upgraded with a newer distribution
+	// tries the newer Flux on its own, and the API server refuses its CRDs): the version it
+	// resolved, in status.lastAttemptedRevision, is the one apply migrates for.
+	for _, tc := range []struct {
+		attempted     string
+		want, notWant []string
+	}{
+		{"v2.9.4", []string{`storage migration: the Flux Operator resolves "2.x" to v2.9.4 (its status.lastAttemptedRevision)`,
+			"storage migration: would migrate (server dry run)", "helmreleases.helm.toolkit.fluxcd.io: 1 object from v2beta2 to v2",
+			"alerts.notification.toolkit.fluxcd.io: 1 object from v1beta2 to v1beta3"}, nil},
+		// 2.8 still serves notification v1beta2, which 2.9 removes: nothing to move there.
+		{"v2.8.8", []string{`storage migration: the Flux Operator resolves "2.x" to v2.8.8 (its status.lastAttemptedRevision), not v2.9.4: migrating for v2.8.8`,
+			"storage migration: would migrate (server dry run)", "helmreleases.helm.toolkit.fluxcd.io: 1 object from v2beta2 to v2"},
+			[]string{"alerts.notification.toolkit.fluxcd.io"}},
+		{"v2.99.0", []string{`Note: Flux v2.9.4 would need a storage migration`,
+			`the Flux Operator resolves "2.x" to v2.99.0 (its status.lastAttemptedRevision), which the plugin's distribution (dir ` + dist + `) lacks`},
+			[]string{"storage migration: would migrate"}},
+	} {
+		setOperatorAttempt(t, c, "2.x", tc.attempted+"@sha256:"+strings.Repeat("0", 64))
+		before := snapshot()
+		r := plugin("apply", "-f", rangeFile, "--mode=operator", "--dry-run=server")
+		require.Equal(t, 0, r.Code, r.Stderr)
+		t.Logf("the operator attempted %s:\n%s", tc.attempted, r.Stderr)
+		for _, want := range tc.want {
+			assert.Contains(t, r.Stderr, want, "attempted %s", tc.attempted)
+		}
+		for _, notWant := range tc.notWant {
+			assert.NotContains(t, r.Stderr, notWant, "attempted %s", tc.attempted)
+		}
+		assert.Equal(t, before, snapshot(), "a dry run changes nothing")
+	}
+	// Rendered from spec.distribution.artifact, which the operator pulls too: the plugin's
+	// resolution is the operator's.
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	reg := distdata.StartRegistry(t, distdata.RegistryOptions{})
+	artifact := "oci://" + reg.Host + "/flux/distribution:latest"
+	distdata.PushArtifact(t, reg.Host+"/flux/distribution:latest", distdata.TarGz(t, dist, "v2.2.3", "v2.9.4"), distdata.ConfigMediaType, distdata.ContentMediaType, false)
+	fromArtifact := writeFile(t, dir, "artifact.yaml", strings.Replace(storageInstance("2.x", ""),
+		"    registry: ghcr.io/fluxcd\n", "    registry: ghcr.io/fluxcd\n    artifact: "+artifact+"\n", 1))
+	before = snapshot()
+	r = runPlugin(t, "", "apply", "-f", fromArtifact, "--mode=operator", "--dry-run=server", "--kubeconfig", env.Kubeconfig)
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, `storage migration: the Flux Operator resolves "2.x" from `+artifact+` too`)
+	assert.Contains(t, r.Stderr, "helmreleases.helm.toolkit.fluxcd.io: 1 object from v2beta2 to v2")
+	assert.Equal(t, before, snapshot(), "a dry run changes nothing")
+
+	// An attempt of another constraint says nothing of this one.
+	setOperatorAttempt(t, c, "2.8.x", "v2.8.8@sha256:"+strings.Repeat("0", 64))
+	r = plugin("apply", "-f", rangeFile, "--mode=operator", "--dry-run=server")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, `spec.distribution.version "2.x" admits other minor releases`)
+	assert.Contains(t, r.Stderr, "run this apply again: the operator's attempt names the version it resolves \"2.x\" to")
+	assert.NotContains(t, r.Stderr, "storage migration: would migrate")
+	setOperatorAttempt(t, c, "2.2.3", "v2.2.3@sha256:"+strings.Repeat("0", 64))
+	before = snapshot()
 
 	off := writeFile(t, dir, "off.yaml", storageInstance("2.9.4", "  migrateResources: false\n"))
 	r = plugin("apply", "-f", off, "--mode=operator", "--wait=false")
@@ -384,4 +442,25 @@ func TestOperatorApplyMigratesFirst(t *testing.T) {
 	version, _, _ := unstructured.NestedString(live.Object, "spec", "distribution", "version")
 	assert.Equal(t, "2.9.4", version)
 	assert.NotEmpty(t, live.GetAnnotations()["reconcile.fluxcd.io/requestedAt"], "the operator is asked to reconcile now")
+}
+
+// setOperatorAttempt stands in for the Flux Operator's reconcile of the FluxInstance at
+// constraint: spec.distribution.version set, then a status of the current generation whose
+// lastAttemptedRevision is attempted (what the operator writes, also when the API server refused
+// the CRDs of that version).
+func setOperatorAttempt(t *testing.T, c client.Client, constraint, attempted string) {
+	t.Helper()
+	ctx := context.Background()
+	live := &unstructured.Unstructured{}
+	live.SetGroupVersionKind(schema.GroupVersionKind{Group: "fluxcd.controlplane.io", Version: "v1", Kind: "FluxInstance"})
+	key := client.ObjectKey{Namespace: "flux-system", Name: "flux"}
+	require.NoError(t, c.Get(ctx, key, live))
+	require.NoError(t, unstructured.SetNestedField(live.Object, constraint, "spec", "distribution", "version"))
+	require.NoError(t, c.Update(ctx, live))
+	require.NoError(t, unstructured.SetNestedMap(live.Object, map[string]any{
+		"observedGeneration":    live.GetGeneration(),
+		"lastAttemptedRevision": attempted,
+		"lastAppliedRevision":   "v2.2.3@sha256:" + strings.Repeat("1", 64),
+	}, "status"))
+	require.NoError(t, c.Status().Update(ctx, live))
 }

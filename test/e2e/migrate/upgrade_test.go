@@ -35,8 +35,10 @@ const (
 	teamDir       = "clusters/test/team"
 	teamFile      = teamDir + "/flux.yaml"
 	teamNamespace = "team"
-	// upgradeVersion is the Flux version the fleet upgrades to from 2.2.3.
-	upgradeVersion = "v2.9.4"
+	// upgradeConstraint is the FluxInstance's spec.distribution.version after the upgrade, and
+	// upgradeVersion the Flux version it resolves to: the newest of the test distribution.
+	upgradeConstraint = "2.x"
+	upgradeVersion    = "v2.9.4"
 	// teamSecret holds the team GitRepository's credentials; like every secret, it is not in Git.
 	teamSecret = "git-auth"
 	// tenantsPath is what the team's Kustomization applies: outside clusters/test, so only the
@@ -237,8 +239,9 @@ func inventoryVersions(t *testing.T, ks *unstructured.Unstructured) map[string]s
 
 // TestUpgradeAcrossRemovedVersions is the whole journey of a fleet repository bootstrapped at
 // Flux 2.2.3 whose users' manifests are at versions 2.9.4 removes (#12): migrate, rewrite the
-// repository with upgrade-repo, apply 2.9.4, push, then the real controllers (v1.9.4) reconcile
-// the new commit keeping every user object, and still prune an app removed from Git.
+// repository with upgrade-repo, apply "2.x" (2.9.4, the newest), push, then the real controllers
+// (v1.9.4) reconcile the new commit keeping every user object, and still prune an app removed
+// from Git.
 //
 // No commit suits both releases: 2.2.3's CRDs serve neither the rewritten HelmRelease (v2) nor
 // HelmRepository (v1), and 2.9.4's serve none of the old versions. The README's order is followed:
@@ -337,7 +340,7 @@ func bootstrapTeamAt223(t *testing.T) (s *scenario, all, users *snapshot) {
 	return s, all, users
 }
 
-// upgradeRepository sets the FluxInstance in the work tree to 2.9.4 and rewrites the team's
+// upgradeRepository sets the FluxInstance in the work tree to 2.x (2.9.4) and rewrites the team's
 // manifests for it with `upgrade-repo` (a dry run first, which writes nothing). It checks what it
 // printed and that teamFile changed in its apiVersion lines only (the objects' and the
 // sourceRef's). It returns the FluxInstance file's path.
@@ -348,13 +351,13 @@ func upgradeRepository(t *testing.T, s *scenario) string {
 	file := filepath.Join(repo.Dir, filepath.FromSlash(rel))
 	migrated := repo.ReadFile(t, rel)
 	// Only the version changed: the rendering warns of each controller the patches keep at 2.2.3.
-	repo.WriteFile(t, rel, upgradedInstance(t, migrated, upgradeVersion, true))
+	repo.WriteFile(t, rel, upgradedInstance(t, migrated, upgradeConstraint, true))
 	r := runPlugin(t, "", "build", "-f", file, "--distribution", s.dist, "-o", "name")
 	require.Equal(t, 0, r.Code, r.Stderr)
 	for _, controller := range []string{"source-controller", "kustomize-controller", "helm-controller", "notification-controller"} {
 		assert.Regexp(t, `Warning: spec.kustomize.patches set Deployment `+controller+` container manager to ghcr.io/fluxcd/`+controller+`:v[0-9.]+, not Flux `+upgradeVersion+`'s v[0-9.]+: that controller stays at another release`, r.Stderr)
 	}
-	repo.WriteFile(t, rel, upgradedInstance(t, migrated, upgradeVersion, false))
+	repo.WriteFile(t, rel, upgradedInstance(t, migrated, upgradeConstraint, false))
 
 	old := teamManifests(repo.URL)
 	want := old
@@ -454,7 +457,7 @@ func assertControllersAt(t *testing.T, c client.Client, s *scenario, version str
 	assert.Equal(t, len(s.f.Options.Components), checked, "one Deployment per component")
 }
 
-// upgradeCluster applies the FluxInstance at 2.9.4: refused first, naming every team object the
+// upgradeCluster applies the FluxInstance at 2.x (2.9.4): refused first, naming every team object the
 // sync Kustomization's inventory still applies at a removed version and changing nothing, then
 // forced. It returns a client created after the upgrade.
 func upgradeCluster(t *testing.T, s *scenario, instance string) client.Client {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blang/semver/v4"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -174,4 +175,85 @@ func assertStoredAtStorageVersion(t *testing.T, c client.Client) {
 		assert.Equal(t, []string{storage}, stored, crd.GetName())
 	}
 	assert.NotZero(t, checked)
+}
+
+// The case a "2.x" FluxInstance meets in the field: the operator installed the newest Flux its
+// distribution held (2.2.3 here); upgraded, the operator's distribution holds 2.9.4, which "2.x"
+// admits, so it tries 2.9.4 on its own and the API server refuses the CRDs (the stored
+// versions). `apply --mode=operator` of the unchanged FluxInstance repairs it: the version comes
+// from the operator's status.lastAttemptedRevision, the plugin migrates for it, and the
+// operator's next reconcile succeeds (#12).
+func TestOperatorUpgradeOfARangeStuckOnStoredVersions(t *testing.T) {
+	dist := testenv.DistributionDir(t)
+	operatorenv.Require(t)
+	env := testenv.Start(t)
+	c := env.Client(t)
+	ctx := context.Background()
+	waitCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+
+	// 1. An operator whose distribution ends at 2.2.3 installs "2.x"; teams create their objects.
+	op := operatorenv.Start(t, env, operatorenv.Options{Namespace: "flux-system", Distribution: distributionUpTo(t, dist, "v2.2.3")})
+	require.NoError(t, operatorenv.ApplyInstance(ctx, c, storageInstance(t, "2.x"), "kubectl"))
+	fi, err := op.WaitInstanceReady(waitCtx, op.InstanceKey())
+	require.NoError(t, err)
+	applied, _, _ := unstructured.NestedString(fi.Object, "status", "lastAppliedRevision")
+	require.True(t, strings.HasPrefix(applied, "v2.2.3@"), applied)
+	objs := testenv.CreateOldFluxObjects(t, c, "team-a", "team-b")
+
+	// 2. The operator is upgraded (its distribution now holds 2.9.4): it tries 2.9.4 on its own
+	// and fails on the CRDs, losing nothing.
+	op.Stop()
+	op = operatorenv.Start(t, env, operatorenv.Options{Namespace: "flux-system", Distribution: dist})
+	var attempted, message string
+	require.Eventually(t, func() bool {
+		live := &unstructured.Unstructured{}
+		live.SetGroupVersionKind(operatorenv.FluxInstanceGVK)
+		if c.Get(ctx, op.InstanceKey(), live) != nil {
+			return false
+		}
+		attempted, _, _ = unstructured.NestedString(live.Object, "status", "lastAttemptedRevision")
+		cond, _ := operatorenv.Condition(live, "Ready")
+		message = cond.Message
+		return strings.HasPrefix(attempted, "v2.9.4@") && cond.Status == metav1.ConditionFalse
+	}, 2*time.Minute, 500*time.Millisecond, "the upgraded operator tries 2.9.4: lastAttemptedRevision %q, %s\n%s", attempted, message, op.LogTail(20))
+	t.Logf("the upgraded operator alone: %s", message)
+	assert.Contains(t, message, "storedVersions")
+	assertKept(t, env, objs, false)
+
+	// 3. The unchanged FluxInstance applied with the plugin: migrated for 2.9.4, then Ready.
+	file := filepath.Join(t.TempDir(), "flux.yaml")
+	data, err := storageInstance(t, "2.x").MarshalJSON()
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(file, data, 0o600))
+	start := time.Now()
+	r := runPlugin(t, "", "apply", "-f", file, "--mode=operator", "--distribution", dist, "--timeout=2m", "--kubeconfig="+env.Kubeconfig)
+	t.Logf("apply --mode=operator in %s:\n%s%s", time.Since(start).Round(10*time.Millisecond), r.Stdout, r.Stderr)
+	require.Equal(t, 0, r.Code, "stderr: %s\noperator log:\n%s", r.Stderr, op.LogTail(40))
+	assert.Contains(t, r.Stderr, `storage migration: the Flux Operator resolves "2.x" to v2.9.4 (its status.lastAttemptedRevision)`)
+	assert.Contains(t, r.Stderr, "migrating 2 helmreleases.helm.toolkit.fluxcd.io to v2: 2/2")
+	assert.Regexp(t, `FluxInstance flux-system/flux ready after \d+s: applied v2\.9\.4@sha256:[0-9a-f]{64}`, r.Stderr)
+	assertKept(t, env, objs, true)
+	assertStoredAtStorageVersion(t, env.Client(t))
+}
+
+// distributionUpTo is a copy of the distribution data dist holding its releases up to last
+// alone, as the built-in distribution of an older Flux Operator would.
+func distributionUpTo(t *testing.T, dist, last string) string {
+	t.Helper()
+	dir := t.TempDir()
+	upTo := semver.MustParse(strings.TrimPrefix(last, "v"))
+	for _, tree := range []string{"flux", "flux-images"} {
+		entries, err := os.ReadDir(filepath.Join(dist, tree))
+		require.NoError(t, err)
+		for _, e := range entries {
+			v, err := semver.ParseTolerant(e.Name())
+			if !e.IsDir() || err != nil || v.GT(upTo) {
+				continue
+			}
+			require.NoError(t, os.CopyFS(filepath.Join(dir, tree, e.Name()), os.DirFS(filepath.Join(dist, tree, e.Name()))))
+		}
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "flux-images", "VERSION"), []byte(last+"\n"), 0o644))
+	return dir
 }
