@@ -202,7 +202,9 @@ func TestOperatorUpgradeOfARangeStuckOnStoredVersions(t *testing.T) {
 	objs := testenv.CreateOldFluxObjects(t, c, "team-a", "team-b")
 
 	// 2. The operator is upgraded (its distribution now holds 2.9.4): it tries 2.9.4 on its own
-	// and fails on the CRDs, losing nothing.
+	// and fails on the CRDs, changing none of them and losing nothing.
+	crdList := schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinitionList"}
+	crds := testenv.ListResourceVersions(t, c, crdList)
 	op.Stop()
 	op = operatorenv.Start(t, env, operatorenv.Options{Namespace: "flux-system", Distribution: dist})
 	var attempted, message string
@@ -219,6 +221,7 @@ func TestOperatorUpgradeOfARangeStuckOnStoredVersions(t *testing.T) {
 	}, 2*time.Minute, 500*time.Millisecond, "the upgraded operator tries 2.9.4: lastAttemptedRevision %q, %s\n%s", attempted, message, op.LogTail(20))
 	t.Logf("the upgraded operator alone: %s", message)
 	assert.Contains(t, message, "storedVersions")
+	assert.Equal(t, crds, testenv.ListResourceVersions(t, c, crdList), "the refused upgrade changed no CRD")
 	assertKept(t, env, objs, false)
 
 	// 3. The unchanged FluxInstance applied with the plugin: migrated for 2.9.4, then Ready.
