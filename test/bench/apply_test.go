@@ -179,7 +179,7 @@ func BenchmarkApply(b *testing.B) {
 // withFreshServer starts an etcd + kube-apiserver for f and stops it afterwards.
 func withFreshServer(b *testing.B, f func(env *testenv.Env)) {
 	b.Helper()
-	env, err := testenv.StartDetached(b.TempDir(), testenv.Options{})
+	env, err := testenv.StartDetached(b.TempDir())
 	if err != nil {
 		b.Fatalf("starting a test API server: %v", err)
 	}

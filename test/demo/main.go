@@ -63,7 +63,7 @@ func run(pluginDir, stateDir string, keep bool) error {
 
 	step("Starting etcd and kube-apiserver on 127.0.0.1")
 	start := time.Now()
-	env, err := testenv.StartDetached(stateDir, testenv.Options{})
+	env, err := testenv.StartDetached(stateDir)
 	if err != nil {
 		return err
 	}
@@ -205,7 +205,7 @@ func demoMigrate(ctx context.Context, distDir, stateDir, pathEnv string) error {
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return err
 	}
-	env, err := testenv.StartDetached(stateDir, testenv.Options{})
+	env, err := testenv.StartDetached(stateDir)
 	if err != nil {
 		return err
 	}

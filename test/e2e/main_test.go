@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -23,15 +22,8 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 type pluginBinary struct{ dir string }
 
 func buildPlugin(dir string) (pluginBinary, error) {
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		return pluginBinary{}, err
-	}
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-X main.version=v9.9.9-e2e",
-		"-o", pluginBinary{dir: dir}.path(), "./cmd/kubectl-fluxinstance")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return pluginBinary{}, fmt.Errorf("building the plugin: %v\n%s", err, out)
+	if err := testenv.BuildPlugin(pluginBinary{dir: dir}.path(), "-X main.version=v9.9.9-e2e"); err != nil {
+		return pluginBinary{}, fmt.Errorf("building the plugin: %w", err)
 	}
 	return pluginBinary{dir: dir}, nil
 }

@@ -196,7 +196,7 @@ func startEnvs(t *testing.T) (*testenv.Env, *testenv.Env) {
 	var wg sync.WaitGroup
 	for i := range envs {
 		dir := t.TempDir()
-		wg.Go(func() { envs[i], errs[i] = testenv.StartDetached(dir, testenv.Options{}) })
+		wg.Go(func() { envs[i], errs[i] = testenv.StartDetached(dir) })
 	}
 	wg.Wait()
 	for i := range envs {

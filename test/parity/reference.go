@@ -78,7 +78,7 @@ func BuildReferenceCLI(tb testing.TB) (string, error) {
 	return filepath.Join(dir, "flux-operator"), nil
 }
 
-// PluginBinary builds cmd/kubectl-fluxinstance like `make build` does (the default distribution
+// PluginBinary builds cmd/kubectl-fluxinstance like `make build` does (testenv.BuildPlugin) (the default distribution
 // is embedded when render/distribution/embedded/data holds it, see `make embed`) into a temporary
 // directory, unless $KUBECTL_FLUXINSTANCE names a binary to use.
 func PluginBinary(tb testing.TB) string {
@@ -87,10 +87,8 @@ func PluginBinary(tb testing.TB) string {
 		return p
 	}
 	out := filepath.Join(tb.TempDir(), "kubectl-fluxinstance")
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, "./cmd/kubectl-fluxinstance")
-	cmd.Dir = RepoRoot(tb)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		tb.Fatalf("go build ./cmd/kubectl-fluxinstance: %v\n%s", err, b)
+	if err := testenv.BuildPlugin(out, "-s -w"); err != nil {
+		tb.Fatal(err)
 	}
 	return out
 }

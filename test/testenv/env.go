@@ -22,7 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
-// Env is one running etcd + kube-apiserver (and optionally kube-controller-manager).
+// Env is one running etcd + kube-apiserver.
 type Env struct {
 	// Dir holds certificates, logs, etcd data and kubeconfigs; it is removed on Stop.
 	Dir string
@@ -39,23 +39,12 @@ type Env struct {
 	procs []*Process
 }
 
-// Options select optional parts of the environment.
-type Options struct {
-	// ControllerManager also starts kube-controller-manager with the namespace and garbage
-	// collector controllers, for tests that need namespaces (and owned objects) to finish deleting.
-	ControllerManager bool
-}
-
 // Start starts a fresh environment and stops it when the test ends. It skips the test when the
 // binaries are missing on a developer machine and fails it in CI.
-func Start(t testing.TB, opts ...Options) *Env {
+func Start(t testing.TB) *Env {
 	t.Helper()
 	binDir := RequireBinDir(t)
-	var o Options
-	if len(opts) > 0 {
-		o = opts[0]
-	}
-	env, err := start(binDir, t.TempDir(), o)
+	env, err := start(binDir, t.TempDir())
 	if err != nil {
 		t.Fatalf("starting the test API server: %v", err)
 	}
@@ -65,15 +54,15 @@ func Start(t testing.TB, opts ...Options) *Env {
 
 // StartDetached starts an environment that the caller stops with Stop: for TestMain, benchmarks and
 // the demo, which outlive a single test.
-func StartDetached(dir string, o Options) (*Env, error) {
+func StartDetached(dir string) (*Env, error) {
 	binDir, err := BinDir()
 	if err != nil {
 		return nil, err
 	}
-	return start(binDir, dir, o)
+	return start(binDir, dir)
 }
 
-func start(binDir, dir string, o Options) (_ *Env, err error) {
+func start(binDir, dir string) (_ *Env, err error) {
 	// Not the named result: `return nil, err` would nil it before the deferred Stop, which must
 	// end the processes already started.
 	env := &Env{Dir: dir, BinDir: binDir}
@@ -146,15 +135,6 @@ func start(binDir, dir string, o Options) (_ *Env, err error) {
 	}
 	if err := env.waitReady(90 * time.Second); err != nil {
 		return nil, err
-	}
-	if o.ControllerManager {
-		if err := env.run("kube-controller-manager",
-			"--kubeconfig="+env.Kubeconfig,
-			"--controllers=namespace,garbagecollector",
-			"--leader-elect=false", "--secure-port=0", "--use-service-account-credentials=false",
-		); err != nil {
-			return nil, err
-		}
 	}
 	return env, nil
 }

@@ -26,7 +26,7 @@ func StartMany(t testing.TB, n int) []*Env {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			envs[i], errs[i] = StartDetached(dir, Options{})
+			envs[i], errs[i] = StartDetached(dir)
 		}()
 	}
 	wg.Wait()
