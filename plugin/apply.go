@@ -91,8 +91,9 @@ itself and waits until the operator reports it Ready; no manifest is applied dir
 stored at API versions the new Flux version removes are migrated first, as in direct mode, for
 the version the operator will apply: the rendered one when the version pins the minor release
 (2.9.4, 2.9.x) or comes from spec.distribution.artifact, else the one the operator last attempted
-for the same range (status.lastAttemptedRevision). --mode=direct applies the manifests, and refuses when the operator manages the instance (the two would undo each
-other's changes) unless --force. --mode=auto (the default) picks operator when the operator manages
+for the same range (status.lastAttemptedRevision). --mode=direct applies the manifests, and
+refuses when the operator manages the instance (the two would undo each other's changes) unless
+--force. --mode=auto (the default) picks operator when the operator manages
 the instance or runs and nothing was applied directly, direct otherwise. An instance applied directly
 moves to the operator with 'kubectl fluxinstance handoff'.
 

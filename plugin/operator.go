@@ -121,7 +121,7 @@ func (mg *management) evidence() string {
 // operatorTarget returns the rendering of the Flux version the Flux Operator will apply for the
 // instance, which a storage migration must target (storage versions its CRDs lack would make the
 // API server refuse them), with a line saying how it is known ("" when by the version alone); or
-// nil and why it cannot be known. The operator resolves spec.distribution.version from its own
+// nil, with why it cannot be known and what to do. The operator resolves spec.distribution.version from its own
 // distribution (its built-in one, or spec.distribution.artifact), so the plugin's rendering r is
 // the operator's only when:
 //   - the version pins the minor (2.9.4, 2.9.x): API versions change only in minor releases, so
@@ -152,6 +152,8 @@ func (o *ApplyOptions) operatorTarget(ctx context.Context, r *rendering, live *o
 	if attempted == r.Version {
 		return r, fmt.Sprintf("the Flux Operator resolves %q to %s (its status.lastAttemptedRevision)", spec.Version, attempted), nil
 	}
+	// A copy at that version. r.Instance is defaulted already, so renderInstance defaulting the
+	// copy changes nothing the two share.
 	pinned := *r.Instance
 	pinned.Spec.Distribution.Version = strings.TrimPrefix(attempted, "v")
 	target, err := renderInstance(ctx, &pinned, r.File, r.DistributionRef, o.distributionFlags.options(func(string) {}))
