@@ -330,60 +330,7 @@ func TestOperatorApplyMigratesFirst(t *testing.T) {
 	assert.Contains(t, r.Stderr, `spec.distribution.version "2.x" admits other minor releases`)
 	assert.NotContains(t, r.Stderr, "storage migration: would migrate")
 
-	// The operator already reconciled "2.x" (an operator upgraded with a newer distribution
-	// tries the newer Flux on its own, and the API server refuses its CRDs): the version it
-	// resolved, in status.lastAttemptedRevision, is the one apply migrates for.
-	for _, tc := range []struct {
-		attempted     string
-		want, notWant []string
-	}{
-		{"v2.9.4", []string{`storage migration: the Flux Operator resolves "2.x" to v2.9.4 (its status.lastAttemptedRevision)`,
-			"storage migration: would migrate (server dry run)", "helmreleases.helm.toolkit.fluxcd.io: 1 object from v2beta2 to v2",
-			"alerts.notification.toolkit.fluxcd.io: 1 object from v1beta2 to v1beta3"}, nil},
-		// 2.8 still serves notification v1beta2, which 2.9 removes: nothing to move there.
-		{"v2.8.8", []string{`storage migration: the Flux Operator resolves "2.x" to v2.8.8 (its status.lastAttemptedRevision), not v2.9.4: migrating for v2.8.8`,
-			"storage migration: would migrate (server dry run)", "helmreleases.helm.toolkit.fluxcd.io: 1 object from v2beta2 to v2"},
-			[]string{"alerts.notification.toolkit.fluxcd.io"}},
-		{"v2.99.0", []string{`Note: Flux v2.9.4 would need a storage migration`,
-			`the Flux Operator resolves "2.x" to v2.99.0 (its status.lastAttemptedRevision), which the plugin's distribution (dir ` + dist + `) lacks`},
-			[]string{"storage migration: would migrate"}},
-	} {
-		setOperatorAttempt(t, c, "2.x", tc.attempted+"@sha256:"+strings.Repeat("0", 64))
-		before := snapshot()
-		r := plugin("apply", "-f", rangeFile, "--mode=operator", "--dry-run=server")
-		require.Equal(t, 0, r.Code, r.Stderr)
-		t.Logf("the operator attempted %s:\n%s", tc.attempted, r.Stderr)
-		for _, want := range tc.want {
-			assert.Contains(t, r.Stderr, want, "attempted %s", tc.attempted)
-		}
-		for _, notWant := range tc.notWant {
-			assert.NotContains(t, r.Stderr, notWant, "attempted %s", tc.attempted)
-		}
-		assert.Equal(t, before, snapshot(), "a dry run changes nothing")
-	}
-	// Rendered from spec.distribution.artifact, which the operator pulls too: the plugin's
-	// resolution is the operator's.
-	t.Setenv("XDG_CACHE_HOME", t.TempDir())
-	reg := distdata.StartRegistry(t, distdata.RegistryOptions{})
-	artifact := "oci://" + reg.Host + "/flux/distribution:latest"
-	distdata.PushArtifact(t, reg.Host+"/flux/distribution:latest", distdata.TarGz(t, dist, "v2.2.3", "v2.9.4"), distdata.ConfigMediaType, distdata.ContentMediaType, false)
-	fromArtifact := writeFile(t, dir, "artifact.yaml", strings.Replace(storageInstance("2.x", ""),
-		"    registry: ghcr.io/fluxcd\n", "    registry: ghcr.io/fluxcd\n    artifact: "+artifact+"\n", 1))
-	before = snapshot()
-	r = runPlugin(t, "", "apply", "-f", fromArtifact, "--mode=operator", "--dry-run=server", "--kubeconfig", env.Kubeconfig)
-	require.Equal(t, 0, r.Code, r.Stderr)
-	assert.Contains(t, r.Stderr, `storage migration: the Flux Operator resolves "2.x" from `+artifact+` too`)
-	assert.Contains(t, r.Stderr, "helmreleases.helm.toolkit.fluxcd.io: 1 object from v2beta2 to v2")
-	assert.Equal(t, before, snapshot(), "a dry run changes nothing")
-
-	// An attempt of another constraint says nothing of this one.
-	setOperatorAttempt(t, c, "2.8.x", "v2.8.8@sha256:"+strings.Repeat("0", 64))
-	r = plugin("apply", "-f", rangeFile, "--mode=operator", "--dry-run=server")
-	require.Equal(t, 0, r.Code, r.Stderr)
-	assert.Contains(t, r.Stderr, `spec.distribution.version "2.x" admits other minor releases`)
-	assert.Contains(t, r.Stderr, "run this apply again: the operator's attempt names the version it resolves \"2.x\" to")
-	assert.NotContains(t, r.Stderr, "storage migration: would migrate")
-	setOperatorAttempt(t, c, "2.2.3", "v2.2.3@sha256:"+strings.Repeat("0", 64))
+	assertMigratesForTheOperatorsVersion(t, k, rangeFile, snapshot)
 	before = snapshot()
 
 	off := writeFile(t, dir, "off.yaml", storageInstance("2.9.4", "  migrateResources: false\n"))
@@ -463,4 +410,67 @@ func setOperatorAttempt(t *testing.T, c client.Client, constraint, attempted str
 		"lastAppliedRevision":   "v2.2.3@sha256:" + strings.Repeat("1", 64),
 	}, "status"))
 	require.NoError(t, c.Status().Update(ctx, live))
+}
+
+// assertMigratesForTheOperatorsVersion checks the storage migration apply --mode=operator plans
+// (in dry runs, changing nothing) for rangeFile's "2.x" over the 2.2.3 instance of k, by what the
+// operator last attempted, and from an artifact the operator pulls too. It leaves the stand-in
+// FluxInstance at 2.2.3 again.
+func assertMigratesForTheOperatorsVersion(t *testing.T, k *clusterAt223, rangeFile string, snapshot func() map[string]string) {
+	t.Helper()
+	env, c, dist, dir, plugin := k.env, k.c, k.dist, k.dir, k.plugin
+	// The operator already reconciled "2.x" (an operator upgraded with a newer distribution
+	// tries the newer Flux on its own, and the API server refuses its CRDs): the version it
+	// resolved, in status.lastAttemptedRevision, is the one apply migrates for.
+	for _, tc := range []struct {
+		attempted     string
+		want, notWant []string
+	}{
+		{"v2.9.4", []string{`storage migration: the Flux Operator resolves "2.x" to v2.9.4 (its status.lastAttemptedRevision)`,
+			"storage migration: would migrate (server dry run)", "helmreleases.helm.toolkit.fluxcd.io: 1 object from v2beta2 to v2",
+			"alerts.notification.toolkit.fluxcd.io: 1 object from v1beta2 to v1beta3"}, nil},
+		// 2.8 still serves notification v1beta2, which 2.9 removes: nothing to move there.
+		{"v2.8.8", []string{`storage migration: the Flux Operator resolves "2.x" to v2.8.8 (its status.lastAttemptedRevision), not v2.9.4: migrating for v2.8.8`,
+			"storage migration: would migrate (server dry run)", "helmreleases.helm.toolkit.fluxcd.io: 1 object from v2beta2 to v2"},
+			[]string{"alerts.notification.toolkit.fluxcd.io"}},
+		{"v2.99.0", []string{`Note: Flux v2.9.4 would need a storage migration`,
+			`the Flux Operator resolves "2.x" to v2.99.0 (its status.lastAttemptedRevision), which the plugin's distribution (dir ` + dist + `) lacks`},
+			[]string{"storage migration: would migrate"}},
+	} {
+		setOperatorAttempt(t, c, "2.x", tc.attempted+"@sha256:"+strings.Repeat("0", 64))
+		before := snapshot()
+		r := plugin("apply", "-f", rangeFile, "--mode=operator", "--dry-run=server")
+		require.Equal(t, 0, r.Code, r.Stderr)
+		t.Logf("the operator attempted %s:\n%s", tc.attempted, r.Stderr)
+		for _, want := range tc.want {
+			assert.Contains(t, r.Stderr, want, "attempted %s", tc.attempted)
+		}
+		for _, notWant := range tc.notWant {
+			assert.NotContains(t, r.Stderr, notWant, "attempted %s", tc.attempted)
+		}
+		assert.Equal(t, before, snapshot(), "a dry run changes nothing")
+	}
+	// Rendered from spec.distribution.artifact, which the operator pulls too: the plugin's
+	// resolution is the operator's.
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	reg := distdata.StartRegistry(t, distdata.RegistryOptions{})
+	artifact := "oci://" + reg.Host + "/flux/distribution:latest"
+	distdata.PushArtifact(t, reg.Host+"/flux/distribution:latest", distdata.TarGz(t, dist, "v2.2.3", "v2.9.4"), distdata.ConfigMediaType, distdata.ContentMediaType, false)
+	fromArtifact := writeFile(t, dir, "artifact.yaml", strings.Replace(storageInstance("2.x", ""),
+		"    registry: ghcr.io/fluxcd\n", "    registry: ghcr.io/fluxcd\n    artifact: "+artifact+"\n", 1))
+	before := snapshot()
+	r := runPlugin(t, "", "apply", "-f", fromArtifact, "--mode=operator", "--dry-run=server", "--kubeconfig", env.Kubeconfig)
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, `storage migration: the Flux Operator resolves "2.x" from `+artifact+` too`)
+	assert.Contains(t, r.Stderr, "helmreleases.helm.toolkit.fluxcd.io: 1 object from v2beta2 to v2")
+	assert.Equal(t, before, snapshot(), "a dry run changes nothing")
+
+	// An attempt of another constraint says nothing of this one.
+	setOperatorAttempt(t, c, "2.8.x", "v2.8.8@sha256:"+strings.Repeat("0", 64))
+	r = plugin("apply", "-f", rangeFile, "--mode=operator", "--dry-run=server")
+	require.Equal(t, 0, r.Code, r.Stderr)
+	assert.Contains(t, r.Stderr, `spec.distribution.version "2.x" admits other minor releases`)
+	assert.Contains(t, r.Stderr, "run this apply again: the operator's attempt names the version it resolves \"2.x\" to")
+	assert.NotContains(t, r.Stderr, "storage migration: would migrate")
+	setOperatorAttempt(t, c, "2.2.3", "v2.2.3@sha256:"+strings.Repeat("0", 64))
 }
