@@ -42,6 +42,16 @@ spec:
 	return objs[0]
 }
 
+// storageInstanceFile writes storageInstance at version to a file, for the plugin's -f.
+func storageInstanceFile(t *testing.T, version string) string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "flux-instance.yaml")
+	data, err := storageInstance(t, version).MarshalJSON()
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(file, data, 0o600))
+	return file
+}
+
 // The Flux Operator alone cannot upgrade Flux 2.2.3 to 2.9.4 while users' objects are stored at
 // versions 2.9.4 removes: the API server refuses its CRDs. `apply --mode=operator` migrates them
 // first, with the user's permissions, and the operator's reconcile then succeeds (#12).
@@ -72,10 +82,7 @@ func TestOperatorApplyAcrossRemovedVersions(t *testing.T) {
 	assert.Contains(t, cond.Message, "storedVersions")
 	assertKept(t, env, objs, false)
 
-	file := filepath.Join(t.TempDir(), "flux-2.9.4.yaml")
-	data, err := storageInstance(t, "2.9.4").MarshalJSON()
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(file, data, 0o600))
+	file := storageInstanceFile(t, "2.9.4")
 	apply := func(args ...string) (int, string, string) {
 		r := runPlugin(t, "", append([]string{"apply", "-f", file, "--mode=operator", "--distribution", dist, kc}, args...)...)
 		return r.Code, r.Stdout, r.Stderr
@@ -225,10 +232,7 @@ func TestOperatorUpgradeOfARangeStuckOnStoredVersions(t *testing.T) {
 	assertKept(t, env, objs, false)
 
 	// 3. The unchanged FluxInstance applied with the plugin: migrated for 2.9.4, then Ready.
-	file := filepath.Join(t.TempDir(), "flux.yaml")
-	data, err := storageInstance(t, "2.x").MarshalJSON()
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(file, data, 0o600))
+	file := storageInstanceFile(t, "2.x")
 	start := time.Now()
 	r := runPlugin(t, "", "apply", "-f", file, "--mode=operator", "--distribution", dist, "--timeout=2m", "--kubeconfig="+env.Kubeconfig)
 	t.Logf("apply --mode=operator in %s:\n%s%s", time.Since(start).Round(10*time.Millisecond), r.Stdout, r.Stderr)
